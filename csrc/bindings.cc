@@ -1,0 +1,13 @@
+// surge._C: the native layer. Each concept binds itself from its own file.
+#include <pybind11/pybind11.h>
+
+namespace surge {
+void bind_block_allocator(pybind11::module_& m);
+void bind_cpu_attention(pybind11::module_& m);
+}  // namespace surge
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "surge native layer: KV block allocator and CPU paged-attention FFI kernel";
+  surge::bind_block_allocator(m);
+  surge::bind_cpu_attention(m);
+}

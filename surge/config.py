@@ -1,0 +1,327 @@
+"""Structured configuration for surge.
+
+In: Hydra/OmegaConf configs composed from ``conf/`` (or keyword overrides from
+``Engine.from_pretrained``). Out: frozen dataclasses, validated once at load time.
+
+Every key is documented here, where it is declared; the YAML files in ``conf/``
+repeat the comment next to the default they set. ``OmegaConf.structured`` makes
+unknown keys and wrongly typed values fail at merge time; ``__post_init__``
+checks ranges, so ``cache.page_size=0`` fails with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration key holds a value surge cannot use."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config value for '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Catalogue name (a file in conf/model/), a local Hugging Face directory, or a .gguf file.
+    name: str = "smollm2-135m-instruct"
+    # Where the weights live; empty means "resolve `name`" (catalogue download or local path).
+    path: str = ""
+    # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
+    tokenizer: str = ""
+    # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32 or bfloat16.
+    dtype: str = "auto"
+    # Name reported by the server in /v1/models; empty means `name`.
+    served_name: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name or self.path), "model.name", "give a catalogue name, an HF directory or a .gguf file")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "model.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Longest sequence (prompt + generated tokens) a request may reach; 0 = the model's own limit.
+    max_model_len: int = 2048
+    # Most sequences in one step (the decode batch size).
+    max_num_seqs: int = 32
+    # Token budget of one step: prefill chunks and decodes together.
+    max_num_batched_tokens: int = 512
+    # Token-count buckets the step is compiled for; empty = powers of two from 16 up to the budget.
+    token_buckets: List[int] = field(default_factory=list)
+    # Sequence-count buckets; empty = powers of two from 1 up to max_num_seqs.
+    seq_buckets: List[int] = field(default_factory=list)
+    # Compile every bucket at start-up (with a progress bar) instead of on first use.
+    compile_at_startup: bool = True
+    # Top log-probabilities a request may ask for (the width the step is compiled with).
+    max_logprobs: int = 20
+    # Seed for requests that do not bring their own.
+    seed: int = 0
+    # Logging level of the `surge` logger.
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check(self.max_model_len >= 0, "engine.max_model_len", f"{self.max_model_len} must be >= 0")
+        _check(self.max_num_seqs >= 1, "engine.max_num_seqs", f"{self.max_num_seqs} must be >= 1")
+        _check(self.max_num_batched_tokens >= self.max_num_seqs, "engine.max_num_batched_tokens",
+               f"{self.max_num_batched_tokens} must be >= engine.max_num_seqs ({self.max_num_seqs})")
+        _check(all(b > 0 for b in self.token_buckets), "engine.token_buckets", "buckets must be positive")
+        _check(all(b > 0 for b in self.seq_buckets), "engine.seq_buckets", "buckets must be positive")
+        _check(0 <= self.max_logprobs <= 100, "engine.max_logprobs", f"{self.max_logprobs} must be in [0, 100]")
+        _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "engine.log_level",
+               f"{self.log_level!r} is not DEBUG|INFO|WARNING|ERROR")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    # fcfs: arrival order. priority: lower `priority` first, ties by arrival; preempts the lowest.
+    policy: str = "fcfs"
+    # Split prompts longer than the step's remaining token budget into chunks.
+    enable_chunked_prefill: bool = True
+    # Largest prefill chunk one request may take in a step; 0 = the whole remaining budget.
+    long_prefill_token_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.policy in ("fcfs", "priority"), "scheduler.policy", f"{self.policy!r} is not fcfs|priority")
+        _check(self.long_prefill_token_threshold >= 0, "scheduler.long_prefill_token_threshold", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Tokens per KV page.
+    page_size: int = 16
+    # Fraction of the memory left after the weights that the KV cache takes (device memory on
+    # GPU/TPU, `cpu_memory_gb` on CPU).
+    hbm_utilization: float = 0.9
+    # Exact page count (including the reserved null page 0); overrides hbm_utilization when set.
+    num_pages: Optional[int] = None
+    # RAM budget on CPU for weights + KV cache, in GiB.
+    cpu_memory_gb: float = 4.0
+    # Reuse the KV of prompt prefixes already in the cache (hash chain of full pages).
+    enable_prefix_caching: bool = True
+    # KV cache dtype: auto (the model dtype), float32 or bfloat16.
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.page_size >= 1 and self.page_size & (self.page_size - 1) == 0, "cache.page_size",
+               f"{self.page_size} must be a power of two >= 1")
+        _check(0.0 < self.hbm_utilization <= 1.0, "cache.hbm_utilization",
+               f"{self.hbm_utilization} must be in (0, 1]")
+        _check(self.num_pages is None or self.num_pages >= 2, "cache.num_pages",
+               f"{self.num_pages} must be >= 2 (page 0 is the reserved null page)")
+        _check(self.cpu_memory_gb > 0, "cache.cpu_memory_gb", f"{self.cpu_memory_gb} must be > 0")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "cache.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    # Attention kernel backend: auto (tpu->pallas, gpu->triton, cpu->cpu, else reference),
+    # reference, cpu, triton or pallas. Must equal the name of its conf/backend/<name>.yaml.
+    name: str = "auto"
+    # CPU kernel threads; 0 = all cores.
+    num_threads: int = 0
+    # Run Pallas kernels in interpret mode (CPU testing of the TPU kernel).
+    interpret: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("auto", "reference", "cpu", "triton", "pallas"), "backend.name",
+               f"{self.name!r} is not auto|reference|cpu|triton|pallas")
+        _check(self.num_threads >= 0, "backend.num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # Interface the OpenAI-compatible server binds to.
+    host: str = "127.0.0.1"
+    # TCP port; 0 picks a free one.
+    port: int = 8000
+    # Reject requests without a valid API key.
+    require_api_key: bool = False
+    # Accepted API keys.
+    api_keys: List[str] = field(default_factory=list)
+    # File of API keys, one per line, optional label after a space.
+    api_keys_file: str = ""
+    # Salt each request's prefix-cache hashes with its API key, so tenants never share pages.
+    isolate_prefix_cache_per_key: bool = False
+    # Most requests waiting for a slot before the server answers 503.
+    max_queue: int = 1024
+    # Live console table of throughput, queue and KV use.
+    enable_console_monitor: bool = False
+    # Log every request line.
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "server.port", f"{self.port} is not a TCP port")
+        _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # Defaults for surge-generate; requests through the API bring their own.
+    max_tokens: int = 64
+    # OpenAI's default temperature is 1; 0 is greedy.
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.max_tokens >= 1, "sampling.max_tokens", f"{self.max_tokens} must be >= 1")
+        _check(self.temperature >= 0, "sampling.temperature", f"{self.temperature} must be >= 0")
+        _check(0 < self.top_p <= 1, "sampling.top_p", f"{self.top_p} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    # offline | serve | attention | prefix
+    mode: str = "offline"
+    # Requests in the workload.
+    num_prompts: int = 32
+    # Prompt length in tokens (random token ids).
+    input_len: int = 32
+    # Generated tokens per request (ignore_eos).
+    output_len: int = 128
+    # Seed for the random prompts.
+    seed: int = 0
+    # JSONL of {"prompt": ...} lines instead of random prompts; empty = random.
+    dataset: str = ""
+    # Also run the workload through `transformers` and print the ratio ("" or "transformers").
+    compare: str = ""
+    # serve: endpoint to load; empty = start surge-serve on a free loopback port.
+    url: str = ""
+    # serve: Poisson request rate per second; 0 = all at once (bounded by max_concurrency).
+    request_rate: float = 0.0
+    # serve: most requests in flight; 0 = unbounded.
+    max_concurrency: int = 0
+    # prefix: fractions of the prompt shared between requests.
+    prefix_shares: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
+    # Warm-up requests run (and excluded) before timing.
+    num_warmup: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("offline", "serve", "attention", "prefix"), "bench.mode",
+               f"{self.mode!r} is not offline|serve|attention|prefix")
+        _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
+        _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
+        _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
+        _check(self.compare in ("", "transformers"), "bench.compare", f"{self.compare!r} is not ''|transformers")
+
+
+@dataclass(frozen=True)
+class SurgeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    # surge-generate: the prompt to complete (chat-templated when `chat` is true).
+    prompt: str = "The capital of France is"
+    # surge-generate: wrap the prompt in the model's chat template.
+    chat: bool = False
+
+
+# Short names accepted by Engine.from_pretrained(**overrides), mapped to their config keys.
+SHORT_NAMES = {
+    "dtype": "model.dtype",
+    "tokenizer": "model.tokenizer",
+    "backend": "backend.name",
+    "max_model_len": "engine.max_model_len",
+    "max_num_seqs": "engine.max_num_seqs",
+    "max_num_batched_tokens": "engine.max_num_batched_tokens",
+    "token_buckets": "engine.token_buckets",
+    "seq_buckets": "engine.seq_buckets",
+    "compile_at_startup": "engine.compile_at_startup",
+    "max_logprobs": "engine.max_logprobs",
+    "seed": "engine.seed",
+    "page_size": "cache.page_size",
+    "num_pages": "cache.num_pages",
+    "hbm_utilization": "cache.hbm_utilization",
+    "cpu_memory_gb": "cache.cpu_memory_gb",
+    "enable_prefix_caching": "cache.enable_prefix_caching",
+    "kv_cache_dtype": "cache.dtype",
+    "scheduling_policy": "scheduler.policy",
+    "enable_chunked_prefill": "scheduler.enable_chunked_prefill",
+    "long_prefill_token_threshold": "scheduler.long_prefill_token_threshold",
+}
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (primary configs list `surge_schema` first)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="surge_schema", node=schema())
+
+
+def schema() -> DictConfig:
+    """The typed, struct-mode (unknown keys fail) but writable config tree of SurgeConfig."""
+    node = OmegaConf.structured(SurgeConfig)
+    # Frozen dataclasses mark every section read-only; composition needs to write them.
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        current._set_flag("readonly", False)
+        stack.extend(v for v in current.values() if isinstance(v, DictConfig))
+    OmegaConf.set_struct(node, True)
+    return node
+
+
+def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
+    """Turn a composed DictConfig into validated frozen dataclasses (raises ConfigError)."""
+    if isinstance(cfg, SurgeConfig):
+        return cfg
+    try:
+        merged = OmegaConf.merge(schema(), cfg)
+    except Exception as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+    obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, SurgeConfig)
+    return obj
+
+
+def make_config(model: str | None = None, **overrides: Any) -> SurgeConfig:
+    """Build a SurgeConfig from short names (see SHORT_NAMES) or dotted keys."""
+    base = schema()
+    if model is not None:
+        key = "model.path" if _looks_like_path(model) else "model.name"
+        OmegaConf.update(base, key, model)
+        if key == "model.path":
+            OmegaConf.update(base, "model.name", model)
+    for short, value in overrides.items():
+        key = SHORT_NAMES.get(short, short)
+        if "." not in key:
+            raise ConfigError(
+                f"unknown option '{short}': use one of {sorted(SHORT_NAMES)} or a dotted key like 'cache.page_size'")
+        try:
+            OmegaConf.update(base, key, value, merge=True)
+        except Exception as exc:  # omegaconf's own messages name the key; keep them.
+            raise ConfigError(f"invalid option '{short}' ({key}={value!r}): {exc}") from None
+    return to_config(base)
+
+
+def _looks_like_path(model: str) -> bool:
+    import os
+
+    return model.endswith(".gguf") or os.sep in model or os.path.isdir(model)
+
+
+def replace(cfg: SurgeConfig, **sections: Any) -> SurgeConfig:
+    """Functional update of whole sections: replace(cfg, cache=new_cache)."""
+    return dataclasses.replace(cfg, **sections)
+
+
+__all__ = [
+    "BackendConfig", "BenchConfig", "CacheConfig", "ConfigError", "EngineConfig", "MISSING", "ModelConfig",
+    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "make_config",
+    "register_configs", "to_config",
+]

@@ -1,0 +1,54 @@
+"""The contract of an attention backend.
+
+In: per layer, the new tokens' q [T, H, hd], k and v [T, KV, hd], that layer's KV
+cache (a tuple ``(k_pages, v_pages)`` in the backend's own layout) and the shared
+AttentionMetadata. Out: attention output [T, H, hd] and the updated cache.
+
+A backend writes the new K/V into the pages named by ``slot_mapping`` first, then
+attends: token t of sequence s sees the keys of s at positions <= positions[t]
+(and > positions[t] - sliding_window when a window is set), causal and GQA
+(query head h reads KV head h // (H // KV)). Scores are ``q.k * scale``, soft-capped
+as ``cap * tanh(s / cap)`` when ``logit_soft_cap`` is set, softmaxed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional, Tuple
+
+import jax
+
+from surge.kernels.metadata import AttentionMetadata
+
+KVCache = Tuple[jax.Array, jax.Array]
+
+
+class AttentionBackend:
+    """Base class; subclasses set ``name`` and implement the three methods."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config=None) -> None:
+        self.config = config
+
+    @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        """None when the backend can run here, else why not (missing package, wrong platform)."""
+        return None
+
+    def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
+        """Shape of each of a layer's K and V page arrays."""
+        raise NotImplementedError(f"{type(self).__name__} must define kv_cache_shape")
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        kv_cache: KVCache,
+        md: AttentionMetadata,
+        *,
+        scale: float,
+        sliding_window: Optional[int] = None,
+        logit_soft_cap: Optional[float] = None,
+    ) -> Tuple[jax.Array, KVCache]:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__")
