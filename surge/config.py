@@ -63,6 +63,10 @@ class EngineConfig:
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
+    # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
+    tensor_parallel_size: int = 1
+    # Replicas of the model (the `dp` axis of the mesh).
+    data_parallel_size: int = 1
     # Logging level of the `surge` logger.
     log_level: str = "INFO"
 
@@ -73,6 +77,8 @@ class EngineConfig:
                f"{self.max_num_batched_tokens} must be >= engine.max_num_seqs ({self.max_num_seqs})")
         _check(all(b > 0 for b in self.token_buckets), "engine.token_buckets", "buckets must be positive")
         _check(all(b > 0 for b in self.seq_buckets), "engine.seq_buckets", "buckets must be positive")
+        _check(self.tensor_parallel_size >= 1, "engine.tensor_parallel_size", "must be >= 1")
+        _check(self.data_parallel_size >= 1, "engine.data_parallel_size", "must be >= 1")
         _check(0 <= self.max_logprobs <= 100, "engine.max_logprobs", f"{self.max_logprobs} must be in [0, 100]")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "engine.log_level",
                f"{self.log_level!r} is not DEBUG|INFO|WARNING|ERROR")

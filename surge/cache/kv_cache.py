@@ -1,0 +1,105 @@
+"""Sizing and allocating the paged KV cache, once, at start-up.
+
+In: the cache config (page_size, hbm_utilization or num_pages, cpu_memory_gb),
+the model's KV shape (layers, KV heads, head dim), the backend's page layout and
+the bytes the weights already took. Out: a KVCachePlan (pages, tokens, largest
+context; logged in plain words) and the per-layer (K, V) page arrays, placed on
+the mesh with the KV-head axis sharded over `tp`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from surge.config import CacheConfig
+
+logger = logging.getLogger("surge")
+GiB = 1024**3
+
+
+class KVCacheTooSmall(ValueError):
+    """The KV page pool cannot hold even one request of max_model_len tokens."""
+
+
+@dataclass(frozen=True)
+class KVCachePlan:
+    num_pages: int  # including the reserved null page 0
+    page_size: int
+    bytes_per_page: int  # K and V of every layer
+    budget_bytes: int
+
+    @property
+    def num_usable_pages(self) -> int:
+        return self.num_pages - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_usable_pages * self.page_size
+
+    def describe(self, max_model_len: int) -> str:
+        return (f"KV cache: {self.num_usable_pages} pages x {self.page_size} tokens = {self.num_tokens} tokens "
+                f"({self.num_pages * self.bytes_per_page / GiB:.2f} GiB, {self.bytes_per_page / 1024:.0f} KiB per page); "
+                f"largest context {min(self.num_tokens, max_model_len)} tokens, "
+                f"~{self.num_tokens // max(max_model_len, 1)} full-length requests at once")
+
+
+def device_memory_budget(cache: CacheConfig, weights_bytes: int) -> int:
+    """Bytes available for KV: a share of what the device (or the CPU budget) has left after the weights."""
+    device = jax.devices()[0]
+    stats = None
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats()
+        except Exception:  # some runtimes do not report memory
+            stats = None
+    if stats and "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", weights_bytes)
+    else:
+        free = int(cache.cpu_memory_gb * GiB) - weights_bytes
+    return int(max(free, 0) * cache.hbm_utilization)
+
+
+def plan_kv_cache(cache: CacheConfig, *, num_layers: int, page_shape: tuple, dtype, weights_bytes: int,
+                  max_model_len: int) -> KVCachePlan:
+    page_elems = int(np.prod(page_shape))
+    bytes_per_page = 2 * num_layers * page_elems * jnp.dtype(dtype).itemsize
+    if cache.num_pages is not None:
+        num_pages, budget = cache.num_pages, cache.num_pages * bytes_per_page
+    else:
+        budget = device_memory_budget(cache, weights_bytes)
+        num_pages = budget // bytes_per_page
+    plan = KVCachePlan(int(num_pages), cache.page_size, bytes_per_page, int(budget))
+    pages_needed = math.ceil(max_model_len / cache.page_size)
+    if plan.num_usable_pages < pages_needed:
+        knob = ("raise cache.num_pages" if cache.num_pages is not None else
+                "raise cache.hbm_utilization" + (" or cache.cpu_memory_gb" if jax.devices()[0].platform == "cpu" else ""))
+        raise KVCacheTooSmall(
+            f"the KV cache holds {plan.num_usable_pages} pages ({plan.num_tokens} tokens) but one request of "
+            f"engine.max_model_len={max_model_len} tokens needs {pages_needed} pages of {cache.page_size}: "
+            f"{knob}, or lower engine.max_model_len")
+    return plan
+
+
+def allocate_kv_cache(plan: KVCachePlan, *, num_layers: int, backend, num_kv_heads: int, head_dim: int, dtype,
+                      mesh: jax.sharding.Mesh) -> list[tuple[jax.Array, jax.Array]]:
+    shape = backend.kv_cache_shape(plan.num_pages, plan.page_size, num_kv_heads, head_dim)
+    sharding = kv_sharding(shape, num_kv_heads, mesh)
+    make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    return [(make(), make()) for _ in range(num_layers)]
+
+
+def kv_sharding(shape: tuple, num_kv_heads: int, mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """Shard the KV-head axis of a page array over `tp` (the first axis of that size after the page axis)."""
+    spec = [None] * len(shape)
+    tp = mesh.shape["tp"]
+    for axis in range(1, len(shape)):
+        if shape[axis] == num_kv_heads and num_kv_heads % tp == 0:
+            spec[axis] = "tp"
+            break
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))

@@ -1,0 +1,33 @@
+"""surge-generate: complete one prompt with the engine and print the text.
+
+In: Hydra overrides, e.g. `prompt="The capital of France is" sampling.max_tokens=32`.
+Out: the completion on stdout (streamed as it is generated).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from surge.cli.hydra_app import hydra_app
+from surge.config import SurgeConfig
+
+
+def run(cfg: SurgeConfig, raw: DictConfig) -> None:
+    from surge.engine.engine import Engine
+    from surge.sampling.params import SamplingParams
+
+    engine = Engine(cfg)
+    s = cfg.sampling
+    params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                            seed=s.seed, ignore_eos=s.ignore_eos)
+    prompt = engine.apply_chat_template([{"role": "user", "content": cfg.prompt}]) if cfg.chat else cfg.prompt
+    print(cfg.prompt, end="", flush=True)
+    for out in engine.stream(prompt, params):
+        print(out.delta_text, end="", flush=True)
+    print()
+
+
+main = hydra_app("generate")(run)
+
+if __name__ == "__main__":
+    main()

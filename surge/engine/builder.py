@@ -1,0 +1,118 @@
+"""Start-up: from a SurgeConfig to the live parts of an engine.
+
+In: a validated SurgeConfig. Out: EngineParts — the loaded model and tokenizer,
+the resolved attention backend, the KV cache (sized and logged), the block
+manager, scheduler, model runner (all buckets compiled) and output processor.
+Start-up fails early, with the knob to turn, when max_model_len cannot fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from surge.cache.block_manager import BlockManager
+from surge.cache.kv_cache import KVCachePlan, allocate_kv_cache, plan_kv_cache
+from surge.config import SurgeConfig
+from surge.engine.output_processor import OutputProcessor
+from surge.kernels.registry import get_backend
+from surge.models.catalogue import resolve_model
+from surge.models.loader import load_model
+from surge.runner import compile_counter
+from surge.runner.mesh import make_mesh
+from surge.runner.model_runner import ModelRunner
+from surge.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger("surge")
+
+
+@dataclass
+class EngineParts:
+    tokenizer: object
+    arch: object
+    max_model_len: int
+    kv_plan: KVCachePlan
+    backend_name: str
+    eos_token_ids: tuple[int, ...]
+    block_manager: BlockManager
+    scheduler: Scheduler
+    runner: ModelRunner
+    output_processor: OutputProcessor
+
+
+def resolve_dtype(name: str) -> str:
+    if name != "auto":
+        return name
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
+    _configure_logging(cfg.engine.log_level)
+    compile_counter.install()
+    started = time.perf_counter()
+    dtype = resolve_dtype(cfg.model.dtype)
+    source = cfg.model.path or resolve_model(cfg.model.name)
+    loaded = load_model(source, dtype=dtype)
+    if cfg.model.tokenizer:
+        from transformers import AutoTokenizer
+
+        loaded.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    arch = loaded.arch
+    model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
+    max_model_len = cfg.engine.max_model_len or model_limit
+    if max_model_len > model_limit:
+        logger.warning("engine.max_model_len=%d exceeds the model's max_position_embeddings=%d",
+                       max_model_len, model_limit)
+
+    backend = get_backend(cfg.backend)
+    mesh = make_mesh(cfg.engine)
+    weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
+    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else dtype)
+    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
+    plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
+                         weights_bytes=weights_bytes, max_model_len=max_model_len)
+    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB); attention backend %s",
+                cfg.model.name, arch.num_layers, weights_bytes / jnp.dtype(dtype).itemsize / 1e6, dtype,
+                weights_bytes / 2**20, backend.name)
+    logger.info(plan.describe(max_model_len) + " [knobs: cache.num_pages / cache.hbm_utilization / "
+                "cache.cpu_memory_gb / cache.page_size]")
+    kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
+                                  head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
+
+    block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching)
+    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len)
+    runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
+                         page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
+    if cfg.engine.compile_at_startup:
+        compile_started = time.perf_counter()
+        runner.compile_all(progress=progress)
+        logger.info("compiled %d step buckets in %.1f s", runner.num_compiled_buckets,
+                    time.perf_counter() - compile_started)
+    eos = set(arch.eos_token_ids or ())
+    if getattr(loaded.tokenizer, "eos_token_id", None) is not None:
+        eos.add(int(loaded.tokenizer.eos_token_id))
+    logger.info("engine ready in %.1f s", time.perf_counter() - started)
+    return EngineParts(
+        tokenizer=loaded.tokenizer, arch=arch, max_model_len=max_model_len, kv_plan=plan, backend_name=backend.name,
+        eos_token_ids=tuple(sorted(eos)), block_manager=block_manager, scheduler=scheduler, runner=runner,
+        output_processor=OutputProcessor(loaded.tokenizer))
+
+
+def _params_of(model):
+    from flax import nnx
+
+    return nnx.state(model)
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger("surge")
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s surge %(levelname)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False

@@ -1,0 +1,251 @@
+"""Engine: the synchronous public API over scheduler, runner and output side.
+
+In: prompts (text or token ids) with SamplingParams, via add_request / generate /
+stream. Out: RequestOutput objects (cumulative text, delta_text, token ids,
+finish reasons, metrics). One `step()` = schedule -> execute -> update -> emit.
+Requests and aborts may arrive from other threads (the AsyncEngine's event
+loop): they go through an inbox that `step()` drains, so the step itself never
+waits on a caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import deque
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+from surge.config import SurgeConfig, make_config
+from surge.engine.builder import EngineParts, build_engine_parts
+from surge.engine.outputs import RequestOutput
+from surge.runner import compile_counter
+from surge.sampling.params import SamplingParams
+from surge.scheduler.request import Request, RequestStatus
+
+logger = logging.getLogger("surge")
+
+PromptLike = Union[str, Sequence[int]]
+
+
+class Engine:
+    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, **overrides) -> None:
+        self.config = config if config is not None else make_config(**overrides)
+        parts: EngineParts = build_engine_parts(self.config, progress=progress)
+        self.tokenizer = parts.tokenizer
+        self.arch = parts.arch
+        self.max_model_len = parts.max_model_len
+        self.block_manager = parts.block_manager
+        self.scheduler = parts.scheduler
+        self.runner = parts.runner
+        self.output_processor = parts.output_processor
+        self.kv_plan = parts.kv_plan
+        self.backend_name = parts.backend_name
+        self.eos_token_ids = parts.eos_token_ids
+        self.model_name = self.config.model.served_name or self.config.model.name
+        self._num_compiles_after_warmup = compile_counter.num_compiles()
+        self._ids = itertools.count()
+        self._seed_rng = random.Random(self.config.engine.seed)
+        self._inbox_lock = threading.Lock()
+        self._inbox: deque = deque()
+        self._live: dict[str, list[str]] = {}  # request id -> its child sequence ids
+        self._pending_outputs: list[RequestOutput] = []
+        self._num_steps = 0
+
+    @classmethod
+    def from_pretrained(cls, model: str = "smollm2-135m-instruct", *, progress: bool = True, **overrides) -> "Engine":
+        """Build an engine from a catalogue name, an HF directory or a .gguf file, with short-name overrides."""
+        return cls(make_config(model, **overrides), progress=progress)
+
+    # ---- requests in ---------------------------------------------------------------------
+    def add_request(self, prompt: Optional[PromptLike] = None, params: Optional[SamplingParams] = None, *,
+                    request_id: Optional[str] = None, prompt_token_ids: Optional[Sequence[int]] = None,
+                    priority: int = 0, cache_salt: Optional[str] = None,
+                    arrival_time: Optional[float] = None) -> str:
+        """Queue a request; returns its id. Bad input raises ValueError and leaves the engine untouched."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+        token_ids = self._tokenize(prompt, prompt_token_ids)
+        request_id = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
+        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
+        children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        text = prompt if isinstance(prompt, str) else None
+        with self._inbox_lock:
+            if request_id in self._live:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._live[request_id] = children
+            self.output_processor.add_request(request_id, text, token_ids, params, arrival)
+            for index, child_id in enumerate(children):
+                seed = base_seed if params.n == 1 else (base_seed * 1_000_003 + index) % (2**31)
+                request = Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
+                                  priority=priority, cache_salt=cache_salt, arrival_time=arrival)
+                self._inbox.append(("add", request, request_id, index))
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its pages; its stream ends with finish_reason 'abort'."""
+        with self._inbox_lock:
+            if request_id not in self._live:
+                raise ValueError(f"unknown request id {request_id!r} (finished, aborted or never added)")
+            self._inbox.append(("abort", request_id))
+
+    def _tokenize(self, prompt: Optional[PromptLike], prompt_token_ids: Optional[Sequence[int]]) -> list[int]:
+        if prompt_token_ids is None and prompt is not None and not isinstance(prompt, str):
+            prompt_token_ids, prompt = prompt, None
+        if prompt_token_ids is not None:
+            token_ids = [int(t) for t in prompt_token_ids]
+            bad = [t for t in token_ids if not 0 <= t < self.arch.vocab_size]
+            if bad:
+                raise ValueError(f"prompt_token_ids holds ids outside the vocabulary [0, {self.arch.vocab_size}): "
+                                 f"{bad[:5]}")
+        elif isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        else:
+            raise ValueError("give a prompt (str) or prompt_token_ids")
+        if not token_ids:
+            raise ValueError("the prompt is empty: it must have at least one token")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(token_ids)} tokens but engine.max_model_len is "
+                             f"{self.max_model_len} (prompt + at least one generated token must fit): "
+                             f"shorten the prompt or raise engine.max_model_len")
+        return token_ids
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            items = list(self._inbox)
+            self._inbox.clear()
+        for item in items:
+            if item[0] == "add":
+                self.scheduler.add_request(item[1])
+                continue
+            request_id = item[1]
+            with self._inbox_lock:
+                children = self._live.pop(request_id, [])
+            for child_id in children:
+                self.scheduler.finish(child_id, RequestStatus.FINISHED_ABORTED)
+            final = self.output_processor.abort(request_id)
+            if final is not None:
+                self._pending_outputs.append(final)
+
+    # ---- one step ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one engine iteration; returns the outputs that changed (deltas and finished requests)."""
+        self._drain_inbox()
+        out = self.scheduler.schedule()
+        result = self.runner.execute(out) if not out.is_empty else None
+        updates = self.scheduler.update(out, result.token_ids) if result is not None else []
+        self._num_steps += 1
+        return self._emit(out, updates, result)
+
+    def _emit(self, out, updates, result) -> list[RequestOutput]:
+        outputs, self._pending_outputs = self._pending_outputs, []
+        rows = {item.request.request_id: i for i, item in enumerate(out.scheduled)}
+        for update in updates:
+            request = update.request
+            logprobs = None
+            if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
+                i = rows[request.request_id]
+                logprobs = (result.logprobs[i], result.top_ids[i], result.top_logprobs[i])
+            output, stop_hit = self.output_processor.process(
+                request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs,
+                request=request)
+            if stop_hit and not request.is_finished:
+                self.scheduler.finish(request.request_id, RequestStatus.FINISHED_STOPPED)
+            if output is not None:
+                outputs.append(output)
+                if output.finished:
+                    with self._inbox_lock:
+                        self._live.pop(output.request_id, None)
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        with self._inbox_lock:
+            return bool(self._inbox) or bool(self._live) or bool(self._pending_outputs)
+
+    # ---- convenience APIs ----------------------------------------------------------------
+    def generate(self, prompts: Union[PromptLike, Sequence[PromptLike], None] = None,
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None, *,
+                 prompt_token_ids: Optional[Sequence[Sequence[int]]] = None, use_tqdm: bool = True,
+                 priority: Union[int, Sequence[int]] = 0) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in input order."""
+        if prompt_token_ids is not None:
+            inputs: list = [list(ids) for ids in prompt_token_ids]
+        elif isinstance(prompts, str):
+            inputs = [prompts]
+        elif prompts is None:
+            raise ValueError("give prompts or prompt_token_ids")
+        else:
+            inputs = list(prompts)
+        params_list = (list(sampling_params) if isinstance(sampling_params, (list, tuple))
+                       else [sampling_params or SamplingParams()] * len(inputs))
+        if len(params_list) != len(inputs):
+            raise ValueError(f"{len(params_list)} sampling params for {len(inputs)} prompts")
+        priorities = list(priority) if isinstance(priority, (list, tuple)) else [priority] * len(inputs)
+        ids = [self.add_request(p if isinstance(p, str) else None, sp,
+                                prompt_token_ids=None if isinstance(p, str) else p, priority=pr)
+               for p, sp, pr in zip(inputs, params_list, priorities)]
+        finished: dict[str, RequestOutput] = {}
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm or len(ids) < 2) as bar:
+            while len(finished) < len(ids):
+                for output in self.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        bar.update(1)
+        return [finished[i] for i in ids]
+
+    def stream(self, prompt: PromptLike, params: Optional[SamplingParams] = None, **kwargs) -> Iterator[RequestOutput]:
+        """Yield this request's outputs as they come (each with delta_text); closing early aborts it."""
+        request_id = self.add_request(prompt, params, **kwargs)
+        done = False
+        try:
+            while not done:
+                for output in self.step():
+                    if output.request_id == request_id:
+                        done = output.finished
+                        yield output
+        finally:
+            if not done:
+                try:
+                    self.abort(request_id)
+                    self._drain_inbox()
+                except ValueError:
+                    pass
+
+    def apply_chat_template(self, messages: list[dict], tools: Optional[list] = None,
+                            add_generation_prompt: bool = True, **kwargs) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def start_monitoring(self, prometheus_port: int = 9090, enable_console: bool = False, **kwargs):
+        """Serve Prometheus metrics on `prometheus_port` and, optionally, a live console table."""
+        from surge.server.monitoring import start_monitoring
+
+        return start_monitoring(self, prometheus_port=prometheus_port, enable_console=enable_console, **kwargs)
+
+    def reset_prefix_cache(self) -> bool:
+        return self.block_manager.reset_prefix_cache()
+
+    def stats(self) -> dict:
+        bm = self.block_manager.stats()
+        queried = self.scheduler.num_prefix_queried_tokens
+        return {
+            **bm,
+            "num_running": self.scheduler.num_running,
+            "num_waiting": self.scheduler.num_waiting,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_compiles": compile_counter.num_compiles(),
+            "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
+            "num_compiled_buckets": self.runner.num_compiled_buckets,
+            "num_steps": self._num_steps,
+            "prefix_cache_queried_tokens": queried,
+            "prefix_cache_hit_tokens": self.scheduler.num_prefix_hit_tokens,
+            "prefix_cache_hit_rate": self.scheduler.num_prefix_hit_tokens / queried if queried else 0.0,
+            "backend": self.backend_name,
+            "max_model_len": self.max_model_len,
+        }

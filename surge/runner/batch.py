@@ -1,0 +1,63 @@
+"""Host-side batch building: SchedulerOutput -> padded numpy arrays for one step.
+
+In: the scheduled requests (tokens to run, their pages) and the bucket (T, S, P).
+Out: a StepInput pytree of numpy arrays (input ids, AttentionMetadata, the rows
+whose logits are needed, sampling tensors) that the runner moves to the device
+in one transfer. Loops run over sequences (at most max_num_seqs), never tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from surge.kernels.metadata import AttentionMetadata
+from surge.scheduler.output import SchedulerOutput
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepInput:
+    # int32[T]: token ids of the ragged batch (padding 0).
+    input_ids: jax.Array
+    md: AttentionMetadata
+    # int32[S]: for each sequence, the row of its last token this step (whose logits are sampled).
+    logits_indices: jax.Array
+    # SamplingTensors of surge.sampling (per-sequence parameters, seeds, penalties).
+    sampling: object
+
+
+def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int, pages_per_seq: int,
+                           page_size: int) -> tuple[np.ndarray, AttentionMetadata, np.ndarray]:
+    input_ids = np.zeros(num_tokens, np.int32)
+    positions = np.zeros(num_tokens, np.int32)
+    slot_mapping = np.zeros(num_tokens, np.int32)
+    token_seq_ids = np.full(num_tokens, num_seqs, np.int32)
+    page_table = np.zeros((num_seqs, pages_per_seq), np.int32)
+    cu_q_lens = np.zeros(num_seqs + 1, np.int32)
+    kv_lens = np.zeros(num_seqs, np.int32)
+    logits_indices = np.zeros(num_seqs, np.int32)
+
+    start = 0
+    for i, item in enumerate(out.scheduled):
+        n, first = item.num_new_tokens, item.num_computed_tokens
+        end = start + n
+        pages = np.asarray(item.page_ids, np.int32)
+        page_table[i, : len(pages)] = pages
+        pos = np.arange(first, first + n, dtype=np.int32)
+        positions[start:end] = pos
+        slot_mapping[start:end] = pages[pos // page_size] * page_size + pos % page_size
+        input_ids[start:end] = item.request.token_ids[first : first + n]
+        token_seq_ids[start:end] = i
+        kv_lens[i] = first + n
+        logits_indices[i] = end - 1
+        start = end
+        cu_q_lens[i + 1] = end
+    cu_q_lens[len(out.scheduled) + 1 :] = start
+
+    md = AttentionMetadata(
+        positions=positions, slot_mapping=slot_mapping, token_seq_ids=token_seq_ids, page_table=page_table,
+        cu_q_lens=cu_q_lens, kv_lens=kv_lens, num_seqs=np.asarray(len(out.scheduled), np.int32))
+    return input_ids, md, logits_indices

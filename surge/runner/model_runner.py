@@ -1,0 +1,116 @@
+"""The model runner: one jitted step per engine iteration.
+
+In: a SchedulerOutput. Out: the sampled token id (and log-probs when asked) of
+every scheduled sequence, as numpy. Per step: host arrays are built and padded
+to a compiled (tokens, seqs) bucket, moved to the device in one transfer, run
+through one compiled program (model forward + on-device sampling) with the KV
+cache donated and updated in place, and one small result is copied back.
+Every bucket is compiled at start-up; `execute` never triggers a compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from surge.runner.batch import StepInput, build_attention_inputs
+from surge.runner.buckets import Buckets
+from surge.runner.mesh import shard_state
+from surge.sampling.sampler import sample
+from surge.sampling.tensors import SamplingRow, build_sampling_tensors
+from surge.scheduler.output import SchedulerOutput
+
+logger = logging.getLogger("surge")
+
+
+@dataclass
+class StepResult:
+    # int32[num_scheduled]: the token sampled for each scheduled sequence (meaningful where it samples).
+    token_ids: np.ndarray
+    # float32[num_scheduled] / int32[num_scheduled, K] / float32[num_scheduled, K]; None when no one asked.
+    logprobs: Optional[np.ndarray] = None
+    top_ids: Optional[np.ndarray] = None
+    top_logprobs: Optional[np.ndarray] = None
+
+
+class ModelRunner:
+    def __init__(self, *, model, arch, backend, kv_caches, page_size: int, max_model_len: int, engine_config,
+                 mesh: jax.sharding.Mesh) -> None:
+        self.arch = arch
+        self.backend = backend
+        self.page_size = page_size
+        self.max_model_len = max_model_len
+        self.pages_per_seq = math.ceil(max_model_len / page_size)
+        self.num_logprobs = engine_config.max_logprobs
+        self.buckets = Buckets(engine_config)
+        self.mesh = mesh
+        self.graphdef, state = nnx.split(model)
+        self.state = shard_state(state, mesh)
+        self.kv_caches = kv_caches
+        self._jitted = jax.jit(self._step, donate_argnums=(1,))
+        self._compiled: dict[tuple[int, int], object] = {}
+
+    # ---- the device program ----------------------------------------------------------------
+    def _step(self, state, kv_caches, batch: StepInput):
+        model = nnx.merge(self.graphdef, state)
+        logits, kv_caches = model(batch.input_ids, batch.md, kv_caches, batch.logits_indices, self.backend)
+        return kv_caches, sample(logits, batch.sampling, self.num_logprobs)
+
+    def _dummy_batch(self, num_tokens: int, num_seqs: int) -> StepInput:
+        from surge.scheduler.output import SchedulerOutput as _Empty
+
+        input_ids, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs, self.pages_per_seq,
+                                                               self.page_size)
+        sampling = build_sampling_tensors([], num_seqs, self.arch.vocab_size, self.max_model_len)
+        return StepInput(input_ids, md, logits_indices, sampling)
+
+    def compile(self, num_tokens: int, num_seqs: int):
+        key = (num_tokens, num_seqs)
+        if key not in self._compiled:
+            batch = self._dummy_batch(num_tokens, num_seqs)
+            self._compiled[key] = self._jitted.lower(self.state, self.kv_caches, batch).compile()
+        return self._compiled[key]
+
+    def compile_all(self, progress: bool = True) -> None:
+        pairs = list(self.buckets)
+        for num_tokens, num_seqs in tqdm(pairs, desc="compiling step buckets", disable=not progress, unit="bucket"):
+            self.compile(num_tokens, num_seqs)
+
+    @property
+    def num_compiled_buckets(self) -> int:
+        return len(self._compiled)
+
+    # ---- one step ------------------------------------------------------------------------
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        num_seqs = len(out.scheduled)
+        num_tokens, num_seqs_padded = self.buckets.select(out.num_batched_tokens, num_seqs)
+        input_ids, md, logits_indices = build_attention_inputs(out, num_tokens, num_seqs_padded, self.pages_per_seq,
+                                                               self.page_size)
+        rows = [_sampling_row(item.request) for item in out.scheduled]
+        sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len)
+        batch = jax.device_put(StepInput(input_ids, md, logits_indices, sampling))
+        program = self.compile(num_tokens, num_seqs_padded)
+        self.kv_caches, result = program(self.state, self.kv_caches, batch)
+        wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
+        if wants_logprobs:
+            token_ids, logprobs, top_ids, top_logprobs = jax.device_get(
+                (result.token_ids, result.logprobs, result.top_ids, result.top_logprobs))
+            return StepResult(token_ids[:num_seqs], logprobs[:num_seqs], top_ids[:num_seqs], top_logprobs[:num_seqs])
+        return StepResult(np.asarray(jax.device_get(result.token_ids))[:num_seqs])
+
+
+
+def _sampling_row(request) -> SamplingRow:
+    params = request.sampling_params
+    uses_history = params.uses_penalties
+    return SamplingRow(params=params, seed=request.seed, step=request.num_output_tokens,
+                       eos_token_ids=request.eos_token_ids,
+                       history=request.token_ids if uses_history else None,
+                       num_prompt_tokens=request.num_prompt_tokens)

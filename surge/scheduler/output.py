@@ -1,0 +1,40 @@
+"""SchedulerOutput: the one contract between the scheduler and the model runner.
+
+In: built by Scheduler.schedule(). Out: read by ModelRunner.execute() (which
+tokens of which request to run, on which pages) and handed back to
+Scheduler.update() with the sampled ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from surge.scheduler.request import Request
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    # KV already in the cache before this step (the first position run now).
+    num_computed_tokens: int
+    # Tokens run this step: token_ids[num_computed_tokens : num_computed_tokens + num_new_tokens].
+    num_new_tokens: int
+    # The request's page table (page ids in order) covering every token after this step.
+    page_ids: list[int]
+
+    @property
+    def samples(self) -> bool:
+        """True when this step reaches the end of the known tokens, so a new token is sampled."""
+        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    num_batched_tokens: int = 0
+    # Requests preempted while building this step (their pages were freed; they will recompute).
+    preempted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled

@@ -1,0 +1,179 @@
+"""The scheduler: which requests run this step, how many tokens each, on which pages.
+
+In: requests (add / abort / finish) and, after each step, the sampled token ids.
+Out: a SchedulerOutput per step, and per update the requests that advanced or
+finished. Scheduling works on counters (vLLM v1): each request has
+`num_tokens` known and `num_computed_tokens` in the cache; a step gives running
+requests their missing tokens first (a decode is simply 1), then admits waiting
+ones, all under one token budget, splitting long prompts into chunks. When pages
+run out, the policy's victim is preempted: its pages are freed and it waits to
+recompute.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from surge.cache.block_manager import BlockManager
+from surge.config import EngineConfig, SchedulerConfig
+from surge.scheduler.output import ScheduledRequest, SchedulerOutput
+from surge.scheduler.queues import make_queue
+from surge.scheduler.request import Request, RequestStatus
+
+logger = logging.getLogger("surge")
+
+
+@dataclass
+class RequestUpdate:
+    """What one step did to a request: tokens it gained and whether it finished."""
+
+    request: Request
+    new_token_ids: list[int]
+    finished: bool
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, engine: EngineConfig, block_manager: BlockManager,
+                 max_model_len: int) -> None:
+        self.config = config
+        self.max_num_seqs = engine.max_num_seqs
+        self.max_num_batched_tokens = engine.max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.block_manager = block_manager
+        self.waiting = make_queue(config.policy)
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+        self.num_prefix_queried_tokens = 0
+        self.num_prefix_hit_tokens = 0
+
+    # ---- requests in and out -------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def finish(self, request_id: str, status: RequestStatus) -> Optional[Request]:
+        """Finish a live request (abort, or a stop string found by the output side); frees its pages."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+            self.block_manager.free(request_id)
+        else:
+            self.waiting.remove(request)
+        request.status = status
+        return request
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step ------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        scheduled_ids: set[str] = set()
+
+        for request in list(self.running):
+            if budget <= 0:
+                break
+            if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            num_new = self._num_new_tokens(request, budget)
+            if num_new <= 0:
+                continue
+            while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
+                victim = self.waiting.pick_victim([r for r in self.running if r.request_id not in scheduled_ids]
+                                                  or self.running)
+                self._preempt(victim, out)
+                if victim is request:
+                    break
+            if request.status != RequestStatus.RUNNING:
+                continue
+            self._add_scheduled(out, request, num_new)
+            scheduled_ids.add(request.request_id)
+            budget -= num_new
+
+        # Admit waiting requests unless this step had to preempt (memory is tight).
+        while budget > 0 and not out.preempted_ids and len(self.running) < self.max_num_seqs:
+            request = self.waiting.peek()
+            if request is None:
+                break
+            computed_pages: list[int] = []
+            if request.num_computed_tokens == 0:
+                computed_pages = self.block_manager.lookup_prefix(request.token_ids, request.cache_salt)
+            num_computed = len(computed_pages) * self.block_manager.page_size
+            num_new = min(request.num_tokens - num_computed, self._chunk_limit(budget))
+            if num_new < request.num_tokens - num_computed and not self.config.enable_chunked_prefill:
+                break
+            if self.block_manager.allocate(request.request_id, num_computed + num_new, computed_pages) is None:
+                break
+            self.waiting.pop()
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_computed
+                self.num_prefix_queried_tokens += request.num_tokens
+                self.num_prefix_hit_tokens += num_computed
+            request.num_computed_tokens = num_computed
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            self._add_scheduled(out, request, num_new)
+            budget -= num_new
+        return out
+
+    def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[RequestUpdate]:
+        """Advance each scheduled request by its tokens; `sampled_token_ids[i]` belongs to out.scheduled[i]."""
+        updates: list[RequestUpdate] = []
+        for item, token_id in zip(out.scheduled, sampled_token_ids):
+            request = item.request
+            if request.status != RequestStatus.RUNNING:  # aborted while the step ran
+                continue
+            request.num_computed_tokens = item.num_computed_tokens + item.num_new_tokens
+            self.block_manager.cache_full_pages(request.request_id, request.token_ids,
+                                                request.num_computed_tokens, request.cache_salt)
+            if not item.samples:
+                continue
+            request.append_output_token(int(token_id))
+            stop = request.check_stop(self.max_model_len)
+            if stop is not None:
+                self.finish(request.request_id, stop)
+            updates.append(RequestUpdate(request, [int(token_id)], stop is not None))
+        return updates
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _chunk_limit(self, budget: int) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        return min(budget, threshold) if threshold > 0 else budget
+
+    def _num_new_tokens(self, request: Request, budget: int) -> int:
+        return min(request.num_tokens - request.num_computed_tokens, self._chunk_limit(budget))
+
+    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+        out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new,
+                                              self.block_manager.pages(request.request_id)))
+        out.num_batched_tokens += num_new
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.running.remove(request)
+        self.block_manager.free(request.request_id)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.add_preempted(request)
+        out.preempted_ids.append(request.request_id)
+        # A request scheduled earlier in this step and then preempted must not run.
+        out.scheduled = [s for s in out.scheduled if s.request is not request]
+        out.num_batched_tokens = sum(s.num_new_tokens for s in out.scheduled)
+        logger.debug("preempted %s (%d preemptions so far)", request.request_id, self.num_preemptions)
