@@ -3,9 +3,10 @@
 // One work item is (sequence s, KV head g, a block of s's query tokens). Its rows are
 // every (token, query head of group g) pair, so each K/V row is loaded once for the
 // whole GQA group and the whole token block. The item walks only the pages holding
-// keys some row may see, scores a page at a time into a [rows, page] tile, masks each
-// row to its own key range, and folds the tile into running (max, sum, accumulator)
-// softmax state in float32.
+// keys some row may see, scores a tile of whole pages (about 64 keys) at a time into a
+// [rows, keys] buffer, masks each row to its own key range, and folds the tile into
+// running (max, sum, accumulator) softmax state in float32. Keys outside every row's
+// range are never loaded, so free pages and unwritten slots cannot leak into the math.
 #include "cpu_attention_kernel.h"
 
 #include <algorithm>
@@ -19,6 +20,9 @@
 namespace surge::attention {
 namespace {
 
+// Keys scored per softmax step (rounded to whole pages, at least one).
+constexpr int64_t kKeysPerTile = 64;
+
 struct WorkItem {
   int32_t seq;
   int32_t kv_head;
@@ -31,9 +35,9 @@ struct WorkItem {
 struct Scratch {
   std::vector<float> q;       // [rows, hd], scaled
   std::vector<float> acc;     // [rows, hd]
-  std::vector<float> scores;  // [rows, page_size]
-  std::vector<float> k_rows;  // [page_size, hd] float32 copy of bfloat16 keys
-  std::vector<float> v_rows;
+  std::vector<float> scores;  // [rows, keys of a tile]
+  std::vector<float> k_rows;  // [keys of one page, hd]: float32 copy of bfloat16 keys
+  std::vector<float> v_rows;  // same for values
   std::vector<float> row_max;
   std::vector<float> row_sum;
   std::vector<int64_t> key_lo;  // per token of the block: first visible key position
@@ -96,6 +100,38 @@ void accumulate_tile(const float* p, int64_t rows, int64_t stride, const float* 
   }
 }
 
+// Folds one tile of raw scores [rows, keys] (logical keys first_key ..) into each row's
+// running softmax: masks the row to its visible keys, turns the tile into weights
+// relative to the new running max, and rescales the row's sum and accumulator when
+// the max moved. Rows with no visible key in the tile get all-zero weights.
+void fold_scores(const PagedAttentionProblem& p, Scratch& w, int64_t rows, int64_t group, int64_t first_key,
+                 int64_t keys, int64_t stride) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = w.scores.data() + r * stride;
+    const int64_t token = r / group;
+    const int64_t begin = std::clamp<int64_t>(w.key_lo[token] - first_key, 0, keys);
+    const int64_t end = std::clamp<int64_t>(w.key_hi[token] + 1 - first_key, 0, keys);
+    if (begin >= end) {
+      std::fill(s, s + keys, 0.0f);
+      continue;
+    }
+    if (p.soft_cap > 0.0f) soft_cap_row(s + begin, end - begin, p.soft_cap);
+    const float old_max = w.row_max[r];
+    const float new_max = std::max(old_max, max_of(s + begin, end - begin));
+    const float tile_sum = exp_shifted_sum(s + begin, end - begin, new_max);
+    std::fill(s, s + begin, 0.0f);
+    std::fill(s + end, s + keys, 0.0f);
+    if (old_max != neg_inf && old_max != new_max) {
+      const float correction = exp_scalar(old_max - new_max);
+      w.row_sum[r] *= correction;
+      scale_row(w.acc.data() + r * p.head_dim, p.head_dim, correction);
+    }
+    w.row_sum[r] += tile_sum;
+    w.row_max[r] = new_max;
+  }
+}
+
 void run_item(const PagedAttentionProblem& p, const WorkItem& item, Scratch& w) {
   const int64_t hd = p.head_dim;
   const int64_t ps = p.page_size;
@@ -103,12 +139,15 @@ void run_item(const PagedAttentionProblem& p, const WorkItem& item, Scratch& w) 
   const int64_t num_tokens = item.token_end - item.token_begin;
   const int64_t rows = num_tokens * group;
   const int64_t kv_len = p.kv_lens[item.seq];
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+  // Keys are scored a tile of whole pages at a time, so the softmax bookkeeping per row
+  // is paid once per tile rather than once per (small) page.
+  const int64_t tile_pages = std::max<int64_t>(1, kKeysPerTile / ps);
+  const int64_t stride = tile_pages * ps;
 
   w.q.resize(rows * hd);
   w.acc.assign(rows * hd, 0.0f);
-  w.scores.resize(rows * ps);
-  w.row_max.assign(rows, neg_inf);
+  w.scores.resize(rows * stride);
+  w.row_max.assign(rows, -std::numeric_limits<float>::infinity());
   w.row_sum.assign(rows, 0.0f);
   w.key_lo.resize(num_tokens);
   w.key_hi.resize(num_tokens);
@@ -128,43 +167,27 @@ void run_item(const PagedAttentionProblem& p, const WorkItem& item, Scratch& w) 
   scale_row(w.q.data(), rows * hd, p.scale);
 
   const int32_t* pages = p.page_table + static_cast<int64_t>(item.seq) * p.pages_per_seq;
-  for (int64_t page_index = union_lo / ps; union_hi >= union_lo && page_index <= union_hi / ps; ++page_index) {
-    const int64_t page_start = page_index * ps;
-    const int64_t first_key = std::max(union_lo, page_start);
-    const int64_t keys = std::min(union_hi, page_start + ps - 1) + 1 - first_key;
-    const int64_t offset = ((pages[page_index] * p.num_kv_heads + item.kv_head) * ps + (first_key - page_start)) * hd;
-    const float* k_rows = cache_rows(p.k_cache, p.cache_storage, offset, keys * hd, w.k_rows);
-
-    score_tile(w.q.data(), rows, k_rows, keys, hd, w.scores.data(), ps);
-
-    for (int64_t r = 0; r < rows; ++r) {
-      float* s = w.scores.data() + r * ps;
-      const int64_t token = r / group;
-      const int64_t begin = std::clamp<int64_t>(w.key_lo[token] - first_key, 0, keys);
-      const int64_t end = std::clamp<int64_t>(w.key_hi[token] + 1 - first_key, 0, keys);
-      if (begin >= end) {
-        std::fill(s, s + keys, 0.0f);
-        continue;
-      }
-      if (p.soft_cap > 0.0f) soft_cap_row(s + begin, end - begin, p.soft_cap);
-      float page_max = s[begin];
-      for (int64_t c = begin + 1; c < end; ++c) page_max = std::max(page_max, s[c]);
-      const float old_max = w.row_max[r];
-      const float new_max = std::max(old_max, page_max);
-      const float page_sum = exp_shifted_sum(s + begin, end - begin, new_max);
-      std::fill(s, s + begin, 0.0f);
-      std::fill(s + end, s + keys, 0.0f);
-      if (old_max != neg_inf && old_max != new_max) {
-        const float correction = std::exp(old_max - new_max);
-        w.row_sum[r] *= correction;
-        scale_row(w.acc.data() + r * hd, hd, correction);
-      }
-      w.row_sum[r] += page_sum;
-      w.row_max[r] = new_max;
+  // Element offset of logical key `key` of this KV head (inside page number key / ps).
+  auto row_offset = [&](int64_t key) {
+    return ((pages[key / ps] * p.num_kv_heads + item.kv_head) * ps + key % ps) * hd;
+  };
+  for (int64_t tile_first = union_lo; tile_first <= union_hi;) {
+    const int64_t tile_end = std::min(union_hi + 1, (tile_first / ps + tile_pages) * ps);
+    const int64_t keys = tile_end - tile_first;
+    for (int64_t key = tile_first; key < tile_end;) {
+      const int64_t count = std::min(tile_end, (key / ps + 1) * ps) - key;
+      const float* k_rows = cache_rows(p.k_cache, p.cache_storage, row_offset(key), count * hd, w.k_rows);
+      score_tile(w.q.data(), rows, k_rows, count, hd, w.scores.data() + (key - tile_first), stride);
+      key += count;
     }
-
-    const float* v_rows = cache_rows(p.v_cache, p.cache_storage, offset, keys * hd, w.v_rows);
-    accumulate_tile(w.scores.data(), rows, ps, v_rows, keys, hd, w.acc.data());
+    fold_scores(p, w, rows, group, tile_first, keys, stride);
+    for (int64_t key = tile_first; key < tile_end;) {
+      const int64_t count = std::min(tile_end, (key / ps + 1) * ps) - key;
+      const float* v_rows = cache_rows(p.v_cache, p.cache_storage, row_offset(key), count * hd, w.v_rows);
+      accumulate_tile(w.scores.data() + (key - tile_first), rows, stride, v_rows, count, hd, w.acc.data());
+      key += count;
+    }
+    tile_first = tile_end;
   }
 
   for (int64_t r = 0; r < rows; ++r) {

@@ -7,6 +7,7 @@
 // Without AVX2 + FMA (other processors) every primitive has a scalar path.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -130,6 +131,32 @@ inline void soft_cap_row(float* x, int64_t n, float cap) {
   }
 #endif
   for (; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
+// Largest of x[0, n), n >= 1.
+inline float max_of(const float* x, int64_t n) {
+  int64_t i = 0;
+  float best = x[0];
+#if SURGE_ATTENTION_AVX2
+  if (n >= 8) {
+    __m256 best8 = _mm256_loadu_ps(x);
+    for (i = 8; i + 8 <= n; i += 8) best8 = _mm256_max_ps(best8, _mm256_loadu_ps(x + i));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(best8), _mm256_extractf128_ps(best8, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    best = _mm_cvtss_f32(m);
+  }
+#endif
+  for (; i < n; ++i) best = std::max(best, x[i]);
+  return best;
+}
+
+inline float exp_scalar(float x) {
+#if SURGE_ATTENTION_AVX2
+  return _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)));
+#else
+  return std::exp(x);
+#endif
 }
 
 inline void scale_row(float* x, int64_t n, float factor) {

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
-from surge.engine.outputs import RequestOutput
+from surge.engine.outputs import RequestOutput, SampledLogprobs
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import Request, RequestStatus
@@ -70,7 +70,7 @@ class Engine:
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         token_ids = self._tokenize(prompt, prompt_token_ids)
         request_id = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
-        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        arrival = arrival_time if arrival_time is not None else time.time()
         base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
         children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         text = prompt if isinstance(prompt, str) else None
@@ -78,8 +78,9 @@ class Engine:
             if request_id in self._live:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._live[request_id] = children
-            self.output_processor.add_request(request_id, text, token_ids, params, arrival)
             for index, child_id in enumerate(children):
+                self.output_processor.add_request(child_id, text, token_ids, params, arrival,
+                                                  parent_id=request_id if params.n > 1 else None, index=index)
                 seed = base_seed if params.n == 1 else (base_seed * 1_000_003 + index) % (2**31)
                 request = Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
                                   priority=priority, cache_salt=cache_salt, arrival_time=arrival)
@@ -143,16 +144,22 @@ class Engine:
 
     def _emit(self, out, updates, result) -> list[RequestOutput]:
         outputs, self._pending_outputs = self._pending_outputs, []
-        rows = {item.request.request_id: i for i, item in enumerate(out.scheduled)}
+        rows = {}
+        for i, item in enumerate(out.scheduled):
+            rows[item.request.request_id] = i
+            if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
+                self.output_processor.record_scheduled(item.request.request_id,
+                                                       num_cached_tokens=item.request.num_cached_tokens)
         for update in updates:
             request = update.request
             logprobs = None
             if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
                 i = rows[request.request_id]
-                logprobs = (result.logprobs[i], result.top_ids[i], result.top_logprobs[i])
+                k = request.sampling_params.logprobs
+                logprobs = [SampledLogprobs(float(result.logprobs[i]), int(result.ranks[i]),
+                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())]
             output, stop_hit = self.output_processor.process(
-                request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs,
-                request=request)
+                request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
                 self.scheduler.finish(request.request_id, RequestStatus.FINISHED_STOPPED)
             if output is not None:

@@ -34,8 +34,10 @@ logger = logging.getLogger("surge")
 class StepResult:
     # int32[num_scheduled]: the token sampled for each scheduled sequence (meaningful where it samples).
     token_ids: np.ndarray
-    # float32[num_scheduled] / int32[num_scheduled, K] / float32[num_scheduled, K]; None when no one asked.
+    # float32[num_scheduled] / int32[num_scheduled] / int32[num_scheduled, K] / float32[num_scheduled, K];
+    # None when no scheduled request asked for log-probs.
     logprobs: Optional[np.ndarray] = None
+    ranks: Optional[np.ndarray] = None
     top_ids: Optional[np.ndarray] = None
     top_logprobs: Optional[np.ndarray] = None
 
@@ -100,9 +102,9 @@ class ModelRunner:
         self.kv_caches, result = program(self.state, self.kv_caches, batch)
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
         if wants_logprobs:
-            token_ids, logprobs, top_ids, top_logprobs = jax.device_get(
-                (result.token_ids, result.logprobs, result.top_ids, result.top_logprobs))
-            return StepResult(token_ids[:num_seqs], logprobs[:num_seqs], top_ids[:num_seqs], top_logprobs[:num_seqs])
+            host = jax.device_get(result)
+            return StepResult(host.token_ids[:num_seqs], host.logprobs[:num_seqs], host.ranks[:num_seqs],
+                              host.top_ids[:num_seqs], host.top_logprobs[:num_seqs])
         return StepResult(np.asarray(jax.device_get(result.token_ids))[:num_seqs])
 
 

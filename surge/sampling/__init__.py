@@ -17,6 +17,7 @@ _LAZY = {
     "build_sampling_tensors": "surge.sampling.tensors",
     "SamplerOutput": "surge.sampling.sampler",
     "sample": "surge.sampling.sampler",
+    "process_logits": "surge.sampling.sampler",
 }
 
 

@@ -42,9 +42,7 @@ jax.tree_util.register_dataclass(
 def sample(logits: jax.Array, t: SamplingTensors, num_logprobs: int = 0) -> SamplerOutput:
     """Sample one token per row; jit-able (call inside the step's jit with num_logprobs static)."""
     raw = logits.astype(jnp.float32)
-    processed = lax.cond(t.any_logit_bias, _apply_logit_bias, lambda x, _: x, raw, t)
-    processed = lax.cond(t.any_min_tokens, _suppress_stop_tokens, lambda x, _: x, processed, t)
-    processed = lax.cond(t.any_penalties, _apply_penalties, lambda x, _: x, processed, t)
+    processed = process_logits(raw, t)
     token_ids = lax.cond(t.all_greedy, _argmax, _sample_mixed, processed, t)
     chosen, ranks, top_ids, top_logprobs = lax.cond(
         t.any_logprobs,
@@ -53,6 +51,19 @@ def sample(logits: jax.Array, t: SamplingTensors, num_logprobs: int = 0) -> Samp
     )
     return SamplerOutput(token_ids=token_ids, logprobs=chosen, ranks=ranks, top_ids=top_ids,
                          top_logprobs=top_logprobs)
+
+
+def process_logits(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    """Logit bias, min_tokens suppression and penalties: the logits greedy rows take the argmax of."""
+    logits = logits.astype(jnp.float32)
+    logits = lax.cond(t.any_logit_bias, _apply_logit_bias, _unchanged, logits, t)
+    logits = lax.cond(t.any_min_tokens, _suppress_stop_tokens, _unchanged, logits, t)
+    return lax.cond(t.any_penalties, _apply_penalties, _unchanged, logits, t)
+
+
+def _unchanged(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    del t
+    return logits
 
 
 def _argmax(logits: jax.Array, t: SamplingTensors) -> jax.Array:
@@ -97,7 +108,7 @@ def _sample_mixed(logits: jax.Array, t: SamplingTensors) -> jax.Array:
     greedy_rows = t.temperature <= 0.0
     greedy_ids = _argmax(logits, t)
     scaled = logits / jnp.where(greedy_rows, 1.0, t.temperature)[:, None]
-    scaled = lax.cond(t.any_top_p_top_k_min_p, _apply_top_k_top_p_min_p, lambda x, _: x, scaled, t)
+    scaled = lax.cond(t.any_top_p_top_k_min_p, _apply_top_k_top_p_min_p, _unchanged, scaled, t)
     keys = jax.random.wrap_key_data(t.rng_key, impl="threefry2x32")
     keys = jax.vmap(jax.random.fold_in)(keys, t.step)
     gumbel = jax.vmap(lambda key: jax.random.gumbel(key, (logits.shape[1],), dtype=jnp.float32))(keys)
@@ -148,4 +159,4 @@ def _empty_top(num_rows: int, width: int):
     return jnp.zeros((num_rows, width), jnp.float32), jnp.zeros((num_rows, width), jnp.int32)
 
 
-__all__ = ["SamplerOutput", "sample"]
+__all__ = ["SamplerOutput", "process_logits", "sample"]

@@ -111,9 +111,9 @@ def seed_to_key_data(seed: int) -> Tuple[int, int]:
 
 
 (_TEMPERATURE, _TOP_P, _TOP_K, _MIN_P, _PRESENCE, _FREQUENCY, _REPETITION, _STEP, _FLAGS_START) = range(9)
-_NUM_COLUMNS = _FLAGS_START + 5
+_NUM_COLUMNS = _FLAGS_START + 4
 # A padding row: greedy, every feature off.
-_PADDING_ROW = np.array([0.0, 1.0, 0, 0.0, 0.0, 0.0, 1.0, 0, 0, 0, 0, 0, 0], dtype=np.float64)
+_PADDING_ROW = np.array([0.0, 1.0, 0, 0.0, 0.0, 0.0, 1.0, 0, 0, 0, 0, 0], dtype=np.float64)
 
 
 def _row_scalars(row: SamplingRow) -> tuple:
@@ -122,9 +122,8 @@ def _row_scalars(row: SamplingRow) -> tuple:
     top_k = p.top_k if p.top_k > 0 else 0
     return (0.0 if greedy else p.temperature, p.top_p, top_k, p.min_p, p.presence_penalty,
             p.frequency_penalty, p.repetition_penalty, row.step,
-            # flags: penalties, truncation (sampled rows only), logit bias, min_tokens pending, logprobs
-            p.uses_penalties, (not greedy) and p.uses_top_k_top_p_min_p, bool(p.logit_bias),
-            row.step < p.min_tokens, p.logprobs is not None)
+            # flags: penalties, logit bias, min_tokens pending, logprobs
+            p.uses_penalties, bool(p.logit_bias), row.step < p.min_tokens, p.logprobs is not None)
 
 
 def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vocab_size: int,
@@ -153,7 +152,10 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vo
         keys[:num_rows, 1] = seeds & np.uint64(_UINT32_MASK)
 
     flags = table[:num_rows, _FLAGS_START:] > 0
-    penalized, truncated, biased, suppressing, wants_logprobs = (np.flatnonzero(flags[:, j]) for j in range(5))
+    penalized, biased, suppressing, wants_logprobs = (np.flatnonzero(flags[:, j]) for j in range(4))
+    sampled = table[:num_rows, _TEMPERATURE] > 0
+    truncated = sampled & ((table[:num_rows, _TOP_K] > 0) | (table[:num_rows, _TOP_P] < 1)
+                           | (table[:num_rows, _MIN_P] > 0))
     history, num_prompt = _history_table(rows, penalized, num_rows_padded, history_len)
     bias_ids, bias_values = _logit_bias_tables(rows, biased, num_rows_padded, vocab_size)
     suppress_ids = _suppress_table(rows, suppressing, num_rows_padded, vocab_size)
@@ -176,9 +178,9 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vo
         bias_values=bias_values,
         history=history,
         num_prompt_tokens=num_prompt,
-        all_greedy=np.bool_(not np.any(table[:num_rows, _TEMPERATURE] > 0)),
+        all_greedy=np.bool_(not sampled.any()),
         any_penalties=np.bool_(penalized.size > 0),
-        any_top_p_top_k_min_p=np.bool_(truncated.size > 0),
+        any_top_p_top_k_min_p=np.bool_(truncated.any()),
         any_logit_bias=np.bool_(biased.size > 0),
         any_min_tokens=np.bool_(suppressing.size > 0),
         any_logprobs=np.bool_(wants_logprobs.size > 0),

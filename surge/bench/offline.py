@@ -1,0 +1,98 @@
+"""Offline throughput: a fixed batch of prompts through Engine.generate.
+
+In: a SurgeConfig (engine/cache/backend knobs + bench workload). Out: a result
+dict — requests/s, input and output tokens/s (output tokens = generated tokens
+only), TTFT / TPOT / E2E percentiles — measured after a warm-up that is run
+first and excluded (and said so in the result). With bench.compare=transformers
+the same prompts then run through transformers `generate` (batched, same
+weights, float32) and the ratio is reported.
+"""
+
+from __future__ import annotations
+
+import time
+
+from surge.bench.stats import percentiles, request_latencies
+from surge.bench.workload import load_prompts
+from surge.config import SurgeConfig
+
+
+def run_offline(cfg: SurgeConfig, engine=None) -> dict:
+    from surge.engine.engine import Engine
+    from surge.sampling.params import SamplingParams
+
+    bench = cfg.bench
+    engine = engine or Engine(cfg)
+    prompts = load_prompts(bench, engine.arch.vocab_size)
+    params = SamplingParams(max_tokens=bench.output_len, temperature=0.0, ignore_eos=True)
+    warmup = prompts[: max(bench.num_warmup, 0)]
+    if warmup:
+        _generate(engine, warmup, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    compiles_before = engine.stats()["num_compiles"]
+
+    started = time.perf_counter()
+    outputs = _generate(engine, prompts, params)
+    elapsed = time.perf_counter() - started
+
+    num_input = sum(len(o.prompt_token_ids) for o in outputs)
+    num_output = sum(len(o.outputs[0].token_ids) for o in outputs)
+    ttft, tpot, e2e = request_latencies(outputs)
+    result = {
+        "mode": "offline",
+        "num_prompts": len(prompts),
+        "input_len": bench.input_len,
+        "output_len": bench.output_len,
+        "elapsed_s": elapsed,
+        "requests_per_s": len(prompts) / elapsed,
+        "input_tokens_per_s": num_input / elapsed,
+        "output_tokens_per_s": num_output / elapsed,
+        "num_output_tokens": num_output,
+        "ttft_ms": percentiles(ttft),
+        "tpot_ms": percentiles(tpot),
+        "e2e_ms": percentiles(e2e),
+        "num_compiles_during_run": engine.stats()["num_compiles"] - compiles_before,
+        "num_preemptions": engine.stats()["num_preemptions"],
+        "warmup": f"{len(warmup)} request(s) x 4 tokens run before timing, excluded; compile time excluded",
+    }
+    if bench.compare == "transformers":
+        from surge.bench.transformers_baseline import run_transformers
+
+        source = cfg.model.path or _resolved_source(cfg)
+        baseline = run_transformers(source, prompts, bench.output_len)
+        result["transformers_output_tokens_per_s"] = baseline["output_tokens_per_s"]
+        result["speedup_vs_transformers"] = result["output_tokens_per_s"] / baseline["output_tokens_per_s"]
+    return result
+
+
+def _generate(engine, prompts, params):
+    token_prompts = [p for p in prompts if not isinstance(p, str)]
+    if len(token_prompts) == len(prompts):
+        return engine.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
+    return engine.generate(prompts, params, use_tqdm=False)
+
+
+def _resolved_source(cfg: SurgeConfig) -> str:
+    from surge.models.catalogue import resolve_model
+
+    return resolve_model(cfg.model.name)
+
+
+def format_offline(result: dict) -> str:
+    lines = [
+        f"requests: {result['num_prompts']} x ({result['input_len']} in, {result['output_len']} out)",
+        f"elapsed: {result['elapsed_s']:.2f} s   ({result['warmup']})",
+        f"throughput: {result['output_tokens_per_s']:.1f} generated tok/s, {result['requests_per_s']:.2f} req/s, "
+        f"{result['input_tokens_per_s']:.1f} prompt tok/s",
+        f"TTFT ms p50/p90/p99: {_p(result['ttft_ms'])}   TPOT ms: {_p(result['tpot_ms'])}",
+        f"compiles during run: {result['num_compiles_during_run']}   preemptions: {result['num_preemptions']}",
+    ]
+    if "speedup_vs_transformers" in result:
+        lines.append(f"transformers: {result['transformers_output_tokens_per_s']:.1f} tok/s   "
+                     f"surge/transformers: {result['speedup_vs_transformers']:.2f}x")
+    return "\n".join(lines)
+
+
+def _p(stats: dict) -> str:
+    if stats["p50"] is None:
+        return "-"
+    return f"{stats['p50']:.1f}/{stats['p90']:.1f}/{stats['p99']:.1f}"

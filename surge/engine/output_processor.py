@@ -1,0 +1,261 @@
+"""From sampled token ids to ``RequestOutput`` objects for the caller.
+
+In: after each engine step, per request (or per child of an n>1 request) the
+new token ids, the finish reason the scheduler decided (EOS, stop token id,
+max_tokens), and the sampler's logprobs when asked for. Out: a
+``RequestOutput`` of the user request with cumulative text and the new
+``delta_text``, plus whether a stop string was hit (the engine must then
+finish the request with finish_reason "stop"; tokens after the one that
+completed the stop string are dropped).
+
+Each completion runs its tokens through an ``IncrementalDetokenizer`` and a
+``StopStringMatcher``, so a stop string (or a part of one) never reaches a
+delta. The token that ended a completion by EOS or a stop token id is kept in
+``token_ids`` but left out of the text unless ``include_stop_str_in_output``.
+Children of an n>1 request share the parent id; the parent's output lists one
+completion per child and finishes when all of them have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from surge.engine.detokenizer import IncrementalDetokenizer
+from surge.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampledLogprobs
+from surge.engine.stop_strings import StopStringMatcher
+from surge.sampling.params import SamplingParams
+
+
+@dataclass
+class _Completion:
+    """One child: its detokenizer, stop matcher and what has been reported so far."""
+
+    request_id: str
+    index: int
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    matcher: StopStringMatcher
+    output: CompletionOutput
+    # Tokens and text produced since the last report (text not yet emitted stays in the matcher).
+    pending_token_ids: List[int] = field(default_factory=list)
+    pending_text: str = ""
+
+
+@dataclass
+class _Parent:
+    """One user request: n completions sharing a prompt and metrics."""
+
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: List[int]
+    num_children: int
+    metrics: RequestMetrics
+    children: Dict[int, _Completion] = field(default_factory=dict)
+
+    def finished(self) -> bool:
+        return len(self.children) == self.num_children and all(
+            c.output.finish_reason is not None for c in self.children.values())
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer, clock: Callable[[], float] = time.time) -> None:
+        self.tokenizer = tokenizer
+        self.clock = clock
+        self._parents: Dict[str, _Parent] = {}
+        self._completions: Dict[str, Tuple[_Parent, _Completion]] = {}
+        self._token_text: Dict[int, str] = {}
+
+    # ---- registration ---------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: Sequence[int],
+                    params: SamplingParams, arrival_time: Optional[float] = None, parent_id: Optional[str] = None,
+                    index: int = 0) -> None:
+        """Register a request, or child ``index`` of ``parent_id`` (children of one parent share its params.n)."""
+        if request_id in self._completions:
+            raise ValueError(f"request_id={request_id!r} is already registered")
+        parent_key = request_id if parent_id is None else parent_id
+        parent = self._parents.get(parent_key)
+        if parent is None:
+            num_children = params.n if parent_id is not None else 1
+            arrival = self.clock() if arrival_time is None else arrival_time
+            parent = _Parent(parent_key, prompt, list(prompt_token_ids), num_children,
+                             RequestMetrics(arrival_time=arrival, num_prompt_tokens=len(prompt_token_ids)))
+            self._parents[parent_key] = parent
+        if not 0 <= index < parent.num_children:
+            raise ValueError(f"index={index} is outside 0..{parent.num_children - 1} for request {parent_key!r}")
+        if index in parent.children:
+            raise ValueError(f"index={index} of request {parent_key!r} is already registered")
+        wants_logprobs = params.logprobs is not None
+        completion = _Completion(
+            request_id=request_id, index=index, params=params,
+            detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens),
+            matcher=StopStringMatcher(params.stop, params.include_stop_str_in_output),
+            output=CompletionOutput(index=index, text="", token_ids=[], logprobs=[] if wants_logprobs else None,
+                                    cumulative_logprob=0.0 if wants_logprobs else None))
+        parent.children[index] = completion
+        self._completions[request_id] = (parent, completion)
+
+    def record_scheduled(self, request_id: str, now: Optional[float] = None, num_cached_tokens: int = 0) -> None:
+        """Note the first time the request was scheduled and how many prompt tokens the prefix cache served."""
+        entry = self._completions.get(request_id)
+        if entry is None:
+            return
+        metrics = entry[0].metrics
+        if metrics.first_scheduled_time is None:
+            metrics.first_scheduled_time = self.clock() if now is None else now
+            metrics.num_cached_tokens = num_cached_tokens
+
+    # ---- per step -------------------------------------------------------------------------------
+
+    def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[str],
+                stop_reason: Union[str, int, None] = None,
+                logprobs: Optional[Sequence[SampledLogprobs]] = None) -> Tuple[Optional[RequestOutput], bool]:
+        """Consume one step's tokens of ``request_id``; return (output to report or None, stop string hit)."""
+        entry = self._completions.get(request_id)
+        if entry is None:
+            return None, False
+        parent, child = entry
+        if child.output.finish_reason is not None:
+            return None, False
+        if finish_reason not in (None, "stop", "length", "abort"):
+            raise ValueError(f"finish_reason={finish_reason!r} is not one of None, 'stop', 'length', 'abort'")
+        if logprobs is not None and len(logprobs) != len(new_token_ids):
+            raise ValueError(f"logprobs has {len(logprobs)} entries for {len(new_token_ids)} new tokens")
+        now = self.clock()
+        metrics = parent.metrics
+        if new_token_ids:
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+
+        # A stop token (EOS or stop_token_ids) ends the completion without adding its text.
+        ends_on_stop_token = finish_reason == "stop" and not isinstance(stop_reason, str) and bool(new_token_ids)
+        hide_last = ends_on_stop_token and not child.params.include_stop_str_in_output
+        stop_string_hit = False
+        for position, token in enumerate(new_token_ids):
+            self._append_token(child, token, None if logprobs is None else logprobs[position])
+            if hide_last and position == len(new_token_ids) - 1:
+                break
+            emitted, matched = child.matcher.push(child.detokenizer.push([token]))
+            child.pending_text += emitted
+            if matched is not None:
+                stop_string_hit = True
+                finish_reason, stop_reason = "stop", matched
+                break
+        if finish_reason is not None and not stop_string_hit:
+            self._release_held_text(child)
+            if child.matcher.matched is not None:
+                # Held-back text completed a stop string; the engine is finishing the request anyway.
+                finish_reason, stop_reason = "stop", child.matcher.matched
+        if finish_reason is not None:
+            self._finish(parent, child, finish_reason, stop_reason, now)
+        return self._report(parent, [child]), stop_string_hit
+
+    def abort(self, request_id: str) -> Optional[RequestOutput]:
+        """Finish a request (a user request id finishes all its children) with finish_reason "abort"."""
+        parent = self._parents.get(request_id)
+        if parent is not None:
+            children = list(parent.children.values())
+            # Children never registered (an n>1 request aborted before all were added) are not waited for.
+            parent.num_children = len(parent.children)
+        elif request_id in self._completions:
+            parent, child = self._completions[request_id]
+            children = [child]
+        else:
+            return None
+        now = self.clock()
+        aborted = [child for child in children if child.output.finish_reason is None]
+        for child in aborted:
+            self._release_held_text(child)
+            self._finish(parent, child, "abort", None, now)
+        if not aborted:
+            return None
+        return self._report(parent, aborted)
+
+    # ---- queries --------------------------------------------------------------------------------
+
+    def has_unfinished(self) -> bool:
+        return bool(self._parents)
+
+    def num_unfinished(self) -> int:
+        return len(self._parents)
+
+    def child_ids(self, request_id: str) -> List[str]:
+        """Engine ids of the completions of a user request (itself when n == 1)."""
+        parent = self._parents.get(request_id)
+        if parent is None:
+            return [request_id] if request_id in self._completions else []
+        return [child.request_id for _, child in sorted(parent.children.items())]
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _append_token(self, child: _Completion, token: int, sampled: Optional[SampledLogprobs]) -> None:
+        child.output.token_ids.append(int(token))
+        child.pending_token_ids.append(int(token))
+        if sampled is not None and child.output.logprobs is not None:
+            child.output.logprobs.append(self._logprob_dict(int(token), sampled, child.params.logprobs))
+            child.output.cumulative_logprob += float(sampled.logprob)
+
+    def _logprob_dict(self, token: int, sampled: SampledLogprobs, num_top: int) -> Dict[int, Logprob]:
+        entries = {token: Logprob(float(sampled.logprob), int(sampled.rank), self._decode_token(token))}
+        for rank, (top_id, top_logprob) in enumerate(zip(sampled.top_ids[:num_top], sampled.top_logprobs[:num_top]),
+                                                     start=1):
+            top_id = int(top_id)
+            if top_id not in entries:
+                entries[top_id] = Logprob(float(top_logprob), rank, self._decode_token(top_id))
+        return entries
+
+    def _decode_token(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self.tokenizer.decode([token], skip_special_tokens=False)
+            self._token_text[token] = text
+        return text
+
+    def _release_held_text(self, child: _Completion) -> None:
+        emitted, _ = child.matcher.push(child.detokenizer.flush())
+        child.pending_text += emitted + (child.matcher.flush() if child.matcher.matched is None else "")
+
+    def _finish(self, parent: _Parent, child: _Completion, finish_reason: str, stop_reason, now: float) -> None:
+        child.output.finish_reason = finish_reason
+        child.output.stop_reason = stop_reason
+        if parent.finished():
+            parent.metrics.finished_time = now
+
+    def _report(self, parent: _Parent, changed: List[_Completion]) -> Optional[RequestOutput]:
+        if not any(c.pending_text or c.output.finish_reason is not None for c in changed):
+            return None  # tokens without text yet (held back) are reported with the next text
+        for child in changed:
+            child.output.text += child.pending_text
+            child.output.delta_text = child.pending_text
+            child.output.delta_token_ids = child.pending_token_ids
+            child.pending_text, child.pending_token_ids = "", []
+        parent.metrics.num_generation_tokens = sum(len(c.output.token_ids) for c in parent.children.values())
+        outputs = [self._snapshot(c, any(c is x for x in changed)) for _, c in sorted(parent.children.items())]
+        finished = parent.finished()
+        if finished:
+            self._forget(parent)
+        return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
+                             prompt_token_ids=parent.prompt_token_ids, outputs=outputs, finished=finished,
+                             metrics=RequestMetrics(**vars(parent.metrics)),
+                             delta_text="".join(c.output.delta_text for c in changed))
+
+    @staticmethod
+    def _snapshot(child: _Completion, with_delta: bool) -> CompletionOutput:
+        out = child.output
+        return CompletionOutput(
+            index=out.index, text=out.text, token_ids=list(out.token_ids), finish_reason=out.finish_reason,
+            stop_reason=out.stop_reason, logprobs=None if out.logprobs is None else list(out.logprobs),
+            cumulative_logprob=out.cumulative_logprob,
+            delta_text=out.delta_text if with_delta else "",
+            delta_token_ids=list(out.delta_token_ids) if with_delta else [])
+
+    def _forget(self, parent: _Parent) -> None:
+        self._parents.pop(parent.request_id, None)
+        for child in parent.children.values():
+            self._completions.pop(child.request_id, None)
+
+
+__all__ = ["OutputProcessor"]

@@ -1,0 +1,113 @@
+"""The ``cpu`` attention backend: surge's C++ ragged paged-attention kernel, called through XLA FFI.
+
+In: per layer, q [T, H, hd], k and v [T, KV, hd], the layer's cache ``(k_pages, v_pages)``
+each [num_pages, KV, page_size, hd] (a page holds each KV head's rows contiguously, so the
+kernel walks one (sequence, KV head) over contiguous memory), and the AttentionMetadata.
+Out: attention [T, H, hd] in q's dtype (zeros for padding tokens) and the cache with this
+step's k, v written at ``slot_mapping``.
+
+One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
+The caches are aliased operand -> result, so under ``jit`` with the cache donated XLA
+updates them in place. q and the cache may be float32 or bfloat16 (math in float32);
+k and v are cast to the cache dtype. Bad metadata (a page id or slot outside the cache,
+inconsistent lengths) raises an error from the call naming the input, never a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.metadata import AttentionMetadata
+
+TARGET = "surge_cpu_paged_attention"
+_STORAGE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def _register_targets() -> Tuple[Optional[object], Optional[str]]:
+    """Register the FFI targets of surge._C with jax; returns (module, None) or (None, reason)."""
+    try:
+        from surge import _C
+    except ImportError as exc:
+        return None, f"the native module surge._C is not built ({exc}); run `pip install -e .`"
+    if not hasattr(_C, "ffi_targets"):
+        return None, "surge._C was built without the CPU attention kernel (no ffi_targets); rebuild it"
+    for name, capsule in _C.ffi_targets().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return _C, None
+
+
+_NATIVE, _NATIVE_REASON = _register_targets()
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Threads the kernel uses (process-wide), the calling thread included; 0 = every core."""
+    if _NATIVE is None:
+        raise RuntimeError(_NATIVE_REASON)
+    _NATIVE.set_cpu_attention_threads(int(num_threads))
+
+
+class CpuBackend(AttentionBackend):
+    name = "cpu"
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        num_threads = getattr(config, "num_threads", None)
+        if num_threads is not None and _NATIVE is not None:
+            set_num_threads(num_threads)
+
+    @classmethod
+    def unavailable_reason(cls) -> Optional[str]:
+        if _NATIVE_REASON is not None:
+            return _NATIVE_REASON
+        platform = jax.default_backend()
+        if platform != "cpu":
+            return f"the cpu kernel runs on jax's cpu platform, but the default backend is {platform}"
+        return None
+
+    def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
+        return (num_pages, num_kv_heads, page_size, head_dim)
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        kv_cache: KVCache,
+        md: AttentionMetadata,
+        *,
+        scale: float,
+        sliding_window: Optional[int] = None,
+        logit_soft_cap: Optional[float] = None,
+    ) -> Tuple[jax.Array, KVCache]:
+        k_pages, v_pages = kv_cache
+        _check_dtypes(q, k_pages, v_pages)
+        call = jax.ffi.ffi_call(
+            TARGET,
+            (jax.ShapeDtypeStruct(q.shape, q.dtype),
+             jax.ShapeDtypeStruct(k_pages.shape, k_pages.dtype),
+             jax.ShapeDtypeStruct(v_pages.shape, v_pages.dtype)),
+            input_output_aliases={3: 1, 4: 2},
+        )
+        as_i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+        out, k_pages, v_pages = call(
+            q, k.astype(k_pages.dtype), v.astype(v_pages.dtype), k_pages, v_pages,
+            as_i32(md.slot_mapping), as_i32(md.positions), as_i32(md.cu_q_lens), as_i32(md.page_table),
+            as_i32(md.kv_lens), as_i32(md.num_seqs).reshape(()),
+            scale=np.float32(scale),
+            sliding_window=np.int32(sliding_window or 0),
+            soft_cap=np.float32(logit_soft_cap or 0.0),
+        )
+        return out, (k_pages, v_pages)
+
+
+def _check_dtypes(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array) -> None:
+    for label, array in (("q", q), ("k_pages", k_pages), ("v_pages", v_pages)):
+        if jnp.dtype(array.dtype) not in _STORAGE_DTYPES:
+            raise TypeError(f"cpu attention: {label} has dtype {array.dtype}; it must be float32 or bfloat16")
+    if k_pages.dtype != v_pages.dtype:
+        raise TypeError(f"cpu attention: k_pages ({k_pages.dtype}) and v_pages ({v_pages.dtype}) must share a dtype")

@@ -1,0 +1,65 @@
+"""Load a model for serving: weights, architecture, tokenizer, chat template.
+
+In: a local Hugging Face directory (config.json + *.safetensors, sharded or
+not, + tokenizer files) or a ``.gguf`` file (dequantized on load), a dtype
+("float32" or "bfloat16"), and optionally a separate tokenizer source. Out: a
+``LoadedModel`` with the CausalLM, its ModelArchConfig and its tokenizer.
+Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax.numpy as jnp
+
+from surge.models.arch import ModelArchConfig
+from surge.models.catalogue import resolve_model
+from surge.models.decoder import CausalLM
+from surge.models.gguf_checkpoint import GGUFCheckpoint
+from surge.models.hf_checkpoint import CheckpointError, SafetensorsCheckpoint, read_hf_config
+from surge.models.tokenizer import load_tokenizer
+from surge.models.weights import build_model
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: CausalLM
+    arch: ModelArchConfig
+    # transformers fast tokenizer.
+    tokenizer: Any
+    chat_template: Optional[str]
+    # The resolved path the weights were read from.
+    source: str
+
+
+def load_model(source: str, dtype: str = "float32", tokenizer: Optional[str] = None) -> LoadedModel:
+    """Load a catalogue name, HF directory or .gguf file; `tokenizer` overrides the model's own."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    path = resolve_model(source)
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        checkpoint = GGUFCheckpoint(path)
+        arch = _arch(checkpoint.hf_config(), path)
+    elif os.path.isdir(path):
+        arch = _arch(read_hf_config(path), os.path.join(path, "config.json"))
+        checkpoint = SafetensorsCheckpoint(path)
+    else:
+        raise CheckpointError(f"{path}: neither a Hugging Face model directory nor a .gguf file")
+    model = build_model(arch, checkpoint, _DTYPES[dtype], path)
+    tok = load_tokenizer(resolve_model(tokenizer) if tokenizer else path)
+    template = getattr(tok, "chat_template", None)
+    if template is None and isinstance(checkpoint, GGUFCheckpoint):
+        template = checkpoint.chat_template()
+    return LoadedModel(model=model, arch=arch, tokenizer=tok, chat_template=template, source=path)
+
+
+def _arch(config: dict, where: str) -> ModelArchConfig:
+    try:
+        return ModelArchConfig.from_hf_config(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None

@@ -1,0 +1,170 @@
+"""The OpenAI-compatible server: `eSurgeApiServer` and its FastAPI app.
+
+In: an `Engine` or `AsyncEngine` (or a factory that builds one in the
+background, as `surge-serve` does), API keys, and server options. Out: `.app`
+(the FastAPI application) with `POST /v1/chat/completions`,
+`POST /v1/completions`, `GET /v1/models`, `GET /health` (503 until the engine
+is ready) and `GET /metrics` (Prometheus text); `.generate_api_key(label=...)`;
+`.fire(host, port)` to serve until SIGTERM / Ctrl-C.
+
+Every failure answers with an OpenAI error body (`errors.py`) — unknown routes,
+wrong methods and unexpected exceptions included — so a client always gets
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from surge.server.auth import ApiKeyStore, ApiKeysSpec
+from surge.server.chat_completions import create_chat_completion
+from surge.server.completions import create_completion
+from surge.server.context import ServerContext
+from surge.server.engine_host import EngineHost
+from surge.server.errors import OpenAIError
+from surge.server.metrics import CONTENT_TYPE, ServerMetrics
+from surge.server.protocol import ModelCard, ModelList
+
+logger = logging.getLogger("surge")
+
+
+class eSurgeApiServer:
+    """OpenAI-compatible HTTP server over one surge engine (eSurge's name and arguments)."""
+
+    def __init__(self, engine=None, *, require_api_key: bool = False, api_keys: ApiKeysSpec = None,
+                 api_keys_file: str = "", max_queue: int = 1024, isolate_prefix_cache_per_key: bool = False,
+                 served_model_name: Optional[str] = None, model_aliases: Sequence[str] = (),
+                 engine_factory: Optional[Callable[[], object]] = None, max_model_len: Optional[int] = None,
+                 enable_console_monitor: bool = False) -> None:
+        if engine is None and engine_factory is None:
+            raise ValueError("eSurgeApiServer needs an engine (Engine or AsyncEngine) or an engine_factory")
+        self.keys = ApiKeyStore(api_keys, require=require_api_key, keys_file=api_keys_file)
+        if require_api_key and not len(self.keys):
+            logger.warning("require_api_key is set but no keys are registered: every request will get a 401 "
+                           "until generate_api_key() adds one")
+        self.host = EngineHost(max_queue=max_queue)
+        inner = getattr(engine, "engine", engine)
+        self.model_name = served_model_name or (getattr(inner, "model_name", None) if inner is not None else None) \
+            or "surge"
+        length = max_model_len or getattr(inner, "max_model_len", None) or 8192
+        self.metrics = ServerMetrics(self.model_name, self._stats, max_model_len=length)
+        for label in self.keys.labels:
+            self.metrics.register_key_label(label)
+        self.context = ServerContext(self.host, self.keys, self.metrics, self.model_name, aliases=model_aliases,
+                                     isolate_prefix_cache_per_key=isolate_prefix_cache_per_key)
+        self.enable_console_monitor = enable_console_monitor
+        self.monitor = None
+        self.app = build_app(self.context)
+        self._engine_factory = engine_factory
+        if engine is not None:
+            self.host.set_engine(engine)
+
+    @classmethod
+    def from_config(cls, cfg, engine=None) -> "eSurgeApiServer":
+        """A server for a SurgeConfig; without `engine`, `start_engine()` builds it from `cfg` in the background."""
+        from surge.engine.engine import Engine
+
+        server = cfg.server
+        return cls(engine, require_api_key=server.require_api_key, api_keys=list(server.api_keys),
+                   api_keys_file=server.api_keys_file, max_queue=server.max_queue,
+                   isolate_prefix_cache_per_key=server.isolate_prefix_cache_per_key,
+                   served_model_name=cfg.model.served_name or cfg.model.name, model_aliases=(cfg.model.name,),
+                   engine_factory=(lambda: Engine(cfg)) if engine is None else None,
+                   max_model_len=cfg.engine.max_model_len or None,
+                   enable_console_monitor=server.enable_console_monitor)
+
+    def _stats(self) -> Optional[dict]:
+        return self.host.engine.stats() if self.host.ready else None
+
+    def generate_api_key(self, label: Optional[str] = None) -> str:
+        """Register and return a new key; its usage shows in /metrics under `label`."""
+        key = self.keys.generate(label)
+        self.metrics.register_key_label(self.keys.lookup(key))
+        return key
+
+    def start_engine(self):
+        """Build the engine in a background thread if it was given as a factory; returns that thread or None."""
+        if self.enable_console_monitor:
+            self.host.on_ready(self._start_console)
+        if self._engine_factory is None or self.host.async_engine is not None or self.host.building:
+            return None
+        return self.host.build_in_background(self._engine_factory)
+
+    def _start_console(self, engine) -> None:
+        from surge.server.monitoring import start_monitoring
+
+        self.monitor = start_monitoring(engine, prometheus_port=None, enable_console=True, metrics=self.metrics,
+                                        model_name=self.model_name)
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.host.stop()
+
+    def fire(self, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
+             access_log: bool = False) -> None:
+        """Serve until SIGTERM or Ctrl-C: then stop accepting, abort requests in flight, stop the engine."""
+        from surge.server.launcher import serve
+
+        serve(self, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def build_app(ctx: ServerContext) -> FastAPI:
+    app = FastAPI(title="surge", description="OpenAI-compatible API over a surge engine", docs_url=None,
+                  redoc_url=None)
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return OpenAIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None,
+                           error_type="not_found_error" if exc.status_code == 404 else "invalid_request_error"
+                           ).response(headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await create_chat_completion(ctx, request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await create_completion(ctx, request)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        ctx.authorize(request)
+        engine = ctx.host.engine
+        card = ModelCard(id=ctx.model_name, max_model_len=engine.max_model_len if engine is not None else None)
+        return JSONResponse(ModelList(data=[card]).model_dump())
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request) -> JSONResponse:
+        ctx.authorize(request)
+        ctx.check_model(name)
+        engine = ctx.host.engine
+        card = ModelCard(id=ctx.model_name, max_model_len=engine.max_model_len if engine is not None else None)
+        return JSONResponse(card.model_dump())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok, message = ctx.host.status()
+        if ok:
+            return JSONResponse({"status": "ok", "model": ctx.model_name})
+        return OpenAIError(503, message, code="draining" if ctx.host.draining else "not_ready").response()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,149 @@
+"""Chat messages (and tools) to the prompt text the model continues.
+
+In: a `ChatCompletionRequest` (system / developer / user / assistant / tool
+messages, text content parts, `tools`, `tool_choice`) and the tokenizer, whose
+chat template renders them. Out: a `ChatPrompt` — the prompt text, the
+`prefill` (assistant text appended after the generation prompt, which the tool
+parser must see before the generated text) and whether tool calls are parsed.
+
+Templates that know about tools (they mention `tools`) get them natively, with
+assistant tool calls' arguments as objects. For templates that do not (SmolLM2's
+among them) the tools are described in the system message in the Hermes format
+the parser reads, assistant tool calls become `<tool_call>` text, and tool
+results become user turns wrapped in `<tool_response>`.
+
+tool_choice: "none" hides the tools; "auto" (the default with tools) lets the
+model choose; "required" prefills `<tool_call>` so some call follows; a named
+function prefills `{"name": ..., "arguments": ` so that function is called.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from surge.server.errors import bad_request
+from surge.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from surge.server.tool_parser import CLOSE_TAG, OPEN_TAG
+
+_TEXT_PART_TYPES = ("text", "input_text")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str
+    prefill: str = ""
+    parse_tools: bool = False
+
+
+def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
+    """The prompt for `req`; a 400 when the messages or tools cannot be rendered."""
+    tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []]
+    choice = req.tool_choice
+    if choice is not None and not tools:
+        raise bad_request("tool_choice is only allowed when tools are given", param="tool_choice")
+    if choice == "none":
+        tools = []
+    prefill = _prefill(choice, tools)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not template:
+        raise bad_request("this model has no chat template; use /v1/completions with a prompt instead",
+                          param="messages")
+    native = "tools" in template
+    messages = [_message(m, native, i) for i, m in enumerate(req.messages)]
+    if tools and not native:
+        messages = _with_tool_instructions(messages, tools)
+    kwargs = dict(req.chat_template_kwargs or {})
+    try:
+        text = tokenizer.apply_chat_template(messages, tools=tools if (tools and native) else None, tokenize=False,
+                                             add_generation_prompt=req.add_generation_prompt, **kwargs)
+    except Exception as exc:  # jinja2 raises TemplateError, TypeError, ... for messages it cannot render
+        raise bad_request(f"the model's chat template cannot render these messages: {exc}",
+                          param="messages") from None
+    if not isinstance(text, str):
+        raise bad_request("the model's chat template did not produce text", param="messages")
+    return ChatPrompt(text=text + prefill, prefill=prefill, parse_tools=bool(tools))
+
+
+def _prefill(choice, tools: list[dict]) -> str:
+    if choice == "required":
+        return OPEN_TAG + '\n{"name": "'
+    if isinstance(choice, NamedToolChoice):
+        names = [tool["function"]["name"] for tool in tools]
+        if choice.function.name not in names:
+            raise bad_request(f"tool_choice names function {choice.function.name!r}, which is not among the "
+                              f"tools {names}", param="tool_choice")
+        return OPEN_TAG + "\n" + '{"name": ' + json.dumps(choice.function.name) + ', "arguments": '
+    return ""
+
+
+def _text_of(message: ChatMessage, index: int) -> str:
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type not in _TEXT_PART_TYPES:
+            raise bad_request(f"messages[{index}]: content parts of type {part.type!r} are not supported "
+                              "(this server serves text-only models)", param=f"messages[{index}].content")
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
+def _message(message: ChatMessage, native: bool, index: int) -> dict[str, Any]:
+    role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
+    text = _text_of(message, index)
+    calls = message.tool_calls or []
+    if role != "assistant" and calls:
+        raise bad_request(f"messages[{index}]: only assistant messages carry tool_calls",
+                          param=f"messages[{index}].tool_calls")
+    if native:
+        rendered: dict[str, Any] = {"role": role, "content": text}
+        if calls:
+            rendered["tool_calls"] = [{"id": c.id, "type": "function",
+                                       "function": {"name": c.function.name,
+                                                    "arguments": _arguments_object(c.function.arguments)}}
+                                      for c in calls]
+        if message.tool_call_id is not None:
+            rendered["tool_call_id"] = message.tool_call_id
+        if message.name is not None:
+            rendered["name"] = message.name
+        return rendered
+    if role == "tool":
+        return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+    if calls:
+        blocks = [f"{OPEN_TAG}\n" + json.dumps({"name": c.function.name,
+                                                 "arguments": _arguments_object(c.function.arguments)})
+                  + f"\n{CLOSE_TAG}" for c in calls]
+        text = "\n".join(([text] if text else []) + blocks)
+    return {"role": role, "content": text}
+
+
+def _arguments_object(arguments: str) -> Any:
+    """Tool-call arguments arrive as JSON text; templates want the object (kept as text if it is not JSON)."""
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return arguments
+
+
+def _tool_instructions(tools: list[dict]) -> str:
+    schemas = "\n".join(json.dumps(tool["function"], ensure_ascii=False) for tool in tools)
+    return ("You can call functions to help with the user's request. The functions, as JSON schemas:\n"
+            f"<tools>\n{schemas}\n</tools>\n"
+            "To call one, reply with a JSON object holding its name and arguments inside tags, one block per "
+            "call:\n"
+            f'{OPEN_TAG}\n{{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}\n{CLOSE_TAG}')
+
+
+def _with_tool_instructions(messages: list[dict], tools: list[dict]) -> list[dict]:
+    instructions = _tool_instructions(tools)
+    if messages and messages[0]["role"] == "system":
+        first = dict(messages[0])
+        first["content"] = (first["content"] + "\n\n" + instructions) if first["content"] else instructions
+        return [first] + messages[1:]
+    return [{"role": "system", "content": instructions}] + messages
+

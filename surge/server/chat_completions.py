@@ -1,0 +1,155 @@
+"""`POST /v1/chat/completions`: messages in, an assistant message (or its stream of deltas) out.
+
+In: the HTTP request (auth headers, JSON body). Out: a `ChatCompletion` with
+`usage`, or Server-Sent Events of `ChatCompletionChunk`s: a first chunk with
+the role, content / tool-call deltas as tokens arrive, a chunk with each
+choice's finish_reason, a usage chunk only when `stream_options.include_usage`
+asks, then `data: [DONE]`. With tools, the text goes through the tool-call
+parser, so no tag text reaches `content` and finish_reason is "tool_calls"
+when the model called one.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Optional
+
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from surge.server.chat import ChatPrompt, render_chat
+from surge.server.context import ServerContext, close_all, merge, parse_body
+from surge.server.errors import bad_request, stream_error
+from surge.server.logprobs import chat_logprobs, delta_entries
+from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
+                                   ChatCompletionRequest, ChunkChoice, DeltaFunctionCall, DeltaMessage,
+                                   DeltaToolCall, ResponseFunctionCall, ResponseToolCall, Usage, chunk_json,
+                                   new_id)
+from surge.server.request_params import chat_sampling_params
+from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
+from surge.server.tool_parser import ParserDelta, ToolCallParser, parse_tool_calls
+
+
+async def create_chat_completion(ctx: ServerContext, request: Request) -> Response:
+    principal = ctx.authorize(request)
+    req = parse_body(ChatCompletionRequest, await request.body())
+    ctx.check_model(req.model)
+    engine = ctx.require_ready().engine
+    prompt = render_chat(engine.tokenizer, req)
+    prompt_ids = engine.tokenizer.encode(prompt.text, add_special_tokens=False)
+    if not prompt_ids:
+        raise bad_request("the messages render to an empty prompt", param="messages")
+    params = chat_sampling_params(req, len(prompt_ids), ctx.limits())
+    request_id = new_id("chatcmpl")
+    streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=req.priority,
+                                     principal=principal, cache_salt=req.cache_salt)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return EventStreamResponse(_events(ctx, streams[0], request_id, prompt, params, len(prompt_ids),
+                                           include_usage), on_close=lambda: close_all(streams))
+    try:
+        final = await run_until_disconnect(request, _last_output(streams[0]))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    finally:
+        await close_all(streams)
+    return JSONResponse(_completion(ctx, final, request_id, prompt, params).model_dump())
+
+
+async def _last_output(stream: AsyncIterator):
+    final = None
+    async for output in stream:
+        final = output
+    return final
+
+
+def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, params) -> ChatCompletion:
+    choices = []
+    for completion in final.outputs:
+        content: Optional[str] = completion.text
+        calls = []
+        if prompt.parse_tools:
+            parsed = parse_tool_calls(prompt.prefill + completion.text)
+            content, calls = parsed.content, parsed.tool_calls
+        finish = "tool_calls" if calls and completion.finish_reason == "stop" else completion.finish_reason
+        logprobs = None
+        if params.logprobs is not None and completion.logprobs is not None:
+            logprobs = chat_logprobs(completion.token_ids, completion.logprobs, params.logprobs)
+        message = AssistantMessage(content=content, tool_calls=[
+            ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
+            for c in calls])
+        choices.append(ChatChoice(index=completion.index, message=message, finish_reason=finish, logprobs=logprobs))
+    usage = Usage.of(len(final.prompt_token_ids), sum(len(c.token_ids) for c in final.outputs))
+    return ChatCompletion(id=request_id, model=ctx.model_name, choices=choices, usage=usage)
+
+
+def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:
+    if not delta.tool_calls:
+        return None
+    return [DeltaToolCall(index=d.index, id=d.id, type="function" if d.id is not None else None,
+                          function=DeltaFunctionCall(name=d.name, arguments=d.arguments))
+            for d in delta.tool_calls]
+
+
+async def _events(ctx: ServerContext, stream: AsyncIterator, request_id: str, prompt: ChatPrompt, params,
+                  prompt_len: int, include_usage: bool) -> AsyncIterator[str]:
+    n = params.n
+    parsers = [ToolCallParser() if prompt.parse_tools else None for _ in range(n)]
+    # The prefilled start of a tool call is part of what each parser reads, but is sent with the first delta.
+    pending = [p.feed(prompt.prefill) if p is not None else ParserDelta() for p in parsers]
+    called = [False] * n
+    done = [False] * n
+    generated = 0
+
+    def chunk(index: int, delta: DeltaMessage, finish: Optional[str] = None, logprobs=None) -> str:
+        body = ChatCompletionChunk(id=request_id, model=ctx.model_name,
+                                   choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish,
+                                                        logprobs=logprobs)])
+        return event(chunk_json(body))
+
+    merged = merge([stream])
+    try:
+        for index in range(n):
+            yield chunk(index, DeltaMessage(role="assistant", content=""))
+        async for _, output in merged:
+            generated = sum(len(c.token_ids) for c in output.outputs)
+            for completion in output.outputs:
+                i = completion.index
+                if done[i] or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
+                    continue
+                parser = parsers[i]
+                if parser is None:
+                    delta = ParserDelta(content=completion.delta_text)
+                else:
+                    delta = pending[i]
+                    pending[i] = ParserDelta()
+                    fed = parser.feed(completion.delta_text)
+                    delta.content += fed.content
+                    delta.tool_calls += fed.tool_calls
+                    if completion.finish_reason is not None:
+                        tail = parser.finish()
+                        delta.content += tail.content
+                        delta.tool_calls += tail.tool_calls
+                    called[i] = called[i] or bool(parser.tool_calls)
+                logprobs = None
+                if params.logprobs is not None:
+                    ids, entries = delta_entries(completion)
+                    if ids:
+                        logprobs = chat_logprobs(ids, entries, params.logprobs)
+                finish = completion.finish_reason
+                if finish == "stop" and called[i]:
+                    finish = "tool_calls"
+                message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta))
+                if message.content is not None or message.tool_calls or logprobs is not None or finish:
+                    yield chunk(i, message, finish, logprobs)
+                done[i] = finish is not None
+        if include_usage:
+            usage_chunk = ChatCompletionChunk(id=request_id, model=ctx.model_name, choices=[],
+                                              usage=Usage.of(prompt_len, generated))
+            yield event(usage_chunk.model_dump_json(exclude_none=True))
+        yield DONE
+    except Exception as exc:  # the response has started: report in-band, as OpenAI does
+        yield event(stream_error(exc, request_id).json())
+        yield DONE
+    finally:
+        await merged.aclose()

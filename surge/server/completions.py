@@ -1,0 +1,161 @@
+"""`POST /v1/completions`: a prompt (text, token ids, or a list of either) in, its completions out.
+
+In: the HTTP request. Out: a `Completion` with one choice per prompt and
+completion (choice index = prompt index * n + completion index) and `usage`,
+or Server-Sent Events of `Completion` chunks ending with an optional usage
+chunk (only when `stream_options.include_usage` asks) and `data: [DONE]`.
+`echo` puts the prompt text before each completion.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Optional
+
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from surge.server.context import ServerContext, close_all, merge, parse_body
+from surge.server.errors import bad_request, stream_error
+from surge.server.logprobs import completion_logprobs, delta_entries
+from surge.server.protocol import Completion, CompletionChoice, CompletionRequest, Usage, chunk_json, new_id
+from surge.server.request_params import completion_sampling_params
+from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
+
+MAX_PROMPTS = 256
+
+
+def _prompts(req: CompletionRequest, tokenizer) -> list[tuple[str, list[int]]]:
+    """(text, token ids) per prompt; text prompts are tokenized as the engine would (special tokens added)."""
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        items: list = [prompt]
+    elif prompt and all(isinstance(x, int) for x in prompt):
+        items = [list(prompt)]
+    else:
+        items = list(prompt)
+    if not items:
+        raise bad_request("prompt is empty: give a string, a list of strings, or token ids", param="prompt")
+    if len(items) > MAX_PROMPTS:
+        raise bad_request(f"prompt holds {len(items)} prompts; at most {MAX_PROMPTS} per request", param="prompt")
+    result = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            ids = tokenizer.encode(item, add_special_tokens=True)
+            text = item
+        else:
+            ids = list(item)
+            text = None
+        if not ids:
+            raise bad_request(f"prompt[{i}] is empty: it must have at least one token", param="prompt")
+        result.append((text, ids))
+    return result
+
+
+async def create_completion(ctx: ServerContext, request: Request) -> Response:
+    principal = ctx.authorize(request)
+    req = parse_body(CompletionRequest, await request.body())
+    ctx.check_model(req.model)
+    engine = ctx.require_ready().engine
+    prompts = _prompts(req, engine.tokenizer)
+    limits = ctx.limits()
+    # The longest prompt decides max_tokens when it is not given (and must leave room for one token).
+    params = completion_sampling_params(req, max(len(ids) for _, ids in prompts), limits)
+    for i, (_, ids) in enumerate(prompts):
+        bad = [t for t in ids if not 0 <= t < limits.vocab_size]
+        if bad:
+            raise bad_request(f"prompt[{i}] holds token ids outside the vocabulary [0, {limits.vocab_size}): "
+                              f"{bad[:5]}", param="prompt")
+    echoes = [(text if text is not None else engine.tokenizer.decode(ids)) if req.echo else "" for text, ids in
+              prompts]
+    request_id = new_id("cmpl")
+    streams = await ctx.open_streams([ids for _, ids in prompts], params, request_id=request_id,
+                                     priority=req.priority, principal=principal, cache_salt=req.cache_salt)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return EventStreamResponse(_events(ctx, streams, request_id, params, echoes, include_usage),
+                                   on_close=lambda: close_all(streams))
+    try:
+        finals = await run_until_disconnect(request, _finals(streams))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    finally:
+        await close_all(streams)
+    return JSONResponse(_completion(ctx, finals, request_id, params, echoes).model_dump())
+
+
+async def _finals(streams: list[AsyncIterator]) -> list:
+    finals: list = [None] * len(streams)
+    async for index, output in merge(streams):
+        finals[index] = output
+    return finals
+
+
+def _logprobs(params, token_ids, entries, offset: int):
+    if params.logprobs is None or entries is None:
+        return None
+    return completion_logprobs(token_ids, entries, params.logprobs, start_offset=offset)
+
+
+def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoes: list[str]) -> Completion:
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for p, final in enumerate(finals):
+        prompt_tokens += len(final.prompt_token_ids)
+        for completion in final.outputs:
+            completion_tokens += len(completion.token_ids)
+            choices.append(CompletionChoice(
+                index=p * params.n + completion.index, text=echoes[p] + completion.text,
+                finish_reason=completion.finish_reason,
+                logprobs=_logprobs(params, completion.token_ids, completion.logprobs, len(echoes[p]))))
+    return Completion(id=request_id, model=ctx.model_name, choices=choices,
+                      usage=Usage.of(prompt_tokens, completion_tokens))
+
+
+async def _events(ctx: ServerContext, streams: list[AsyncIterator], request_id: str, params, echoes: list[str],
+                  include_usage: bool) -> AsyncIterator[str]:
+    n = params.n
+    offsets = {}
+    prompt_tokens: dict[int, int] = {}
+    generated: dict[int, int] = {}
+
+    def chunk(index: int, text: str, finish: Optional[str] = None, logprobs=None) -> str:
+        body = Completion(id=request_id, model=ctx.model_name,
+                          choices=[CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)])
+        return event(chunk_json(body))
+
+    merged = merge(streams)
+    try:
+        for p, echo in enumerate(echoes):
+            for j in range(n):
+                offsets[p * n + j] = len(echo)
+                if echo:
+                    yield chunk(p * n + j, echo)
+        done: set[int] = set()
+        async for p, output in merged:
+            prompt_tokens[p] = len(output.prompt_token_ids)
+            generated[p] = sum(len(c.token_ids) for c in output.outputs)
+            for completion in output.outputs:
+                index = p * n + completion.index
+                if index in done or not (completion.delta_text or completion.delta_token_ids
+                                         or completion.finish_reason):
+                    continue
+                logprobs = None
+                if params.logprobs is not None:
+                    ids, entries = delta_entries(completion)
+                    if ids:
+                        logprobs = completion_logprobs(ids, entries, params.logprobs, start_offset=offsets[index])
+                offsets[index] += len(completion.delta_text)
+                yield chunk(index, completion.delta_text, completion.finish_reason, logprobs)
+                if completion.finish_reason is not None:
+                    done.add(index)
+        if include_usage:
+            usage = Usage.of(sum(prompt_tokens.values()), sum(generated.values()))
+            yield event(Completion(id=request_id, model=ctx.model_name, choices=[], usage=usage)
+                        .model_dump_json(exclude_none=True))
+        yield DONE
+    except Exception as exc:  # the response has started: report in-band, as OpenAI does
+        yield event(stream_error(exc, request_id).json())
+        yield DONE
+    finally:
+        await merged.aclose()

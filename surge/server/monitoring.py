@@ -1,0 +1,149 @@
+"""`engine.start_monitoring(...)`: a Prometheus exporter and a live console table.
+
+In: an engine (anything with `stats()`), a port for the exporter (loopback by
+default; None for no exporter) and whether to draw the console table; a
+server's `ServerMetrics` when there is one (its registry is exported and its
+token counters give throughput). Out: a `MonitoringHandle` with `.port`,
+`.url`, `.stop()`. The console thread redraws a `rich` table every
+`refresh_interval` seconds: throughput, running / waiting sequences, KV-cache
+use, prefix-cache hit rate, preemptions, compiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from surge.server.metrics import EngineStatsCollector, ServerMetrics
+
+logger = logging.getLogger("surge")
+
+
+@dataclass
+class _Rates:
+    """Per-second rates between two readings of cumulative counters."""
+
+    last_time: float = field(default_factory=time.monotonic)
+    last: dict = field(default_factory=dict)
+
+    def update(self, counters: dict) -> dict:
+        now = time.monotonic()
+        elapsed = max(now - self.last_time, 1e-9)
+        rates = {k: (v - self.last[k]) / elapsed for k, v in counters.items() if k in self.last}
+        self.last_time, self.last = now, dict(counters)
+        return rates
+
+
+def _counters(engine, metrics: Optional[ServerMetrics], stats: dict) -> dict:
+    counters = {"steps": stats.get("num_steps", 0)}
+    if metrics is not None:
+        totals = metrics.totals()
+        counters.update(prompt_tokens=totals["prompt_tokens"], generation_tokens=totals["generation_tokens"],
+                        requests=totals["requests"])
+    else:
+        # Engines that count tokens themselves expose them in stats().
+        for key, name in (("num_prompt_tokens", "prompt_tokens"), ("num_generation_tokens", "generation_tokens"),
+                          ("num_finished_requests", "requests")):
+            if key in stats:
+                counters[name] = stats[key]
+    return counters
+
+
+def build_table(stats: dict, rates: dict, title: str = "surge"):
+    """The console table for one reading of engine stats and counter rates."""
+    from rich.table import Table
+
+    total = stats.get("num_total_pages", 0)
+    used = stats.get("num_used_pages", 0)
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if "generation_tokens" in rates:
+        table.add_row("generation throughput", f"{rates['generation_tokens']:.1f} tok/s")
+    if "prompt_tokens" in rates:
+        table.add_row("prompt throughput", f"{rates['prompt_tokens']:.1f} tok/s")
+    if "requests" in rates:
+        table.add_row("finished requests", f"{rates['requests']:.2f} req/s")
+    table.add_row("engine steps", f"{rates.get('steps', 0.0):.1f} steps/s")
+    table.add_row("running", str(stats.get("num_running", 0)))
+    table.add_row("waiting", str(stats.get("num_waiting", 0)))
+    table.add_row("KV cache used", f"{100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)")
+    table.add_row("KV cache cached pages", str(stats.get("num_cached_pages", 0)))
+    table.add_row("prefix cache hit rate", f"{100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%")
+    table.add_row("preemptions", str(stats.get("num_preemptions", 0)))
+    table.add_row("compiles", str(stats.get("num_compiles", 0)))
+    return table
+
+
+class MonitoringHandle:
+    """What `start_monitoring` started; `stop()` ends the exporter and the console thread."""
+
+    def __init__(self, host: str, port: Optional[int], http_server, console_thread: Optional[threading.Thread],
+                 stop_event: threading.Event) -> None:
+        self.host = host
+        self.port = port
+        self._http_server = http_server
+        self._console_thread = console_thread
+        self._stop_event = stop_event
+
+    @property
+    def url(self) -> Optional[str]:
+        return None if self.port is None else f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self._console_thread is not None:
+            self._console_thread.join(timeout=5)
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+            self._http_server = None
+
+
+def start_monitoring(engine, prometheus_port: Optional[int] = 9090, enable_console: bool = True, *,
+                     host: str = "127.0.0.1", refresh_interval: float = 1.0, metrics: Optional[ServerMetrics] = None,
+                     console=None, model_name: Optional[str] = None) -> MonitoringHandle:
+    """Start the exporter (port 0 picks a free one; None starts none) and, if asked, the console table."""
+    name = model_name or getattr(engine, "model_name", "surge")
+    http_server, port = None, None
+    if prometheus_port is not None:
+        if metrics is not None:
+            registry = metrics.registry
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(EngineStatsCollector(engine.stats, name))
+        http_server, _ = start_http_server(prometheus_port, addr=host, registry=registry)
+        port = http_server.server_port
+        logger.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+    stop_event = threading.Event()
+    thread = None
+    if enable_console:
+        thread = threading.Thread(target=_console_loop, name="surge-console-monitor", daemon=True,
+                                  args=(engine, metrics, stop_event, refresh_interval, console, name))
+        thread.start()
+    return MonitoringHandle(host, port, http_server, thread, stop_event)
+
+
+def _console_loop(engine, metrics, stop_event: threading.Event, refresh_interval: float, console, name: str) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console()
+    rates = _Rates()
+
+    def reading():
+        stats = engine.stats()
+        return build_table(stats, rates.update(_counters(engine, metrics, stats)), title=f"surge — {name}")
+
+    try:
+        with Live(reading(), console=console, refresh_per_second=max(1.0, 1.0 / refresh_interval),
+                  transient=False) as live:
+            while not stop_event.wait(refresh_interval):
+                live.update(reading())
+    except Exception:  # the monitor must never take the engine down with it
+        logger.exception("console monitor stopped")

@@ -1,0 +1,102 @@
+"""Config tree: every option of every group composes and validates; bad keys and values fail by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from surge.cli.hydra_app import conf_dir
+from surge.config import ConfigError, SurgeConfig, make_config, register_configs, to_config
+
+CONF = Path(conf_dir())
+GROUPS = ["model", "engine", "scheduler", "cache", "backend", "server", "sampling", "bench"]
+
+
+def _compose(config_name: str, overrides: list[str]):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("app", ["generate", "serve", "bench"])
+def test_primary_configs_compose(app):
+    cfg = to_config(_compose(app, []))
+    assert isinstance(cfg, SurgeConfig)
+    assert cfg.model.name == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = to_config(_compose("bench", [f"{group}={option}"]))
+    if group == "backend":
+        assert cfg.backend.name == option
+    if group == "scheduler":
+        assert cfg.scheduler.policy == option
+    if group == "bench":
+        assert cfg.bench.mode == option
+
+
+def test_every_yaml_key_is_commented():
+    for path in CONF.rglob("*.yaml"):
+        if path.parent == CONF:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line and not line.startswith(("#", " ", "-")) and ":" in line:
+                assert "#" in line, f"{path.relative_to(CONF)}:{number} has no comment: {line!r}"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("cache.page_size=0", "cache.page_size"),
+    ("cache.page_size=24", "cache.page_size"),
+    ("cache.hbm_utilization=1.5", "cache.hbm_utilization"),
+    ("engine.max_num_seqs=0", "engine.max_num_seqs"),
+    ("scheduler.policy=lifo", "scheduler.policy"),
+    ("model.dtype=float8", "model.dtype"),
+    ("sampling.top_p=0", "sampling.top_p"),
+])
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_config(_compose("generate", [override]))
+
+
+def test_unknown_key_fails_at_compose():
+    with pytest.raises(Exception, match="pge"):
+        _compose("generate", ["cache.pge=3"])
+
+
+def test_short_name_overrides():
+    cfg = make_config("smollm2-135m-instruct", page_size=32, max_num_seqs=8, scheduling_policy="priority",
+                      backend="reference", num_pages=100, enable_prefix_caching=False)
+    assert (cfg.cache.page_size, cfg.engine.max_num_seqs, cfg.scheduler.policy) == (32, 8, "priority")
+    assert (cfg.backend.name, cfg.cache.num_pages, cfg.cache.enable_prefix_caching) == ("reference", 100, False)
+    with pytest.raises(ConfigError, match="pagesize"):
+        make_config(pagesize=3)
+
+
+def test_cli_typo_exits_with_message():
+    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "cache.page_sise=16"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "page_sise" in proc.stderr + proc.stdout
+
+
+def test_cli_prints_config_and_multirun_launches_jobs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "--cfg", "job", "cache.page_size=32"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "page_size: 32" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "-m", "--cfg", "job",
+                           "cache.page_size=16,32", f"hydra.sweep.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("page_size: 16") == 1 and proc.stdout.count("page_size: 32") == 1
