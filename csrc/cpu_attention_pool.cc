@@ -45,13 +45,14 @@ void WorkerPool::helper_loop(int index, uint64_t seen_generation) {
   while (true) {
     wake_.wait(lock, [&] { return generation_ != seen_generation; });
     seen_generation = generation_;
-    if (index >= participants_) continue;
+    if (!open_ || index >= participants_) continue;
+    ++joined_;
     const std::function<void(int64_t)>* body = body_;
     int64_t size = size_;
     lock.unlock();
     drain(*body, size);
     lock.lock();
-    if (--active_ == 0) done_.notify_one();
+    if (--joined_ == 0 && !open_) done_.notify_one();
   }
 }
 
@@ -73,13 +74,15 @@ void WorkerPool::run(int64_t n, const std::function<void(int64_t)>& body) {
     size_ = n;
     next_.store(0);
     participants_ = helpers;
-    active_ = helpers;
+    open_ = true;
+    joined_ = 0;
     ++generation_;
   }
   wake_.notify_all();
   drain(body, n);
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return active_ == 0; });
+  open_ = false;
+  done_.wait(lock, [&] { return joined_ == 0; });
   body_ = nullptr;
 }
 

@@ -3,8 +3,10 @@
 // In: a count n and a function of an index. Out: the function has run once for
 // every index in [0, n), spread over the calling thread and sleeping helper threads
 // that pick indices off a shared counter (so uneven work items balance themselves).
-// One job runs at a time; a second caller that finds the pool busy runs its job on
-// its own thread instead of waiting.
+// The caller never waits for a helper that has not woken up yet (on a loaded machine
+// it may not be scheduled for a while): helpers join a job only while it is open, and
+// the caller waits only for the ones that joined. One job runs at a time; a second
+// caller that finds the pool busy runs its job on its own thread instead of waiting.
 #pragma once
 
 #include <atomic>
@@ -43,8 +45,9 @@ class WorkerPool {
   std::vector<std::thread> helpers_;
   long owner_pid_ = 0;
   uint64_t generation_ = 0;
-  int participants_ = 0;  // helpers taking part in the current job
-  int active_ = 0;        // of those, how many have not finished yet
+  int participants_ = 0;  // helpers allowed to join the current job
+  bool open_ = false;     // the job still takes helpers; the caller closes it once it has drained it
+  int joined_ = 0;        // helpers that joined the job and have not finished yet
   const std::function<void(int64_t)>* body_ = nullptr;
   int64_t size_ = 0;
   std::atomic<int64_t> next_{0};

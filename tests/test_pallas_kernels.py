@@ -165,30 +165,38 @@ def test_availability_follows_platform_and_interpret_flag():
 
 
 def _lower_for_tpu(num_tokens=256, max_seqs=32, pages_per_seq=64, num_pages=512, page_size=16, num_kv_heads=8,
-                   num_heads=32, head_dim=128):
-    """StableHLO text of one bf16 layer step (write + attention) lowered for TPU on this host."""
-    i32, bf16 = jnp.int32, jnp.bfloat16
+                   num_heads=32, head_dim=128, dtype=jnp.bfloat16):
+    """StableHLO text of one layer step (write + attention) lowered for TPU on this host."""
+    i32 = jnp.int32
     md = AttentionMetadata(
         positions=jax.ShapeDtypeStruct((num_tokens,), i32), slot_mapping=jax.ShapeDtypeStruct((num_tokens,), i32),
         token_seq_ids=jax.ShapeDtypeStruct((num_tokens,), i32),
         page_table=jax.ShapeDtypeStruct((max_seqs, pages_per_seq), i32),
         cu_q_lens=jax.ShapeDtypeStruct((max_seqs + 1,), i32), kv_lens=jax.ShapeDtypeStruct((max_seqs,), i32),
         num_seqs=jax.ShapeDtypeStruct((), i32))
-    cache = jax.ShapeDtypeStruct((num_pages, num_kv_heads, page_size, head_dim), bf16)
+    cache = jax.ShapeDtypeStruct((num_pages, num_kv_heads, page_size, head_dim), dtype)
 
     def step(q, k, v, cache, md):
         cache = write_kv(cache, k, v, md.slot_mapping)
         return ragged_paged_attention(q, *cache, md, scale=0.088, sliding_window=128, logit_soft_cap=30.0), cache
 
     traced = jax.jit(step, donate_argnums=(3,)).trace(
-        jax.ShapeDtypeStruct((num_tokens, num_heads, head_dim), bf16),
-        jax.ShapeDtypeStruct((num_tokens, num_kv_heads, head_dim), bf16),
-        jax.ShapeDtypeStruct((num_tokens, num_kv_heads, head_dim), bf16), (cache, cache), md)
+        jax.ShapeDtypeStruct((num_tokens, num_heads, head_dim), dtype),
+        jax.ShapeDtypeStruct((num_tokens, num_kv_heads, head_dim), dtype),
+        jax.ShapeDtypeStruct((num_tokens, num_kv_heads, head_dim), dtype), (cache, cache), md)
     return traced.lower(lowering_platforms=("tpu",)).as_text()
 
 
-def test_kernel_lowers_to_a_mosaic_custom_call_for_tpu():
-    text = _lower_for_tpu()
+LOWERINGS = {
+    "llama8b-bf16": {},
+    "gqa3-hd64-ps32-f32-decode": dict(num_tokens=32, max_seqs=32, page_size=32, num_kv_heads=2, num_heads=6,
+                                      head_dim=64, dtype=jnp.float32),
+}
+
+
+@pytest.mark.parametrize("sizes", LOWERINGS.values(), ids=LOWERINGS.keys())
+def test_kernel_lowers_to_a_mosaic_custom_call_for_tpu(sizes):
+    text = _lower_for_tpu(**sizes)
     calls = re.findall(r"stablehlo\.custom_call @tpu_custom_call\(", text)
     assert len(calls) == 1, "the attention must be exactly one Mosaic kernel"
     config = _mosaic_config(text)

@@ -243,6 +243,91 @@ def test_launch_rejects_bad_sizes_by_name():
         launch.write_kv_launch(0, 2, 64, 16)
 
 
+def _to_torch(array: np.ndarray):
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
+
+
+def _to_numpy(tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _interpreted_triton_call(*args, kernel, out_shape, grid, input_output_aliases=None, zeroed_outputs=(),
+                             num_warps=None, num_stages=None, name="", **constexprs):
+    """Stands in for jax_triton.triton_call on CPU with its calling convention: array inputs, then one
+    pointer per output, then the constexprs by name; an aliased output is the input's own buffer, a
+    zeroed output starts at 0, any other output starts as NaN (uninitialised on a GPU)."""
+    import jax
+
+    out_shapes = list(out_shape) if isinstance(out_shape, (tuple, list)) else [out_shape]
+    aliases = dict(input_output_aliases or {})
+    num_pointers = len(args) + len(out_shapes)
+    assert len(kernel.arg_names) == num_pointers + len(constexprs), f"{name}: wrong number of arguments"
+    assert set(kernel.arg_names[num_pointers:]) == set(constexprs), f"{name}: constexprs are not the last arguments"
+    for source, target in aliases.items():
+        assert (args[source].shape, args[source].dtype) == (out_shapes[target].shape, out_shapes[target].dtype)
+
+    def host(*arrays):
+        inputs = [_to_torch(np.asarray(a)) for a in arrays]
+        outputs = []
+        for index, spec in enumerate(out_shapes):
+            aliased = [source for source, target in aliases.items() if target == index]
+            if aliased:
+                outputs.append(inputs[aliased[0]])
+            else:
+                fill = 0.0 if index in zeroed_outputs else float("nan")
+                outputs.append(torch.full(spec.shape, fill, dtype=_TORCH_DTYPES[np.dtype(spec.dtype).name]))
+        kernel[grid](*inputs, *outputs, **constexprs)
+        return tuple(_to_numpy(t) for t in outputs)
+
+    results = jax.pure_callback(host, tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in out_shapes), *args)
+    return tuple(results) if isinstance(out_shape, (tuple, list)) else results[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_backend_call_matches_reference_backend(monkeypatch, dtype):
+    """TritonBackend.__call__ (argument order, aliasing, zeroed output, layout) against surge's reference
+    backend, with jax_triton replaced by the interpreter behind jax_triton's calling convention."""
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from surge.kernels.metadata import AttentionMetadata
+    from surge.kernels.reference import ReferenceBackend
+    from surge.kernels.triton import TritonBackend
+
+    monkeypatch.setitem(sys.modules, "jax_triton", types.SimpleNamespace(triton_call=_interpreted_triton_call))
+    rng = np.random.default_rng(21)
+    b = Batch(rng, MIXED, num_kv_heads=2, group=4, head_dim=64, page_size=16, dtype=dtype)
+    md = AttentionMetadata(positions=b.positions, slot_mapping=b.slot_mapping, token_seq_ids=b.token_seq_ids,
+                           page_table=b.page_table, cu_q_lens=b.cu_q_lens, kv_lens=b.kv_lens,
+                           num_seqs=np.int32(len(b.seqs)))
+    jdtype = jnp.dtype(dtype)
+    new = [jnp.asarray(x, jdtype) for x in (b.q, b.k, b.v)]
+    options = dict(scale=0.25, sliding_window=30, logit_soft_cap=4.0)
+
+    triton_backend = TritonBackend()
+    assert triton_backend.kv_cache_shape(*b.k_cache.shape[:1], 16, 2, 64) == b.k_cache.shape
+    out, (k_cache, v_cache) = jax.jit(lambda *a: triton_backend(*a, **options), donate_argnums=(3,))(
+        *new, (jnp.asarray(b.k_cache, jdtype), jnp.asarray(b.v_cache, jdtype)), md)
+    reference_layout = (0, 2, 1, 3)  # [pages, KV, page_size, hd] <-> [pages, page_size, KV, hd]
+    want, (want_k, want_v) = jax.jit(lambda *a: ReferenceBackend()(*a, **options))(
+        *new, (jnp.asarray(b.k_cache.transpose(reference_layout), jdtype),
+               jnp.asarray(b.v_cache.transpose(reference_layout), jdtype)), md)
+
+    assert out.dtype == jdtype and out.shape == b.q.shape
+    np.testing.assert_array_equal(np.asarray(k_cache).transpose(reference_layout), np.asarray(want_k))
+    np.testing.assert_array_equal(np.asarray(v_cache).transpose(reference_layout), np.asarray(want_v))
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.asarray(out[:b.num_real], np.float32), np.asarray(want[:b.num_real], np.float32),
+                               rtol=tolerance, atol=tolerance)
+    np.testing.assert_array_equal(np.asarray(out[b.num_real:], np.float32), 0.0)
+
+
 def test_backend_reports_why_it_cannot_run_here_without_importing_jax_triton():
     import jax
 
@@ -259,7 +344,7 @@ def test_backend_reports_why_it_cannot_run_here_without_importing_jax_triton():
 
 
 _AOT_SCRIPT = textwrap.dedent("""
-    import json
+    import json, sys
     import triton
     from triton.backends import backends
     from triton.backends.compiler import GPUTarget
@@ -268,34 +353,42 @@ _AOT_SCRIPT = textwrap.dedent("""
     if "nvidia" not in backends:
         print("AOT-SKIP this triton has no CUDA backend; it has " + ", ".join(sorted(backends)))
         raise SystemExit(0)
+    TYPES = {"bfloat16": "bf16", "float32": "fp32"}
     target = GPUTarget("cuda", 90, 32)
-    results = {}
-    grid, meta = launch.write_kv_launch(256, 8, 128, 16)
-    signature = {"k_new": "*bf16", "v_new": "*bf16", "slot_mapping": "*i32", "k_cache_in": "*bf16",
-                 "v_cache_in": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", **{k: "constexpr" for k in meta}}
-    compiled = triton.compile(triton.compiler.ASTSource(fn=kernels.write_kv_kernel, signature=signature,
-                                                        constexprs=meta), target=target)
-    results["write_kv_kernel"] = {"ptx": compiled.asm["ptx"], "cubin": len(compiled.asm.get("cubin", b""))}
-    grid, meta = launch.attention_launch(
-        num_tokens=256, num_heads=32, num_kv_heads=8, head_dim=128, page_size=16, max_seqs=64, pages_per_seq=128,
-        scale=0.088, sliding_window=None, logit_soft_cap=None, cache_dtype="bfloat16")
-    pointers = {"q": "*bf16", "k_cache": "*bf16", "v_cache": "*bf16", "page_table": "*i32", "cu_q_lens": "*i32",
-                "kv_lens": "*i32", "positions": "*i32", "num_seqs": "*i32", "out": "*bf16"}
-    compiled = triton.compile(
-        triton.compiler.ASTSource(fn=kernels.paged_attention_kernel,
-                                  signature={**pointers, **{k: "constexpr" for k in meta}}, constexprs=meta),
-        target=target, options={"num_warps": 4, "num_stages": 2})
-    results["paged_attention_kernel"] = {"ptx": compiled.asm["ptx"], "cubin": len(compiled.asm.get("cubin", b""))}
+    results = []
+    for variant in json.loads(sys.argv[1]):
+        cache_dtype = variant.pop("cache_dtype")
+        dtype = TYPES[cache_dtype]
+        if variant.pop("kernel") == "write":
+            grid, meta = launch.write_kv_launch(**variant)
+            fn, pointers = kernels.write_kv_kernel, {name: "*" + dtype for name in (
+                "k_new", "v_new", "k_cache_in", "v_cache_in", "k_cache", "v_cache")}
+            pointers["slot_mapping"] = "*i32"
+            order, options = list(fn.arg_names[:7]), {"num_warps": 1, "num_stages": 1}
+        else:
+            grid, meta = launch.attention_launch(cache_dtype=cache_dtype, **variant)
+            fn = kernels.paged_attention_kernel
+            pointers = {name: "*i32" for name in ("page_table", "cu_q_lens", "kv_lens", "positions", "num_seqs")}
+            pointers.update({name: "*" + dtype for name in ("q", "k_cache", "v_cache", "out")})
+            order, options = list(fn.arg_names[:9]), {"num_warps": 4, "num_stages": 2}
+        signature = {**{name: pointers[name] for name in order}, **{k: "constexpr" for k in meta}}
+        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=meta),
+                                  target=target, options=options)
+        results.append({"name": fn.__name__, "ptx": compiled.asm["ptx"],
+                        "cubin": len(compiled.asm.get("cubin", b""))})
     print("AOT-RESULT " + json.dumps(results))
 """)
 
+_ATTENTION_SIZES = dict(num_tokens=256, max_seqs=64, pages_per_seq=128, scale=0.088)
 
-def test_kernels_compile_ahead_of_time_for_sm90():
+
+def _compile_for_sm90(variants):
+    """Compile each variant in a subprocess without the interpreter; [(kernel name, ptx, cubin bytes)]."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=repo)
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(variants)], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=repo)
     skipped = [line for line in proc.stdout.splitlines() if line.startswith("AOT-SKIP ")]
     if skipped:
         pytest.skip(skipped[-1][len("AOT-SKIP "):])
@@ -303,10 +396,32 @@ def test_kernels_compile_ahead_of_time_for_sm90():
     if proc.returncode != 0 or not lines:
         pytest.fail(f"AOT compile for sm_90 failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
     results = json.loads(lines[-1][len("AOT-RESULT "):])
-    for name, result in results.items():
-        ptx = result["ptx"]
-        assert ".target sm_90" in ptx
-        assert f".entry {name}(" in ptx, f"{name} entry missing from PTX"
-        assert result["cubin"] > 0, f"ptxas produced no cubin for {name}"
-    # The attention kernel's two dots run on Hopper tensor cores.
-    assert "wgmma" in results["paged_attention_kernel"]["ptx"]
+    for result in results:
+        assert ".target sm_90" in result["ptx"]
+        assert f".entry {result['name']}(" in result["ptx"], f"{result['name']} entry missing from the PTX"
+        assert result["cubin"] > 0, f"ptxas produced no cubin for {result['name']}"
+    return results
+
+
+def test_kernels_compile_ahead_of_time_for_sm90():
+    results = _compile_for_sm90([
+        dict(kernel="write", cache_dtype="bfloat16", num_tokens=256, num_kv_heads=8, head_dim=128, page_size=16),
+        # Llama-3-8B-like layer, then GQA 3 (padded head group), head_dim 64, window and soft cap.
+        dict(kernel="attention", cache_dtype="bfloat16", num_heads=32, num_kv_heads=8, head_dim=128, page_size=16,
+             sliding_window=None, logit_soft_cap=None, **_ATTENTION_SIZES),
+        dict(kernel="attention", cache_dtype="bfloat16", num_heads=12, num_kv_heads=4, head_dim=64, page_size=32,
+             sliding_window=128, logit_soft_cap=30.0, **_ATTENTION_SIZES),
+    ])
+    assert [r["name"] for r in results] == ["write_kv_kernel"] + ["paged_attention_kernel"] * 2
+    for result in results[1:]:
+        assert "wgmma" in result["ptx"], "the attention dots should run on Hopper tensor cores"
+
+
+@pytest.mark.slow
+def test_float32_kernels_compile_ahead_of_time_for_sm90():
+    # float32 dots use DOT_PRECISION="ieee" (exact, no TF32), which compiles slowly (~15 s).
+    _compile_for_sm90([
+        dict(kernel="write", cache_dtype="float32", num_tokens=64, num_kv_heads=2, head_dim=64, page_size=16),
+        dict(kernel="attention", cache_dtype="float32", num_heads=8, num_kv_heads=2, head_dim=64, page_size=16,
+             sliding_window=32, logit_soft_cap=None, **_ATTENTION_SIZES),
+    ])

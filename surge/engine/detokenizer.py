@@ -9,12 +9,15 @@ whole sequence gives.
 Decoding a token alone is wrong in two ways: a multi-byte UTF-8 character may
 be split over several byte-level tokens (decoding a part gives U+FFFD), and
 SentencePiece-style decoders drop the leading space of the first token. So
-each push decodes a short window twice: the tokens already shown (from
-``prefix_offset`` to ``read_offset``) and the same tokens plus the new ones;
-the new text is the difference. Text that ends in U+FFFD is an incomplete
-character and is held back until the next token completes it (or ``flush``).
-Once text is emitted the window slides forward, so a push costs O(window +
-new tokens) however long the completion is.
+the detokenizer keeps a short window of tokens: those already shown (whose
+text it remembers) followed by those not yet shown. Each new token is decoded
+together with the window, and the new text is what goes beyond the shown
+text. Text that ends in U+FFFD is an incomplete character and is held back
+until a later token completes it (or ``flush``). Once text is emitted the
+window slides: the tokens just shown become the new shown prefix, so a push
+costs O(window + new tokens) however long the completion is. The window
+always starts on a character boundary (byte-fallback decoders turn a whole
+run of byte pieces into U+FFFD when the run is cut).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from typing import Iterable, List, Sequence, Tuple
 REPLACEMENT_CHAR = "\ufffd"
 # Prompt tokens kept as context: enough for a leading space and a 4-byte character split over bytes.
 _PROMPT_CONTEXT_TOKENS = 6
+# Tokens one character can span (4 UTF-8 bytes, one byte piece each).
+_MAX_CHAR_TOKENS = 4
+# Prompt tokens looked at to choose the context (special tokens among them are dropped first).
+_PROMPT_TAIL_TOKENS = 64
 
 
 class IncrementalDetokenizer:
@@ -32,25 +39,30 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()) or ()) if skip_special_tokens \
             else frozenset()
-        context = [t for t in prompt_token_ids if t not in self._special_ids][-_PROMPT_CONTEXT_TOKENS:]
-        start, end = self._complete_span(context)
+        tail = prompt_token_ids[-_PROMPT_TAIL_TOKENS:] if len(prompt_token_ids) > _PROMPT_TAIL_TOKENS \
+            else prompt_token_ids
+        prompt = [int(t) for t in tail if t not in self._special_ids]
+        start, end = self._prompt_context(prompt)
         # The window: tokens [0, _read) are already shown, [_read, len) are not yet. Prompt tokens
         # after `end` hold a character the prompt leaves unfinished: they count as not yet shown,
         # so the first output token that completes the character emits it.
-        self._window: List[int] = context[start:]
+        self._window: List[int] = prompt[start:]
         self._read = end - start
         self._shown_text = self._decode(self._window[:self._read])
 
-    def _complete_span(self, context: List[int]) -> Tuple[int, int]:
-        """The longest span [start, end) of the context, ending as late as possible, that decodes to
-        whole characters. Byte-fallback decoders turn a whole run of byte pieces into U+FFFD when the
-        run is cut at either end, so both ends have to be on character boundaries."""
-        for end in range(len(context), 0, -1):
-            for start in range(end):
-                text = self._decode(context[start:end])
+    def _prompt_context(self, prompt: List[int]) -> Tuple[int, int]:
+        """A span [start, end) of about _PROMPT_CONTEXT_TOKENS prompt tokens, as late as possible,
+        that decodes to whole characters. Byte-fallback decoders turn a whole run of byte pieces into
+        U+FFFD when the run is cut at either end, so both ends must sit on character boundaries; one
+        is always within _MAX_CHAR_TOKENS tokens (a character has at most 4 bytes)."""
+        total = len(prompt)
+        for end in range(total, max(total - _MAX_CHAR_TOKENS, 0) - 1, -1):
+            latest_start = max(end - _PROMPT_CONTEXT_TOKENS, 0)
+            for start in range(latest_start, max(latest_start - _MAX_CHAR_TOKENS, 0) - 1, -1):
+                text = self._decode(prompt[start:end])
                 if not text.startswith(REPLACEMENT_CHAR) and not text.endswith(REPLACEMENT_CHAR):
                     return start, end
-        return len(context), len(context)
+        return total, total  # no clean span (the prompt holds invalid bytes): start without context
 
     def push(self, new_token_ids: Iterable[int]) -> str:
         """Append generated token ids; return the text they complete (possibly "")."""

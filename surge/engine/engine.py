@@ -220,9 +220,11 @@ class Engine:
             if not done:
                 try:
                     self.abort(request_id)
-                    self._drain_inbox()
-                except ValueError:
+                except ValueError:  # it finished in the meantime
                     pass
+                self._drain_inbox()
+                # Nobody reads this stream any more: drop its final "abort" output.
+                self._pending_outputs = [o for o in self._pending_outputs if o.request_id != request_id]
 
     def apply_chat_template(self, messages: list[dict], tools: Optional[list] = None,
                             add_generation_prompt: bool = True, **kwargs) -> str:

@@ -222,19 +222,15 @@ def _attention_kernel(
                 pltpu.make_async_copy(v_hbm.at[page_id, kv_head], v_buf.at[slot, rows], sems.at[1, slot]))))
         return copies
 
-    def start(copies):
+    def when_needed(copies, action):
         for needed, pair in copies:
-            @pl.when(needed)
-            def _():
-                for copy in pair:
-                    copy.start()
+            pl.when(needed)(functools.partial(_for_each, pair, action))
+
+    def start(copies):
+        when_needed(copies, "start")
 
     def wait(copies):
-        for needed, pair in copies:
-            @pl.when(needed)
-            def _():
-                for copy in pair:
-                    copy.wait()
+        when_needed(copies, "wait")
 
     def attend(seq, key_begin, key_end):
         """Online-softmax update of seq's rows with its keys [key_begin, key_end)."""
@@ -309,3 +305,8 @@ def _attention_kernel(
     row_sum = row_sum_ref[...]
     result = jnp.where(row_sum > 0, acc_ref[...] / jnp.where(row_sum > 0, row_sum, 1.0), 0.0)
     out_ref[...] = result.astype(out_ref.dtype)
+
+
+def _for_each(copies, action: str) -> None:
+    for copy in copies:
+        getattr(copy, action)()

@@ -7,13 +7,15 @@ bucket, the vocabulary size and the history width. Out: a ``SamplingTensors``
 pytree of numpy arrays (static shapes for a given bucket) that the runner
 transfers to the device once per step and passes to ``sampler.sample``.
 
-Cost per step: one Python pass over the rows (list comprehensions, no loop
-over tokens), plus one slice copy per row that needs a history (penalties),
-a logit-bias table (logit_bias) or a suppression list (min_tokens not yet
-reached). When no row needs one of those, the table is a shared, read-only
-all-padding array (no allocation, no fill). Transfer size per step is about
-``S * (4 * H + 8 * 300 + 4 * K + 48)`` bytes; pick ``history_len`` = the
-model's max length so penalties see the whole sequence.
+Cost per step: one Python pass over the rows (no loop over tokens), about
+3 us per row on one CPU core (0.1 ms for 32 rows), plus one slice copy per
+row that needs a history (penalties; pass it as an int32 numpy array to skip
+a list conversion), a logit-bias table (logit_bias) or a suppression list
+(min_tokens not yet reached). When no row needs one of those, the table is a
+shared, read-only all-padding array (no allocation, no fill). Transfer size
+per step is about ``S * (4 * H + 8 * 300 + 4 * 48 + 44)`` bytes; pick
+``history_len`` = the model's max length so penalties see the whole sequence
+(a longer history keeps its most recent tokens).
 
 Padding rows (beyond ``len(rows)``) are greedy with every feature off; their
 sampled tokens are meaningless and ignored by the runner.
