@@ -84,7 +84,9 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
                                   head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching)
-    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len)
+    windowed_everywhere = arch.sliding_window is not None and all(arch.sliding_window_layers or [False])
+    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len,
+                          sliding_window=arch.sliding_window if windowed_everywhere else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

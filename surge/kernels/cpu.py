@@ -93,16 +93,19 @@ class CpuBackend(AttentionBackend):
              jax.ShapeDtypeStruct(v_pages.shape, v_pages.dtype)),
             input_output_aliases={3: 1, 4: 2},
         )
-        as_i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
         out, k_pages, v_pages = call(
             q, k.astype(k_pages.dtype), v.astype(v_pages.dtype), k_pages, v_pages,
-            as_i32(md.slot_mapping), as_i32(md.positions), as_i32(md.cu_q_lens), as_i32(md.page_table),
-            as_i32(md.kv_lens), as_i32(md.num_seqs).reshape(()),
+            _int32(md.slot_mapping), _int32(md.positions), _int32(md.cu_q_lens), _int32(md.page_table),
+            _int32(md.kv_lens), _int32(md.num_seqs).reshape(()),
             scale=np.float32(scale),
             sliding_window=np.int32(sliding_window or 0),
             soft_cap=np.float32(logit_soft_cap or 0.0),
         )
         return out, (k_pages, v_pages)
+
+
+def _int32(x) -> jax.Array:
+    return jnp.asarray(x, jnp.int32)
 
 
 def _check_dtypes(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array) -> None:

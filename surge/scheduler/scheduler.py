@@ -36,8 +36,10 @@ class RequestUpdate:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, engine: EngineConfig, block_manager: BlockManager,
-                 max_model_len: int) -> None:
+                 max_model_len: int, sliding_window: Optional[int] = None) -> None:
         self.config = config
+        # Set when every layer attends within this window: pages wholly behind it are given back.
+        self.sliding_window = sliding_window
         self.max_num_seqs = engine.max_num_seqs
         self.max_num_batched_tokens = engine.max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -142,6 +144,8 @@ class Scheduler:
             request.num_computed_tokens = item.num_computed_tokens + item.num_new_tokens
             self.block_manager.cache_full_pages(request.request_id, request.token_ids,
                                                 request.num_computed_tokens, request.cache_salt)
+            if self.sliding_window is not None:
+                self._release_pages_behind_window(request)
             if not item.samples:
                 continue
             request.append_output_token(int(token_id))
@@ -152,6 +156,13 @@ class Scheduler:
         return updates
 
     # ---- helpers -------------------------------------------------------------------------
+    def _release_pages_behind_window(self, request: Request) -> None:
+        # The next token (position num_computed_tokens) and every later one attend keys at positions
+        # > position - window, so pages that end before that are never read again.
+        first_needed = request.num_computed_tokens - self.sliding_window + 1
+        if first_needed >= self.block_manager.page_size:
+            self.block_manager.release_leading_pages(request.request_id, first_needed // self.block_manager.page_size)
+
     def _chunk_limit(self, budget: int) -> int:
         threshold = self.config.long_prefill_token_threshold
         return min(budget, threshold) if threshold > 0 else budget
