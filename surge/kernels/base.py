@@ -31,8 +31,8 @@ class AttentionBackend:
         self.config = config
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
-        """None when the backend can run here, else why not (missing package, wrong platform)."""
+    def unavailable_reason(cls, config=None) -> Optional[str]:
+        """None when the backend can run here (with this BackendConfig), else why not."""
         return None
 
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:

@@ -51,12 +51,12 @@ def _load(name: str) -> type[AttentionBackend]:
     return getattr(module, class_name)
 
 
-def unavailable_reason(name: str) -> Optional[str]:
+def unavailable_reason(name: str, config=None) -> Optional[str]:
     try:
         cls = _load(name)
     except BackendUnavailable as exc:
         return str(exc)
-    return cls.unavailable_reason()
+    return cls.unavailable_reason(config)
 
 
 def available() -> Dict[str, Optional[str]]:
@@ -64,16 +64,16 @@ def available() -> Dict[str, Optional[str]]:
     return {name: unavailable_reason(name) for name in _ENTRIES}
 
 
-def resolve(name: str) -> str:
+def resolve(name: str, config=None) -> str:
     """The concrete backend name `name` stands for on this machine."""
     if name != "auto":
-        reason = unavailable_reason(name)
+        reason = unavailable_reason(name, config)
         if reason is not None:
             raise BackendUnavailable(f"attention backend {name!r} is unavailable here: {reason}")
         return name
     platform = jax.default_backend()
     preferred = _AUTO_BY_PLATFORM.get(platform, "reference")
-    reason = unavailable_reason(preferred)
+    reason = unavailable_reason(preferred, config)
     if reason is None:
         return preferred
     logger.info("backend=auto: %s is unavailable on %s (%s); using reference", preferred, platform, reason)
@@ -83,5 +83,5 @@ def resolve(name: str) -> str:
 def get_backend(config) -> AttentionBackend:
     """Instantiate the backend for a BackendConfig (or a bare name)."""
     name = config if isinstance(config, str) else config.name
-    resolved = resolve(name)
+    resolved = resolve(name, None if isinstance(config, str) else config)
     return _load(resolved)(None if isinstance(config, str) else config)

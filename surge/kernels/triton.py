@@ -38,7 +38,7 @@ class TritonBackend(AttentionBackend):
     name = "triton"
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls, config=None) -> Optional[str]:
         platform = jax.default_backend()
         if platform not in _GPU_PLATFORMS:
             return f"needs a GPU, but jax's default backend is {platform!r}"
