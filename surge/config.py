@@ -59,6 +59,8 @@ class EngineConfig:
     seq_buckets: List[int] = field(default_factory=list)
     # Compile every bucket at start-up (with a progress bar) instead of on first use.
     compile_at_startup: bool = True
+    # Keep compiled step programs in $SURGE_CACHE/xla so the next start-up reuses them.
+    compilation_cache: bool = True
     # Top log-probabilities a request may ask for (the width the step is compiled with).
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
@@ -247,6 +249,7 @@ SHORT_NAMES = {
     "token_buckets": "engine.token_buckets",
     "seq_buckets": "engine.seq_buckets",
     "compile_at_startup": "engine.compile_at_startup",
+    "compilation_cache": "engine.compilation_cache",
     "max_logprobs": "engine.max_logprobs",
     "seed": "engine.seed",
     "page_size": "cache.page_size",

@@ -23,6 +23,7 @@ from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model
 from surge.runner import compile_counter
+from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh
 from surge.runner.model_runner import ModelRunner
 from surge.scheduler.scheduler import Scheduler
@@ -53,6 +54,8 @@ def resolve_dtype(name: str) -> str:
 def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     _configure_logging(cfg.engine.log_level)
     compile_counter.install()
+    if cfg.engine.compilation_cache:
+        enable_compilation_cache()
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
