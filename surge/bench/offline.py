@@ -18,6 +18,7 @@ from surge.config import SurgeConfig
 
 
 def run_offline(cfg: SurgeConfig, engine=None) -> dict:
+    from surge.engine.builder import resolve_dtype
     from surge.engine.engine import Engine
     from surge.sampling.params import SamplingParams
 
@@ -27,11 +28,13 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     params = SamplingParams(max_tokens=bench.output_len, temperature=0.0, ignore_eos=True)
     warmup = prompts[: max(bench.num_warmup, 0)]
     if warmup:
-        _generate(engine, warmup, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+        _generate(engine, warmup, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True), progress=False)
+        # The warm-up prompts are the run's own first prompts: their cached pages must not flatter the run.
+        engine.reset_prefix_cache()
     compiles_before = engine.stats()["num_compiles"]
 
     started = time.perf_counter()
-    outputs = _generate(engine, prompts, params)
+    outputs = _generate(engine, prompts, params, progress=True)
     elapsed = time.perf_counter() - started
 
     num_input = sum(len(o.prompt_token_ids) for o in outputs)
@@ -39,6 +42,8 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     ttft, tpot, e2e = request_latencies(outputs)
     result = {
         "mode": "offline",
+        "backend": engine.backend_name,
+        "dtype": resolve_dtype(cfg.model.dtype),
         "num_prompts": len(prompts),
         "input_len": bench.input_len,
         "output_len": bench.output_len,
@@ -64,11 +69,11 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     return result
 
 
-def _generate(engine, prompts, params):
+def _generate(engine, prompts, params, progress: bool):
     token_prompts = [p for p in prompts if not isinstance(p, str)]
     if len(token_prompts) == len(prompts):
-        return engine.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
-    return engine.generate(prompts, params, use_tqdm=False)
+        return engine.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=progress)
+    return engine.generate(prompts, params, use_tqdm=progress)
 
 
 def _resolved_source(cfg: SurgeConfig) -> str:
@@ -79,7 +84,8 @@ def _resolved_source(cfg: SurgeConfig) -> str:
 
 def format_offline(result: dict) -> str:
     lines = [
-        f"requests: {result['num_prompts']} x ({result['input_len']} in, {result['output_len']} out)",
+        f"requests: {result['num_prompts']} x ({result['input_len']} in, {result['output_len']} out), "
+        f"backend {result['backend']}, dtype {result['dtype']}",
         f"elapsed: {result['elapsed_s']:.2f} s   ({result['warmup']})",
         f"throughput: {result['output_tokens_per_s']:.1f} generated tok/s, {result['requests_per_s']:.2f} req/s, "
         f"{result['input_tokens_per_s']:.1f} prompt tok/s",

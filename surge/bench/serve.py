@@ -17,7 +17,6 @@ output and total token throughput, goodput against the SLOs of
 from __future__ import annotations
 
 import asyncio
-import os
 
 from surge.bench.load_generator import run_load
 from surge.bench.prometheus import GENERATION_TOKENS, PROMPT_TOKENS, scrape_counters
@@ -60,8 +59,8 @@ def _measure(cfg: SurgeConfig, url: str, started_here: bool) -> dict:
         "num_prompts": len(prompts),
         "input_len": bench.input_len if not bench.dataset else None,
         "output_len": bench.output_len,
-        "request_rate": bench.request_rate or "inf",
-        "max_concurrency": bench.max_concurrency or None,
+        "request_rate": bench.request_rate,
+        "max_concurrency": bench.max_concurrency,
         **summarize_streams(records, duration),
         "server_prompt_tokens": _delta(before[PROMPT_TOKENS], after[PROMPT_TOKENS]),
         "server_generation_tokens": _delta(before[GENERATION_TOKENS], after[GENERATION_TOKENS]),
@@ -88,15 +87,15 @@ def model_vocab_size(cfg: SurgeConfig) -> int:
         return int(GGUFCheckpoint(source).hf_config()["vocab_size"])
     from surge.models.hf_checkpoint import read_hf_config
 
-    return int(read_hf_config(os.path.join(source) if os.path.isdir(source) else source)["vocab_size"])
+    return int(read_hf_config(source)["vocab_size"])
 
 
 def format_serve(result: dict) -> str:
-    rate = result["request_rate"]
+    rate = f"{result['request_rate']:g}/s" if result["request_rate"] > 0 else "all at once"
     lines = [
         f"server: {result['url']} ({result['server']}), model {result['model']}",
         f"requests: {result['num_completed']}/{result['num_prompts']} completed ({result['num_failed']} failed), "
-        f"rate {rate}/s, max concurrency {result['max_concurrency'] or 'unbounded'}, {result['output_len']} out each",
+        f"rate {rate}, max concurrency {result['max_concurrency'] or 'unbounded'}, {result['output_len']} out each",
         f"duration: {result['duration_s']:.2f} s   ({result['warmup']})",
         f"throughput: {result['requests_per_s']:.2f} req/s, {result['output_tokens_per_s']:.1f} output tok/s, "
         f"{result['total_tokens_per_s']:.1f} total tok/s",

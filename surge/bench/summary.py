@@ -1,9 +1,12 @@
 """Sweep summary: one table (and plot) for every job of a `surge-bench -m` sweep.
 
-In: the `result.json` each job wrote under the sweep dir (`hydra.sweep.dir`).
-Out: `summary.csv`, `summary.md` (one row per job, the swept keys as columns)
-and `summary.png` (the main metric against the first swept key, one line per
-combination of the others), written by a Hydra callback when the sweep ends.
+In: the job folders under the sweep dir (`hydra.sweep.dir`): each job's
+`result.json`, or, for a job that failed before writing one, its
+`.hydra/overrides.yaml`. Out: `summary.csv` (every figure, one row per job),
+`summary.md` (the swept keys and the mode's headline figures) and `summary.png`
+(`summary_plot.py`), written by the `SweepSummary` Hydra callback after every
+job (so a long or failing sweep still leaves a summary of what ran) and once
+more when the sweep ends. The callback also prints the sweep's progress.
 """
 
 from __future__ import annotations
@@ -16,11 +19,24 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from surge.bench.summary_plot import plot_summary
+from surge.bench.sweep_progress import SweepProgress, swept_keys
+
 logger = logging.getLogger("surge")
 
 # Metric plotted and listed first, per bench mode.
 MAIN_METRIC = {"offline": "output_tokens_per_s", "serve": "output_tokens_per_s", "prefix": "output_tokens_per_s",
                "attention": "decode_gb_per_s"}
+# Headline columns of summary.md after the swept keys, per mode (the CSV has every figure).
+TABLE_COLUMNS = {
+    "offline": ["output_tokens_per_s", "requests_per_s", "ttft_ms.p50", "tpot_ms.p50", "e2e_ms.p50",
+                "num_preemptions", "elapsed_s"],
+    "serve": ["output_tokens_per_s", "requests_per_s", "goodput_requests_per_s", "ttft_ms.p50", "ttft_ms.p99",
+              "tpot_ms.p50", "itl_ms.p50", "e2e_ms.p50", "num_failed"],
+    "prefix": ["output_tokens_per_s", "prefix_cache_hit_rate", "cold_warm.cold_ttft_ms", "cold_warm.warm_ttft_ms",
+               "cold_warm.cold_over_warm"],
+    "attention": ["decode_gb_per_s", "best_decode_backend", "memory_bandwidth_gb_per_s.ceiling"],
+}
 
 
 def _flatten(prefix: str, value: Any, out: dict) -> None:
@@ -31,29 +47,66 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
         out[prefix] = value
 
 
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()] if sweep_dir.is_dir() else []
+    return sorted(dirs, key=lambda p: int(p.name))
+
+
+def _job_overrides(job_dir: Path, record: dict | None) -> list[str]:
+    if record is not None:
+        return list(record.get("overrides", []))
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def _sweep_keys(sweep_dir: Path) -> list[str] | None:
+    """The keys the sweep varies, from the `multirun.yaml` Hydra saves in the sweep dir (None without it)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    return swept_keys([str(o) for o in OmegaConf.load(path).hydra.overrides.task])
+
+
 def collect(sweep_dir: Path) -> tuple[list[str], list[dict], str]:
-    """(swept keys, one row per job, main metric name)."""
-    rows, swept = [], []
-    for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        record = json.loads(path.read_text())
-        overrides = dict(o.split("=", 1) for o in record.get("overrides", []) if "=" in o)
+    """(swept keys, one row per job, mode). A job without result.json has status 'failed'."""
+    rows, swept, mode = [], [], None
+    for job_dir in _job_dirs(sweep_dir):
+        path = job_dir / "result.json"
+        record = json.loads(path.read_text()) if path.is_file() else None
+        overrides = dict(o.split("=", 1) for o in _job_overrides(job_dir, record) if "=" in o)
         for key in overrides:
             if key not in swept:
                 swept.append(key)
         metrics: dict = {}
-        _flatten("", record["result"], metrics)
-        rows.append({"job": path.parent.name, **overrides, **metrics})
-    mode = rows[0].get("mode", "offline") if rows else "offline"
-    return swept, rows, MAIN_METRIC.get(mode, "output_tokens_per_s")
+        if record is not None:
+            _flatten("", record["result"], metrics)
+            mode = mode or metrics.get("mode")
+        model = (record or {}).get("config", {}).get("model", {}).get("name")
+        rows.append({"job": job_dir.name, **overrides, "status": "ok" if record is not None else "failed",
+                     **({"model": model} if model else {}), **metrics})
+    declared = _sweep_keys(sweep_dir)
+    if declared is not None:
+        swept = [k for k in swept if k in declared]
+    else:  # keys that hold the same value in every job (a fixed workload override) are not "swept"
+        swept = [k for k in swept if len({r.get(k) for r in rows}) > 1]
+    return swept, rows, mode or "offline"
 
 
 def write_summary(sweep_dir: Path) -> list[Path]:
-    swept, rows, metric = collect(sweep_dir)
+    sweep_dir = Path(sweep_dir)
+    swept, rows, mode = collect(sweep_dir)
     if not rows:
-        logger.warning("no result.json under %s: nothing to summarize", sweep_dir)
+        logger.warning("no job folders under %s: nothing to summarize", sweep_dir)
         return []
-    columns = ["job", *swept] + [c for c in (metric, "requests_per_s", "ttft_ms.p50", "tpot_ms.p50", "elapsed_s")
-                                 if any(c in r for r in rows) and c not in swept]
+    metric = MAIN_METRIC.get(mode, "output_tokens_per_s")
+    headline = [c for c in TABLE_COLUMNS.get(mode, [metric]) if any(c in r for r in rows) and c not in swept]
+    columns = ["job", *swept, "status", *headline]
     extra = sorted({k for r in rows for k in r} - set(columns))
     csv_path = sweep_dir / "summary.csv"
     with csv_path.open("w", newline="") as handle:
@@ -66,7 +119,7 @@ def write_summary(sweep_dir: Path) -> list[Path]:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     written = [csv_path, md_path]
-    png = _plot(sweep_dir / "summary.png", swept, rows, metric)
+    png = plot_summary(sweep_dir / "summary.png", swept, [r for r in rows if r["status"] == "ok"], metric, mode)
     if png:
         written.append(png)
     return written
@@ -74,50 +127,41 @@ def write_summary(sweep_dir: Path) -> list[Path]:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
     return "" if value is None else str(value)
 
 
-def _plot(path: Path, swept: list[str], rows: list[dict], metric: str) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not swept or not any(metric in r for r in rows):
-        return None
-    x_key, others = swept[0], swept[1:]
-    groups: dict[tuple, list[tuple]] = {}
-    for row in rows:
-        label = tuple(f"{k}={row.get(k)}" for k in others)
-        groups.setdefault(label, []).append((row.get(x_key), row.get(metric)))
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for label, points in groups.items():
-        points = sorted(points, key=lambda p: _sort_key(p[0]))
-        xs = [str(p[0]) for p in points]
-        ax.plot(xs, [p[1] for p in points], marker="o", label=", ".join(label) or metric)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"surge-bench: {metric.replace('_', ' ')} vs {x_key}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _sort_key(value: Any):
-    try:
-        return (0, float(value))
-    except (TypeError, ValueError):
-        return (1, str(value))
-
-
 class SweepSummary(Callback):
-    """Hydra callback: summarize the sweep when the multirun ends."""
+    """Hydra callback: progress lines while a multirun goes, the summary after each job and at the end."""
+
+    def __init__(self) -> None:
+        self.progress = SweepProgress()
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.progress.start_sweep(list(config.hydra.overrides.task))
+
+    def on_job_start(self, config, **kwargs) -> None:
+        if _is_multirun(config):
+            self.progress.start_job(int(config.hydra.job.num), list(config.hydra.overrides.task))
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        if not _is_multirun(config):
+            return
+        from hydra.core.utils import JobStatus
+
+        ok = job_return is not None and job_return.status == JobStatus.COMPLETED
+        self.progress.end_job(int(config.hydra.job.num), ok)
+        try:
+            write_summary(Path(config.hydra.sweep.dir))
+        except Exception as exc:  # a summary problem must not fail the job that just ran
+            logger.warning("sweep summary not updated: %s", exc)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        for path in write_summary(sweep_dir):
+        for path in write_summary(Path(config.hydra.sweep.dir)):
             print(f"surge-bench summary: {path}")
+
+
+def _is_multirun(config) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.mode == RunMode.MULTIRUN

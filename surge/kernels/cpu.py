@@ -61,7 +61,7 @@ class CpuBackend(AttentionBackend):
             set_num_threads(num_threads)
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
+    def unavailable_reason(cls, config=None) -> Optional[str]:
         if _NATIVE_REASON is not None:
             return _NATIVE_REASON
         platform = jax.default_backend()

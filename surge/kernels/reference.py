@@ -7,8 +7,8 @@ with this step's K/V written.
 
 Each token gathers the pages of its own sequence (``page_table[token_seq_ids]``)
 and attends over them with a mask built from ``kv_lens``, ``positions`` and the
-optional sliding window; masked keys and values are replaced before they can
-meet a multiply, so whatever the free pages hold (the tests fill them with NaN)
+optional sliding window; masked scores and values are replaced before they can
+reach a sum, so whatever the free pages hold (the tests fill them with NaN)
 never reaches the output. Tokens with no visible key (padding) return zeros.
 Long batches are processed in fixed chunks of tokens to bound the size of the
 gathered keys; every shape is static.
@@ -111,10 +111,11 @@ def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_wi
     if sliding_window is not None:
         visible &= key_pos > query_pos - sliding_window  # [T, C]
 
-    keys = jnp.where(visible[:, :, None, None], keys, 0).astype(jnp.float32)
+    # Scores of hidden keys are replaced below, but a hidden value times a zero weight is still
+    # NaN when the slot holds NaN, so hidden values are zeroed here.
     values = jnp.where(visible[:, :, None, None], values, 0).astype(jnp.float32)
     q_grouped = q.astype(jnp.float32).reshape(num_tokens, num_kv_heads, group, head_dim)
-    scores = jnp.einsum("tkgd,tckd->tkgc", q_grouped, keys) * scale
+    scores = jnp.einsum("tkgd,tckd->tkgc", q_grouped, keys.astype(jnp.float32)) * scale
     if logit_soft_cap is not None:
         scores = logit_soft_cap * jnp.tanh(scores / logit_soft_cap)
     mask = visible[:, None, None, :]

@@ -14,7 +14,7 @@ pairs, transformers rotates halves); ``_unpermute_heads`` undoes that.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 

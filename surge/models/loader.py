@@ -2,7 +2,7 @@
 
 In: a local Hugging Face directory (config.json + *.safetensors, sharded or
 not, + tokenizer files) or a ``.gguf`` file (dequantized on load), a dtype
-("float32" or "bfloat16"), and optionally a separate tokenizer source. Out: a
+("auto", "float32" or "bfloat16"), and optionally a separate tokenizer source. Out: a
 ``LoadedModel`` with the CausalLM, its ModelArchConfig and its tokenizer.
 Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
 """
@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 
 from surge.models.arch import ModelArchConfig
@@ -24,6 +25,13 @@ from surge.models.tokenizer import load_tokenizer
 from surge.models.weights import build_model
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(dtype: str) -> str:
+    """"auto" is float32 on CPU and bfloat16 on accelerators; other names pass through."""
+    if dtype == "auto":
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return dtype
 
 
 @dataclasses.dataclass
@@ -39,8 +47,9 @@ class LoadedModel:
 
 def load_model(source: str, dtype: str = "float32", tokenizer: Optional[str] = None) -> LoadedModel:
     """Load a catalogue name, HF directory or .gguf file; `tokenizer` overrides the model's own."""
+    dtype = resolve_dtype(dtype)
     if dtype not in _DTYPES:
-        raise ValueError(f"model dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        raise ValueError(f"model dtype {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
     path = resolve_model(source)
     if os.path.isfile(path) and path.endswith(".gguf"):
         checkpoint = GGUFCheckpoint(path)

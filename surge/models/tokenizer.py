@@ -50,8 +50,12 @@ def _gguf_tokenizer(path: str):
         if _read_stamp(cached) == stamp:
             return AutoTokenizer.from_pretrained(cached)
     logger.info("converting the tokenizer embedded in %s (once; cached afterwards)", path)
-    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                              gguf_file=os.path.basename(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                                  gguf_file=os.path.basename(path))
+    except Exception as exc:  # transformers raises assorted types for a GGUF without a usable vocabulary
+        raise ValueError(f"{path}: cannot build a tokenizer from the GGUF's embedded vocabulary ({exc}); "
+                         "point model.tokenizer at a Hugging Face tokenizer directory") from exc
     for cached in _cache_candidates(path):
         if _save(tokenizer, cached, stamp):
             break

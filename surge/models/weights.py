@@ -82,7 +82,7 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
 
     def put(param: nnx.Param, *parts: np.ndarray, axis: int = -1) -> None:
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
-        param.set_value(jnp.asarray(np.ascontiguousarray(array.astype(dtype))))
+        param.set_value(jnp.asarray(np.ascontiguousarray(array.astype(dtype, copy=False))))
 
     put(model.embed_tokens, read("model.embed_tokens.weight"))
     put(model.norm.weight, read("model.norm.weight"))

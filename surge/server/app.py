@@ -5,7 +5,7 @@ background, as `surge-serve` does), API keys, and server options. Out: `.app`
 (the FastAPI application) with `POST /v1/chat/completions`,
 `POST /v1/completions`, `GET /v1/models`, `GET /health` (503 until the engine
 is ready) and `GET /metrics` (Prometheus text); `.generate_api_key(label=...)`;
-`.fire(host, port)` to serve until SIGTERM / Ctrl-C.
+`.fire(host, port)` to serve until SIGTERM / Ctrl-C (or `.shutdown()` from another thread).
 
 Every failure answers with an OpenAI error body (`errors.py`) — unknown routes,
 wrong methods and unexpected exceptions included — so a client always gets
@@ -59,6 +59,7 @@ class eSurgeApiServer:
                                      isolate_prefix_cache_per_key=isolate_prefix_cache_per_key)
         self.enable_console_monitor = enable_console_monitor
         self.monitor = None
+        self.uvicorn_server = None  # set while fire() serves
         self.app = build_app(self.context)
         self._engine_factory = engine_factory
         if engine is not None:
@@ -100,6 +101,11 @@ class eSurgeApiServer:
 
         self.monitor = start_monitoring(engine, prometheus_port=None, enable_console=True, metrics=self.metrics,
                                         model_name=self.model_name)
+
+    def shutdown(self) -> None:
+        """Ask a running fire() to drain and return (what SIGTERM does); usable from another thread."""
+        if self.uvicorn_server is not None:
+            self.uvicorn_server.should_exit = True
 
     def stop(self) -> None:
         if self.monitor is not None:

@@ -91,58 +91,60 @@ def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:
             for d in delta.tool_calls]
 
 
+class _ChoiceStream:
+    """One choice of a streamed chat completion: its tool parser and whether it called a tool or ended."""
+
+    def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int]) -> None:
+        self.parser = ToolCallParser() if prompt.parse_tools else None
+        # The prefilled start of a tool call is read by the parser first and sent with the first delta.
+        self.pending = self.parser.feed(prompt.prefill) if self.parser is not None else ParserDelta()
+        self.num_logprobs = num_logprobs
+        self.done = False
+
+    def step(self, completion) -> Optional[ChunkChoice]:
+        """The chunk choice for this completion's latest delta, or None when there is nothing to send."""
+        if self.done or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
+            return None
+        delta, self.pending = self.pending, ParserDelta()
+        if self.parser is None:
+            delta.content += completion.delta_text
+        else:
+            delta.extend(self.parser.feed(completion.delta_text))
+            if completion.finish_reason is not None:
+                delta.extend(self.parser.finish())
+        logprobs = None
+        if self.num_logprobs is not None:
+            ids, entries = delta_entries(completion)
+            if ids:
+                logprobs = chat_logprobs(ids, entries, self.num_logprobs)
+        finish = completion.finish_reason
+        if finish == "stop" and self.parser is not None and self.parser.tool_calls:
+            finish = "tool_calls"
+        self.done = finish is not None
+        message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta))
+        if message.content is None and not message.tool_calls and logprobs is None and finish is None:
+            return None
+        return ChunkChoice(index=completion.index, delta=message, finish_reason=finish, logprobs=logprobs)
+
+
 async def _events(ctx: ServerContext, stream: AsyncIterator, request_id: str, prompt: ChatPrompt, params,
                   prompt_len: int, include_usage: bool) -> AsyncIterator[str]:
-    n = params.n
-    parsers = [ToolCallParser() if prompt.parse_tools else None for _ in range(n)]
-    # The prefilled start of a tool call is part of what each parser reads, but is sent with the first delta.
-    pending = [p.feed(prompt.prefill) if p is not None else ParserDelta() for p in parsers]
-    called = [False] * n
-    done = [False] * n
+    choices = [_ChoiceStream(prompt, params.logprobs) for _ in range(params.n)]
     generated = 0
 
-    def chunk(index: int, delta: DeltaMessage, finish: Optional[str] = None, logprobs=None) -> str:
-        body = ChatCompletionChunk(id=request_id, model=ctx.model_name,
-                                   choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish,
-                                                        logprobs=logprobs)])
-        return event(chunk_json(body))
+    def chunk(choice: ChunkChoice) -> str:
+        return event(chunk_json(ChatCompletionChunk(id=request_id, model=ctx.model_name, choices=[choice])))
 
     merged = merge([stream])
     try:
-        for index in range(n):
-            yield chunk(index, DeltaMessage(role="assistant", content=""))
+        for index in range(params.n):
+            yield chunk(ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
         async for _, output in merged:
             generated = sum(len(c.token_ids) for c in output.outputs)
             for completion in output.outputs:
-                i = completion.index
-                if done[i] or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
-                    continue
-                parser = parsers[i]
-                if parser is None:
-                    delta = ParserDelta(content=completion.delta_text)
-                else:
-                    delta = pending[i]
-                    pending[i] = ParserDelta()
-                    fed = parser.feed(completion.delta_text)
-                    delta.content += fed.content
-                    delta.tool_calls += fed.tool_calls
-                    if completion.finish_reason is not None:
-                        tail = parser.finish()
-                        delta.content += tail.content
-                        delta.tool_calls += tail.tool_calls
-                    called[i] = called[i] or bool(parser.tool_calls)
-                logprobs = None
-                if params.logprobs is not None:
-                    ids, entries = delta_entries(completion)
-                    if ids:
-                        logprobs = chat_logprobs(ids, entries, params.logprobs)
-                finish = completion.finish_reason
-                if finish == "stop" and called[i]:
-                    finish = "tool_calls"
-                message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta))
-                if message.content is not None or message.tool_calls or logprobs is not None or finish:
-                    yield chunk(i, message, finish, logprobs)
-                done[i] = finish is not None
+                choice = choices[completion.index].step(completion)
+                if choice is not None:
+                    yield chunk(choice)
         if include_usage:
             usage_chunk = ChatCompletionChunk(id=request_id, model=ctx.model_name, choices=[],
                                               usage=Usage.of(prompt_len, generated))

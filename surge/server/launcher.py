@@ -73,12 +73,15 @@ def serve(api_server, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
     config = uvicorn.Config(api_server.app, log_level=log_level, access_log=access_log, lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, timeout_keep_alive=30)
     server = _DrainingServer(config, api_server)
+    api_server.uvicorn_server = server
     build_thread = api_server.start_engine()
     failure: dict[str, str] = {}
     threading.Thread(target=_watch_start, args=(api_server, server, url, announce, failure), daemon=True,
                      name="surge-start-watch").start()
     # uvicorn re-raises the signal that stopped it once it is done; answer that with a clean return.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # (Signals reach only the main thread; elsewhere uvicorn installs no handlers either.)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     try:
         server.run(sockets=[sock])
     finally:
@@ -88,7 +91,7 @@ def serve(api_server, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
         api_server.stop()
     if "error" in failure:
         raise EngineStartError(failure["error"])
-    if build_thread is not None and build_thread.is_alive():
+    if in_main and build_thread is not None and build_thread.is_alive():
         # Stopped while the engine was still compiling: that thread cannot be interrupted, so leave now.
         logger.info("stopped during start-up; exiting without waiting for the engine build")
         sys.stdout.flush()

@@ -72,6 +72,16 @@ class ParserDelta:
     def __bool__(self) -> bool:
         return bool(self.content or self.tool_calls)
 
+    def extend(self, later: "ParserDelta") -> None:
+        """Append a later delta; argument fragments of the same call merge into one entry."""
+        self.content += later.content
+        for call in later.tool_calls:
+            last = self.tool_calls[-1] if self.tool_calls else None
+            if last is not None and last.index == call.index and call.id is None:
+                last.arguments += call.arguments
+            else:
+                self.tool_calls.append(ToolCallDelta(call.index, call.arguments, call.id, call.name))
+
 
 @dataclass
 class ParsedOutput:

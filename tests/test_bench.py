@@ -1,0 +1,221 @@
+"""surge-bench: latency math, Poisson arrivals, the SSE load generator, sweeps and their summaries.
+
+The end-to-end tests use the tiny random Llama: a two-job `surge-bench -m` sweep (result.json per
+job, summary.csv / .md / .png in the sweep dir) and a serving run against a surge-serve subprocess
+the benchmark starts itself (client and server token counts agree).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from surge.bench.load_generator import arrival_offsets, run_load
+from surge.bench.prometheus import parse_counters
+from surge.bench.serve_metrics import SLO_TPOT_S, SLO_TTFT_S, StreamRecord, meets_slo, summarize_streams
+from surge.bench.server_process import server_yaml
+from surge.bench.summary import collect, write_summary
+from surge.bench.sweep_progress import count_jobs
+from surge.config import make_config, to_config
+
+TINY_ENGINE = dict(backend="reference", max_model_len=256, token_buckets=[16, 64], num_pages=128)
+
+
+# ---- latency math ------------------------------------------------------------------------------
+
+def test_stream_record_latencies_follow_vllm_definitions():
+    record = StreamRecord(sent=10.0, chunk_times=[10.5, 10.6, 10.8, 11.0], ended=11.1, prompt_tokens=7,
+                          output_tokens=4)
+    assert record.ttft == pytest.approx(0.5)
+    assert record.e2e == pytest.approx(1.1)
+    assert record.tpot == pytest.approx((1.1 - 0.5) / 3)  # the first token excluded
+    assert record.itl == pytest.approx([0.1, 0.2, 0.2])
+
+
+def test_single_token_request_has_no_tpot_and_is_judged_on_ttft():
+    fast = StreamRecord(sent=0.0, chunk_times=[0.2], ended=0.2, output_tokens=1)
+    slow = StreamRecord(sent=0.0, chunk_times=[SLO_TTFT_S + 0.1], ended=SLO_TTFT_S + 0.1, output_tokens=1)
+    assert fast.tpot is None and meets_slo(fast)
+    assert not meets_slo(slow)
+
+
+def test_summary_counts_goodput_percentiles_and_failures():
+    good = StreamRecord(sent=0.0, chunk_times=[0.1, 0.15, 0.2], ended=0.2, prompt_tokens=10, output_tokens=3)
+    # TPOT = (2.0 - 0.1) / 2 = 0.95 s: misses the TPOT objective.
+    slow = StreamRecord(sent=0.0, chunk_times=[0.1, 1.0, 2.0], ended=2.0, prompt_tokens=10, output_tokens=3)
+    failed = StreamRecord(sent=0.0, error="HTTP 500: boom")
+    summary = summarize_streams([good, slow, failed], duration_s=2.0)
+    assert summary["num_completed"] == 2 and summary["num_failed"] == 1
+    assert summary["num_within_slo"] == 1
+    assert summary["goodput_requests_per_s"] == pytest.approx(0.5)
+    assert summary["requests_per_s"] == pytest.approx(1.0)
+    assert summary["output_tokens_per_s"] == pytest.approx(3.0)
+    assert summary["total_tokens_per_s"] == pytest.approx(13.0)
+    assert summary["ttft_ms"]["p50"] == pytest.approx(100.0)
+    assert summary["tpot_ms"]["mean"] == pytest.approx((50.0 + 950.0) / 2)
+    assert summary["itl_ms"]["mean"] == pytest.approx(np.mean([50, 50, 900, 1000]))
+    assert summary["e2e_ms"]["p50"] == pytest.approx(1100.0)
+    assert summary["slo"] == {"ttft_ms": SLO_TTFT_S * 1000, "tpot_ms": SLO_TPOT_S * 1000}
+
+
+# ---- Poisson arrivals ---------------------------------------------------------------------------
+
+def test_poisson_arrivals_are_seeded_with_mean_gap_one_over_rate():
+    offsets = arrival_offsets(20_000, request_rate=4.0, seed=7)
+    assert offsets == arrival_offsets(20_000, request_rate=4.0, seed=7)
+    assert offsets != arrival_offsets(20_000, request_rate=4.0, seed=8)
+    gaps = np.diff(offsets)
+    assert offsets[0] == 0.0 and np.all(gaps >= 0)
+    assert gaps.mean() == pytest.approx(0.25, rel=0.05)
+    # Exponential gaps: the standard deviation equals the mean.
+    assert gaps.std() == pytest.approx(0.25, rel=0.05)
+
+
+@pytest.mark.parametrize("rate", [0.0, float("inf")])
+def test_rate_zero_or_infinite_sends_everything_at_once(rate):
+    assert arrival_offsets(5, rate) == [0.0] * 5
+
+
+# ---- the load generator against a scripted server ------------------------------------------------
+
+def _sse_transport(fail_every: int = 0):
+    """An httpx transport answering /v1/completions with a scripted stream of 3 chunks plus usage."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if fail_every and calls["n"] % fail_every == 0:
+            return httpx.Response(503, json={"error": {"message": "queue full"}})
+        body = json.loads(request.content)
+        assert body["stream"] and body["stream_options"] == {"include_usage": True} and body["ignore_eos"]
+        events = [{"choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in ("a", "b", "c")]
+        events.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 3,
+                                                "total_tokens": len(body["prompt"]) + 3}})
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return httpx.Response(200, content=text.encode(), headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_load_generator_reads_chunks_usage_and_errors():
+    prompts = [[5, 6, 7], [8, 9], [1, 2, 3, 4]]
+    records, duration = asyncio.run(run_load("http://bench.test", prompts, model="m", output_len=3,
+                                             max_concurrency=2, progress=False, transport=_sse_transport(3)))
+    assert duration > 0
+    assert [r.ok for r in records] == [True, True, False]
+    assert [len(r.chunk_times) for r in records[:2]] == [3, 3]
+    assert [r.prompt_tokens for r in records[:2]] == [3, 2]
+    assert all(r.output_tokens == 3 for r in records[:2])
+    assert records[2].error.startswith("HTTP 503")
+
+
+def test_prometheus_counters_are_summed_over_labels():
+    text = ('# TYPE surge:prompt_tokens counter\n'
+            'surge:prompt_tokens_total{model_name="a"} 10.0\n'
+            'surge:prompt_tokens_total{model_name="b"} 5.0\n')
+    counters = parse_counters(text, ["surge:prompt_tokens_total", "surge:generation_tokens_total"])
+    assert counters == {"surge:prompt_tokens_total": 15.0, "surge:generation_tokens_total": None}
+
+
+def test_server_config_is_the_bench_config_on_a_free_loopback_port():
+    cfg = make_config("some/model.gguf", backend="cpu", page_size=32, token_buckets=[16, 64],
+                      **{"server.port": 9000, "server.host": "0.0.0.0"})
+    loaded = OmegaConf.create(server_yaml(cfg))
+    assert "surge_schema" in loaded.defaults
+    del loaded["defaults"], loaded["hydra"]
+    served = to_config(loaded)
+    assert served.server.port == 0 and served.server.host == "127.0.0.1"
+    assert served.cache == cfg.cache and served.backend == cfg.backend and served.engine == cfg.engine
+    assert served.model == cfg.model
+
+
+# ---- sweep bookkeeping ---------------------------------------------------------------------------
+
+def test_count_jobs_multiplies_the_sweeps():
+    assert count_jobs(["backend=reference,cpu", "engine.max_num_seqs=8,32", "cache.page_size=16,32",
+                       "bench.num_prompts=4"]) == 8
+    assert count_jobs(["bench.num_prompts=4"]) == 1
+
+
+def test_summary_lists_failed_jobs_and_plots_the_rest(tmp_path):
+    for num, (seqs, tps) in enumerate([(8, 100.0), (32, 250.0)]):
+        job = tmp_path / str(num)
+        job.mkdir()
+        result = {"mode": "offline", "output_tokens_per_s": tps, "requests_per_s": 1.0, "num_prompts": 4,
+                  "input_len": 8, "output_len": 4, "ttft_ms": {"p50": 12.0, "p90": 20.0}}
+        (job / "result.json").write_text(json.dumps({"result": result,
+                                                     "overrides": [f"engine.max_num_seqs={seqs}", "x=1"]}))
+    failed = tmp_path / "2" / ".hydra"
+    failed.mkdir(parents=True)
+    (failed / "overrides.yaml").write_text("- engine.max_num_seqs=64\n- x=1\n")
+
+    swept, rows, mode = collect(tmp_path)
+    assert swept == ["engine.max_num_seqs"] and mode == "offline"
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    written = write_summary(tmp_path)
+    assert [p.name for p in written] == ["summary.csv", "summary.md", "summary.png"]
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| job | engine.max_num_seqs | status | output_tokens_per_s")
+    assert len(table) == 2 + 3 and "| failed |" in table[-1]
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- end to end on the tiny model ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return tiny_checkpoint("llama")
+
+
+@pytest.mark.slow
+def test_two_job_sweep_writes_results_and_summaries(tiny, tmp_path):
+    # The tiny model enters the sweep as an option of the `model` config group.
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text(f"name: tiny-llama\npath: {tiny.path}\n")
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "surge.cli.bench", "-m", "--config-dir", str(tmp_path / "conf"),
+               "model=tiny", "backend=reference", "engine.max_num_seqs=2,4", "engine.max_model_len=256",
+               "engine.token_buckets=[16,64]", "cache.num_pages=128", "bench.num_prompts=4", "bench.input_len=8",
+               "bench.output_len=4", f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[sweep 2/2]" in done.stderr
+
+    for num, seqs in enumerate([2, 4]):
+        record = json.loads((sweep_dir / str(num) / "result.json").read_text())
+        assert f"engine.max_num_seqs={seqs}" in record["overrides"]
+        assert record["result"]["mode"] == "offline"
+        assert record["result"]["num_output_tokens"] == 4 * 4
+        assert record["config"]["engine"]["max_num_seqs"] == seqs
+    with (sweep_dir / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["engine.max_num_seqs"] for r in rows] == ["2", "4"]
+    assert all(r["status"] == "ok" and float(r["output_tokens_per_s"]) > 0 for r in rows)
+    table = (sweep_dir / "summary.md").read_text().splitlines()
+    assert len(table) == 4 and "engine.max_num_seqs" in table[0]
+    assert (sweep_dir / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_serve_benchmark_against_its_own_server(tiny):
+    from surge.bench.serve import format_serve, run_serve
+
+    cfg = make_config(tiny.path, max_num_seqs=4, **TINY_ENGINE,
+                      **{"bench.mode": "serve", "bench.num_prompts": 6, "bench.input_len": 8, "bench.output_len": 5,
+                         "bench.request_rate": 50.0, "bench.max_concurrency": 4})
+    result = run_serve(cfg)
+    assert result["num_completed"] == 6 and result["num_failed"] == 0, result["errors"]
+    assert result["num_output_tokens"] == 6 * 5 and result["num_input_tokens"] == 6 * 8
+    assert result["server_generation_tokens"] == result["num_output_tokens"]
+    assert result["server_prompt_tokens"] == result["num_input_tokens"]
+    assert result["ttft_ms"]["p50"] > 0 and result["tpot_ms"]["p50"] > 0
+    assert "TTFT" in format_serve(result)
