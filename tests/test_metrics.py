@@ -147,7 +147,7 @@ def test_start_monitoring_exports_and_draws_the_console_table():
 
     screen = io.StringIO()
     handle = start_monitoring(_FakeEngine(), prometheus_port=0, enable_console=True, refresh_interval=0.05,
-                              console=Console(file=screen, width=100, force_terminal=False))
+                              console=Console(file=screen, width=100, force_terminal=True))
     try:
         assert handle.port and handle.url == f"http://127.0.0.1:{handle.port}/metrics"
         text = httpx.get(handle.url, timeout=5).text
@@ -157,7 +157,7 @@ def test_start_monitoring_exports_and_draws_the_console_table():
     finally:
         handle.stop()
     drawn = screen.getvalue()
-    assert "KV cache used" in drawn and "25.0% (50/200 pages)" in drawn
+    assert "KV cache used" in drawn and "25.0%" in drawn and "(50/200 pages)" in drawn
     assert "running" in drawn and "prefix cache hit rate" in drawn
     with pytest.raises(httpx.HTTPError):
         httpx.get(handle.url, timeout=1)
@@ -171,3 +171,24 @@ def test_console_table_shows_throughput_from_counter_rates():
     Console(file=screen, width=100).print(table)
     text = screen.getvalue()
     assert "123.4 tok/s" in text and "10.0 steps/s" in text and "25.0%" in text
+
+
+def test_console_that_is_not_a_terminal_gets_summary_lines(monitoring_log_interval):
+    from rich.console import Console
+
+    screen = io.StringIO()
+    handle = start_monitoring(_FakeEngine(), prometheus_port=None, enable_console=True, refresh_interval=0.01,
+                              console=Console(file=screen, width=200, force_terminal=False))
+    time.sleep(0.3)
+    handle.stop()
+    assert handle.url is None
+    lines = [line for line in screen.getvalue().splitlines() if line]
+    assert lines and all(line.startswith("surge: running 3, waiting 2, KV cache 25.0% (50/200 pages)")
+                         for line in lines)
+
+
+@pytest.fixture
+def monitoring_log_interval(monkeypatch):
+    import surge.server.monitoring as monitoring
+
+    monkeypatch.setattr(monitoring, "LOG_INTERVAL_S", 0.05)

@@ -179,7 +179,7 @@ def test_logprobs_in_chat_and_completions(client):
 
 def test_named_tool_choice_returns_a_tool_call(client):
     reply = client.chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=40, tools=[WEATHER_TOOL],
+        model=MODEL, temperature=0, max_tokens=24, tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         messages=[{"role": "user", "content": "What is the weather in Paris?"}])
     choice = reply.choices[0]
@@ -193,7 +193,7 @@ def test_named_tool_choice_returns_a_tool_call(client):
 
 def test_streamed_tool_call_deltas_concatenate_to_valid_json(client):
     chunks = list(client.chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=40, tools=[WEATHER_TOOL], stream=True,
+        model=MODEL, temperature=0, max_tokens=24, tools=[WEATHER_TOOL], stream=True,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         messages=[{"role": "user", "content": "What is the weather in Paris?"}]))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

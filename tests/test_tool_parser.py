@@ -304,3 +304,14 @@ def test_template_errors_become_400s(plain_tokenizer):
     with pytest.raises(OpenAIError, match="roles must alternate") as info:
         render_chat(plain_tokenizer, _request())
     assert info.value.status == 400 and info.value.param == "messages"
+
+
+def test_deprecated_functions_are_read_as_tools(plain_tokenizer):
+    from surge.server.chat import render_chat
+
+    named = render_chat(plain_tokenizer, _request(functions=[WEATHER["function"]],
+                                                  function_call={"name": "get_weather"}))
+    assert named.parse_tools and '"name": "get_weather"' in named.text
+    assert named.prefill == '<tool_call>\n{"name": "get_weather", "arguments": '
+    hidden = render_chat(plain_tokenizer, _request(functions=[WEATHER["function"]], function_call="none"))
+    assert not hidden.parse_tools and "get_weather" not in hidden.text

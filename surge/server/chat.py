@@ -12,6 +12,7 @@ among them) the tools are described in the system message in the Hermes format
 the parser reads, assistant tool calls become `<tool_call>` text, and tool
 results become user turns wrapped in `<tool_response>`.
 
+The deprecated `functions` / `function_call` are read as tools / tool_choice.
 tool_choice: "none" hides the tools; "auto" (the default with tools) lets the
 model choose; "required" prefills `<tool_call>` so some call follows; a named
 function prefills `{"name": ..., "arguments": ` so that function is called.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surge.server.errors import bad_request
-from surge.server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from surge.server.protocol import ChatCompletionRequest, ChatMessage, NamedFunction, NamedToolChoice
 from surge.server.tool_parser import CLOSE_TAG, OPEN_TAG
 
 _TEXT_PART_TYPES = ("text", "input_text")
@@ -39,8 +40,7 @@ class ChatPrompt:
 
 def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
     """The prompt for `req`; a 400 when the messages or tools cannot be rendered."""
-    tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []]
-    choice = req.tool_choice
+    tools, choice = _tools_and_choice(req)
     if choice is not None and not tools:
         raise bad_request("tool_choice is only allowed when tools are given", param="tool_choice")
     if choice == "none":
@@ -64,6 +64,19 @@ def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
     if not isinstance(text, str):
         raise bad_request("the model's chat template did not produce text", param="messages")
     return ChatPrompt(text=text + prefill, prefill=prefill, parse_tools=bool(tools))
+
+
+def _tools_and_choice(req: ChatCompletionRequest) -> tuple[list[dict], object]:
+    """The tools as dicts and tool_choice, from `tools` or the deprecated `functions` / `function_call`."""
+    if req.functions and req.tools:
+        raise bad_request("give tools or the deprecated functions, not both", param="functions")
+    if req.functions:
+        tools = [{"type": "function", "function": f.model_dump(exclude_none=True)} for f in req.functions]
+        choice = req.function_call
+        if isinstance(choice, NamedFunction):
+            choice = NamedToolChoice(function=choice)
+        return tools, choice
+    return [tool.model_dump(exclude_none=True) for tool in req.tools or []], req.tool_choice
 
 
 def _prefill(choice, tools: list[dict]) -> str:

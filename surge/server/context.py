@@ -103,7 +103,9 @@ class ServerContext:
     async def open_streams(self, prompts: Sequence[list[int]], params, *, request_id: str, priority: int,
                            principal: Principal, cache_salt: Optional[str]) -> list["TrackedStream"]:
         """Add one engine request per prompt; all or none (a 400 or 503 closes those already added)."""
-        salt = cache_salt if cache_salt is not None else principal.cache_salt
+        # A salt the client sends narrows sharing further; it never lifts the per-key isolation.
+        salts = [s for s in (principal.cache_salt, cache_salt) if s]
+        salt = ":".join(salts) if salts else None
         opened: list = []
         try:
             for i, prompt_ids in enumerate(prompts):

@@ -4,9 +4,11 @@ In: an engine (anything with `stats()`), a port for the exporter (loopback by
 default; None for no exporter) and whether to draw the console table; a
 server's `ServerMetrics` when there is one (its registry is exported and its
 token counters give throughput). Out: a `MonitoringHandle` with `.port`,
-`.url`, `.stop()`. The console thread redraws a `rich` table every
-`refresh_interval` seconds: throughput, running / waiting sequences, KV-cache
-use, prefix-cache hit rate, preemptions, compiles.
+`.url`, `.stop()`. On a terminal the console thread redraws a `rich` table
+every `refresh_interval` seconds: throughput, running / waiting sequences,
+KV-cache use, prefix-cache hit rate, preemptions, compiles. When the console is
+not a terminal (output sent to a log file) it prints one summary line every
+10 seconds instead.
 """
 
 from __future__ import annotations
@@ -129,6 +131,26 @@ def start_monitoring(engine, prometheus_port: Optional[int] = 9090, enable_conso
     return MonitoringHandle(host, port, http_server, thread, stop_event)
 
 
+def summary_line(stats: dict, rates: dict) -> str:
+    """One log line with what the table shows (for consoles that are not terminals, e.g. a log file)."""
+    total = stats.get("num_total_pages", 0)
+    used = stats.get("num_used_pages", 0)
+    parts = []
+    if "prompt_tokens" in rates:
+        parts.append(f"prompt {rates['prompt_tokens']:.1f} tok/s")
+    if "generation_tokens" in rates:
+        parts.append(f"generation {rates['generation_tokens']:.1f} tok/s")
+    parts += [f"running {stats.get('num_running', 0)}", f"waiting {stats.get('num_waiting', 0)}",
+              f"KV cache {100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)",
+              f"prefix hit rate {100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%",
+              f"preemptions {stats.get('num_preemptions', 0)}"]
+    return "surge: " + ", ".join(parts)
+
+
+# A log file gets a summary line this often at most (a terminal gets the live table every refresh).
+LOG_INTERVAL_S = 10.0
+
+
 def _console_loop(engine, metrics, stop_event: threading.Event, refresh_interval: float, console, name: str) -> None:
     from rich.console import Console
     from rich.live import Live
@@ -138,12 +160,17 @@ def _console_loop(engine, metrics, stop_event: threading.Event, refresh_interval
 
     def reading():
         stats = engine.stats()
-        return build_table(stats, rates.update(_counters(engine, metrics, stats)), title=f"surge — {name}")
+        return stats, rates.update(_counters(engine, metrics, stats))
 
     try:
-        with Live(reading(), console=console, refresh_per_second=max(1.0, 1.0 / refresh_interval),
-                  transient=False) as live:
+        if not console.is_terminal:
+            interval = max(refresh_interval, LOG_INTERVAL_S)
+            while not stop_event.wait(interval):
+                console.print(summary_line(*reading()), highlight=False, soft_wrap=True)
+            return
+        with Live(build_table(*reading(), title=f"surge — {name}"), console=console,
+                  refresh_per_second=max(1.0, 1.0 / refresh_interval), transient=False) as live:
             while not stop_event.wait(refresh_interval):
-                live.update(reading())
+                live.update(build_table(*reading(), title=f"surge — {name}"))
     except Exception:  # the monitor must never take the engine down with it
         logger.exception("console monitor stopped")

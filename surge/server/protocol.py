@@ -114,6 +114,9 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: Optional[int] = None
     tools: Optional[List[ToolDefinition]] = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    # OpenAI's deprecated spelling of tools / tool_choice (answered with tool_calls).
+    functions: Optional[List[FunctionDefinition]] = None
+    function_call: Union[Literal["none", "auto"], NamedFunction, None] = None
     parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: Optional[Dict[str, Any]] = None
