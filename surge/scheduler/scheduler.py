@@ -48,6 +48,9 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_prompt_tokens = 0  # prompt tokens of admitted requests (each request counted once)
+        self.num_generation_tokens = 0
+        self.num_finished_requests = 0
         self.num_prefix_queried_tokens = 0
         self.num_prefix_hit_tokens = 0
 
@@ -69,6 +72,7 @@ class Scheduler:
         else:
             self.waiting.remove(request)
         request.status = status
+        self.num_finished_requests += 1
         return request
 
     @property
@@ -124,6 +128,7 @@ class Scheduler:
                 break
             self.waiting.pop()
             if request.num_cached_tokens < 0:
+                self.num_prompt_tokens += request.num_prompt_tokens
                 request.num_cached_tokens = num_computed
                 self.num_prefix_queried_tokens += request.num_tokens
                 self.num_prefix_hit_tokens += num_computed
@@ -149,6 +154,7 @@ class Scheduler:
             if not item.samples:
                 continue
             request.append_output_token(int(token_id))
+            self.num_generation_tokens += 1
             stop = request.check_stop(self.max_model_len)
             if stop is not None:
                 self.finish(request.request_id, stop)
