@@ -4,7 +4,9 @@ In: a Hugging Face directory with tokenizer files, or a ``.gguf`` file whose
 vocabulary, merges and chat template are embedded. Out: a transformers fast
 tokenizer.
 
-Converting a GGUF vocabulary with transformers takes seconds, so the converted
+A byte-level BPE vocabulary is built directly with the `tokenizers` library
+(surge/models/gguf_tokenizer.py); other kinds go through transformers' GGUF
+integration. Either takes seconds, so the converted
 tokenizer is saved once (``save_pretrained``) next to the GGUF as
 ``<file>.tokenizer/`` — or under the surge cache when that directory is not
 writable — stamped with the GGUF's size and modification time, and reused while
@@ -19,6 +21,8 @@ import logging
 import os
 import shutil
 import tempfile
+
+from surge.models.gguf_tokenizer import UnsupportedGGUFTokenizer, load_gguf_tokenizer
 
 logger = logging.getLogger("surge")
 
@@ -51,11 +55,15 @@ def _gguf_tokenizer(path: str):
             return AutoTokenizer.from_pretrained(cached)
     logger.info("converting the tokenizer embedded in %s (once; cached afterwards)", path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                                  gguf_file=os.path.basename(path))
-    except Exception as exc:  # transformers raises assorted types for a GGUF without a usable vocabulary
-        raise ValueError(f"{path}: cannot build a tokenizer from the GGUF's embedded vocabulary ({exc}); "
-                         "point model.tokenizer at a Hugging Face tokenizer directory") from exc
+        tokenizer = load_gguf_tokenizer(path)
+    except UnsupportedGGUFTokenizer:
+        # Other vocabulary kinds go through transformers' GGUF integration (which needs PyTorch).
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                                      gguf_file=os.path.basename(path))
+        except Exception as exc:  # transformers raises assorted types for a GGUF without a usable vocabulary
+            raise ValueError(f"{path}: cannot build a tokenizer from the GGUF's embedded vocabulary ({exc}); "
+                             "point model.tokenizer at a Hugging Face tokenizer directory") from exc
     for cached in _cache_candidates(path):
         if _save(tokenizer, cached, stamp):
             break
