@@ -1,7 +1,8 @@
 """Time the cpu attention kernel against plain-JAX paged attention on two batch shapes.
 
 In: nothing (SmolLM2's attention shape: H=9, KV=3, hd=64, page_size 16, float32).
-Out: a table on stdout, median milliseconds per call (write + attend of one layer) of
+Out: a table on stdout, median and best milliseconds per call (write + attend of one
+layer; the contenders are timed in turn, call by call, so machine load hits all alike) of
 - ``cpu``: surge's C++ FFI kernel (CpuBackend), cache donated, at 1 and all threads;
 - ``jax-dense``: a straightforward pure-JAX version written here: gather each sequence's
   pages, scatter the ragged queries into a dense [S, max_q, H, hd] block, einsum, mask,
@@ -81,44 +82,44 @@ def jax_dense_attention(q, k, v, k_pages, v_pages, md, *, max_q_len: int):
     return out, (k_pages, v_pages)
 
 
-def time_calls(step, q, k, v, caches, md, repeats: int) -> tuple[float, np.ndarray]:
-    """Median ms of `step`, feeding each call's (donated) cache into the next."""
-    out, caches = step(q, k, v, *caches, md)
-    first = np.asarray(out)
-    for _ in range(2):
-        out, caches = step(q, k, v, *caches, md)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
+class Contender:
+    """One implementation under test: a jitted step that donates its cache, and that cache."""
+
+    def __init__(self, name, step, caches, num_threads=None):
+        self.name, self.step, self.caches, self.num_threads = name, step, caches, num_threads
+        self.times = []
+        self.first_out = None
+
+    def call(self, q, k, v, md) -> float:
+        if self.num_threads is not None:
+            set_num_threads(self.num_threads)
         start = time.perf_counter()
-        out, caches = step(q, k, v, *caches, md)
-        jax.block_until_ready((out, caches))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), first
+        out, self.caches = self.step(q, k, v, *self.caches, md)
+        jax.block_until_ready((out, self.caches))
+        elapsed = (time.perf_counter() - start) * 1e3
+        if self.first_out is None:
+            self.first_out = np.asarray(out)
+        return elapsed
 
 
 def run_case(label, batch, repeats):
     q, k, v, md, k_logical, v_logical, max_q_len = batch
-    results = {}
     cpu = CpuBackend()
-
-    def cpu_step(q, k, v, k_pages, v_pages, md):
-        return cpu(q, k, v, (k_pages, v_pages), md, scale=SCALE)
-
-    def cpu_caches():
-        return (jnp.asarray(k_logical.transpose(0, 2, 1, 3)), jnp.asarray(v_logical.transpose(0, 2, 1, 3)))
-
-    cpu_jit = jax.jit(cpu_step, donate_argnums=(3, 4))
-    for threads in (1, 0):
-        set_num_threads(threads)
-        name = f"cpu ({'1 thread' if threads == 1 else 'all threads'})"
-        results[name] = time_calls(cpu_jit, q, k, v, cpu_caches(), md, repeats)
-    set_num_threads(0)
-
+    cpu_jit = jax.jit(lambda q, k, v, kp, vp, md: cpu(q, k, v, (kp, vp), md, scale=SCALE), donate_argnums=(3, 4))
     dense_jit = jax.jit(lambda q, k, v, kp, vp, md: jax_dense_attention(q, k, v, kp, vp, md, max_q_len=max_q_len),
                         donate_argnums=(3, 4))
-    results["jax-dense"] = time_calls(dense_jit, q, k, v, (jnp.asarray(k_logical), jnp.asarray(v_logical)), md,
-                                      repeats)
+
+    def cpu_layout():
+        return jnp.asarray(k_logical.transpose(0, 2, 1, 3)), jnp.asarray(v_logical.transpose(0, 2, 1, 3))
+
+    def reference_layout():
+        return jnp.asarray(k_logical), jnp.asarray(v_logical)
+
+    contenders = [
+        Contender("cpu (1 thread)", cpu_jit, cpu_layout(), num_threads=1),
+        Contender("cpu (all threads)", cpu_jit, cpu_layout(), num_threads=0),
+        Contender("jax-dense", dense_jit, reference_layout()),
+    ]
     try:
         from surge.kernels.reference import ReferenceBackend
     except ImportError:
@@ -127,16 +128,28 @@ def run_case(label, batch, repeats):
         reference = ReferenceBackend()
         ref_jit = jax.jit(lambda q, k, v, kp, vp, md: reference(q, k, v, (kp, vp), md, scale=SCALE),
                           donate_argnums=(3, 4))
-        results["reference"] = time_calls(ref_jit, q, k, v, (jnp.asarray(k_logical), jnp.asarray(v_logical)), md,
-                                          repeats)
+        contenders.append(Contender("reference", ref_jit, reference_layout()))
 
-    baseline = results["jax-dense"][1]
-    for name, (_, out) in results.items():
-        np.testing.assert_allclose(out, baseline, atol=1e-4, rtol=1e-4, err_msg=f"{name} disagrees with jax-dense")
-    dense_ms = results["jax-dense"][0]
+    # Warm up (compile), then interleave the contenders so a change in machine load
+    # during the run hits all of them alike.
+    for contender in contenders:
+        for _ in range(3):
+            contender.call(q, k, v, md)
+    for _ in range(repeats):
+        for contender in contenders:
+            contender.times.append(contender.call(q, k, v, md))
+    set_num_threads(0)
+
+    baseline = contenders[2].first_out
+    for contender in contenders:
+        np.testing.assert_allclose(contender.first_out, baseline, atol=1e-4, rtol=1e-4,
+                                   err_msg=f"{contender.name} disagrees with jax-dense")
+    dense_ms = statistics.median(contenders[2].times)
     print(f"\n{label}")
-    for name, (ms, _) in results.items():
-        print(f"  {name:<22} {ms:9.3f} ms   ({dense_ms / ms:5.2f}x vs jax-dense)")
+    for contender in contenders:
+        ms = statistics.median(contender.times)
+        print(f"  {contender.name:<20} median {ms:8.3f} ms  min {min(contender.times):8.3f} ms"
+              f"   ({dense_ms / ms:5.2f}x vs jax-dense)")
 
 
 def main() -> None:
