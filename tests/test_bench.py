@@ -12,7 +12,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import numpy as np

@@ -3,6 +3,7 @@ embedded SmolLM2), the catalogue download, and the errors a user sees for broken
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -88,8 +89,8 @@ def test_sharded_checkpoint_loads_the_same_parameters(tiny_checkpoint, tmp_path)
 
 def test_bfloat16_safetensors_are_read(tiny_checkpoint, tmp_path):
     ckpt = tiny_checkpoint("llama")
-    ckpt.hf_model.to(torch.bfloat16).save_pretrained(tmp_path)
-    ckpt.hf_model.float()
+    # A copy: the session-wide checkpoint's model must keep its float32 weights for later tests.
+    copy.deepcopy(ckpt.hf_model).to(torch.bfloat16).save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), dtype="bfloat16", tokenizer=ckpt.path)
     want = ckpt.hf_model.model.layers[0].mlp.down_proj.weight.detach().to(torch.bfloat16).float().numpy().T
     np.testing.assert_array_equal(np.asarray(loaded.model.layers[0].down_proj[...], np.float32), want)

@@ -111,8 +111,11 @@ def test_chunked_prefill_and_preemption_with_caching(tiny):
 def test_n_children_share_prompt_pages(cached):
     prompt = shared_prefix_prompts(1, prefix_len=40, suffix_len=1, seed=4)[0]
     cached.reset_prefix_cache()
+    hits_before = cached.stats()["prefix_cache_hit_tokens"]
     out = cached.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(n=3, max_tokens=4, seed=1))[0]
-    assert len(out.outputs) == 3
+    assert len(out.outputs) == 3 and all(len(c.token_ids) == 4 for c in out.outputs)
+    # The 2nd and 3rd child find the first child's 10 full prompt pages (40 tokens) in the cache.
+    assert cached.stats()["prefix_cache_hit_tokens"] - hits_before == 2 * 40
     assert_pages_free_or_cached(cached)
 
 

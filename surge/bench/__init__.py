@@ -1,31 +1,22 @@
-"""surge-bench modes: offline throughput, serving load, attention kernels, prefix caching."""
+"""surge-bench modes: offline throughput, serving load, attention kernels, prefix caching.
+
+In: a SurgeConfig whose `bench.mode` names the mode. Out: (result dict, summary
+text), from the mode module's `run_<mode>(cfg)` and `format_<mode>(result)`.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 from surge.config import SurgeConfig
+
+MODES = ("offline", "serve", "attention", "prefix")
 
 
 def run_benchmark(cfg: SurgeConfig) -> tuple[dict, str]:
-    """Run the mode named by cfg.bench.mode; returns (result dict, human-readable summary)."""
     mode = cfg.bench.mode
-    if mode == "offline":
-        from surge.bench.offline import format_offline, run_offline
-
-        result = run_offline(cfg)
-        return result, format_offline(result)
-    if mode == "serve":
-        from surge.bench.serve import format_serve, run_serve
-
-        result = run_serve(cfg)
-        return result, format_serve(result)
-    if mode == "attention":
-        from surge.bench.attention import format_attention, run_attention
-
-        result = run_attention(cfg)
-        return result, format_attention(result)
-    if mode == "prefix":
-        from surge.bench.prefix import format_prefix, run_prefix
-
-        result = run_prefix(cfg)
-        return result, format_prefix(result)
-    raise ValueError(f"unknown bench.mode {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"unknown bench.mode {mode!r}; choose one of {MODES}")
+    module = importlib.import_module(f"surge.bench.{mode}")
+    result = getattr(module, f"run_{mode}")(cfg)
+    return result, getattr(module, f"format_{mode}")(result)

@@ -68,7 +68,8 @@ async def stream_completion(client, url: str, payload: dict, headers: Optional[d
                 now = time.perf_counter()
                 chunk = json.loads(data)
                 if "error" in chunk:
-                    record.error = f"stream error: {chunk['error'].get('message', chunk['error'])}"
+                    error = chunk["error"]
+                    record.error = f"stream error: {error.get('message', error) if isinstance(error, dict) else error}"
                     return record
                 if chunk.get("choices"):
                     record.chunk_times.append(now)

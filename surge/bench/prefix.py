@@ -136,13 +136,13 @@ def format_prefix(result: dict) -> str:
         f"requests: {result['num_prompts']} x ({result['input_len']} in, {result['output_len']} out) per share; "
         f"prefix caching {'on' if result['enable_prefix_caching'] else 'OFF'}   ({result['warmup']})",
         "",
-        f"{'share':>6}{'shared':>8}{'req/s':>9}{'out tok/s':>11}{'total tok/s':>13}{'TTFT p50':>10}{'TTFT p90':>10}"
+        f"{'share':>6}{'shared':>8}{'req/s':>9}{'out tok/s':>11}{'total tok/s':>13}{'TTFT p50':>13}{'TTFT p90':>13}"
         f"{'hit rate':>10}",
     ]
     for s in result["shares"]:
-        lines.append(f"{s['share']:>6.2f}{s['shared_len']:>8}{s['requests_per_s']:>9.2f}{s['output_tokens_per_s']:>11.1f}"
-                     f"{s['total_tokens_per_s']:>13.1f}{_ms(s['ttft_ms']['p50']):>10}{_ms(s['ttft_ms']['p90']):>10}"
-                     f"{s['prefix_cache_hit_rate']:>10.1%}")
+        lines.append(f"{s['share']:>6.2f}{s['shared_len']:>8}{s['requests_per_s']:>9.2f}"
+                     f"{s['output_tokens_per_s']:>11.1f}{s['total_tokens_per_s']:>13.1f}"
+                     f"{_ms(s['ttft_ms']['p50']):>13}{_ms(s['ttft_ms']['p90']):>13}{s['prefix_cache_hit_rate']:>10.1%}")
     cw = result["cold_warm"]
     ratio = f"{cw['cold_over_warm']:.2f}x" if cw["cold_over_warm"] else "-"
     lines += [

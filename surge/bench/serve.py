@@ -17,6 +17,7 @@ output and total token throughput, goodput against the SLOs of
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from surge.bench.load_generator import run_load
 from surge.bench.prometheus import GENERATION_TOKENS, PROMPT_TOKENS, scrape_counters
@@ -27,6 +28,8 @@ from surge.config import SurgeConfig
 
 
 def run_serve(cfg: SurgeConfig) -> dict:
+    # httpx logs every request at INFO, which Hydra's job logging would print once per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if cfg.bench.url:
         return _measure(cfg, cfg.bench.url.rstrip("/"), started_here=False)
     with ServerProcess(cfg) as server:
@@ -39,7 +42,8 @@ def _measure(cfg: SurgeConfig, url: str, started_here: bool) -> dict:
     bench = cfg.bench
     headers = {"Authorization": f"Bearer {cfg.server.api_keys[0]}"} if cfg.server.api_keys else None
     model = httpx.get(url + "/v1/models", headers=headers, timeout=30.0).json()["data"][0]["id"]
-    prompts = load_prompts(bench, model_vocab_size(cfg))
+    # Random token ids are drawn from cfg.model's vocabulary (for an external server: name its model).
+    prompts = load_prompts(bench, 0 if bench.dataset else model_vocab_size(cfg))
     if bench.num_warmup > 0:
         asyncio.run(run_load(url, prompts[: bench.num_warmup], model=model, output_len=4, headers=headers,
                              progress=False))

@@ -39,7 +39,9 @@ def plot_summary(path: Path, swept: list[str], rows: list[dict], metric: str, mo
     for ax, name in zip(axes[0], metrics):
         groups: dict[str, list[tuple]] = {}
         for row in rows:
-            label = ", ".join(f"{k}={row.get(k)}" for k in others) or "all jobs"
+            # One other key: its name is the legend's title, its value the label; several: key=value pairs.
+            label = (str(row.get(others[0])) if len(others) == 1
+                     else ", ".join(f"{k}={row.get(k)}" for k in others) or "all jobs")
             groups.setdefault(label, []).append((row.get(x_key) if x_key else row["job"], _number(row.get(name))))
         for label, points in sorted(groups.items()):
             points = [p for p in points if p[1] is not None]
@@ -61,7 +63,7 @@ def plot_summary(path: Path, swept: list[str], rows: list[dict], metric: str, mo
         ax.set_ylim(bottom=0)
         ax.margins(x=0.08)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, title=", ".join(others) if others else None, title_fontsize=8)
+        ax.legend(fontsize=8, title=others[0] if len(others) == 1 else None, title_fontsize=8)
     model = f"{rows[0]['model']}, " if rows[0].get("model") else ""
     fig.suptitle(f"surge-bench {mode} sweep: {model}{_workload(rows[0], mode)}", fontsize=11)
     fig.tight_layout()

@@ -52,6 +52,7 @@ class Engine:
         self._inbox: deque = deque()
         self._live: dict[str, list[str]] = {}  # request id -> its child sequence ids
         self._pending_outputs: list[RequestOutput] = []
+        self._deferred_siblings: dict[str, list[Request]] = {}  # first child id -> children waiting for it
         self._num_steps = 0
 
     @classmethod
@@ -78,13 +79,14 @@ class Engine:
             if request_id in self._live:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._live[request_id] = children
+            requests = []
             for index, child_id in enumerate(children):
                 self.output_processor.add_request(child_id, text, token_ids, params, arrival,
                                                   parent_id=request_id if params.n > 1 else None, index=index)
                 seed = base_seed if params.n == 1 else (base_seed * 1_000_003 + index) % (2**31)
-                request = Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
-                                  priority=priority, cache_salt=cache_salt, arrival_time=arrival)
-                self._inbox.append(("add", request, request_id, index))
+                requests.append(Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
+                                        priority=priority, cache_salt=cache_salt, arrival_time=arrival))
+            self._inbox.append(("add", requests))
         return request_id
 
     def abort(self, request_id: str) -> None:
@@ -121,11 +123,21 @@ class Engine:
             self._inbox.clear()
         for item in items:
             if item[0] == "add":
-                self.scheduler.add_request(item[1])
+                first, *siblings = item[1]
+                self.scheduler.add_request(first)
+                if siblings and self.block_manager.enable_prefix_caching:
+                    # n > 1: the siblings wait until the first child has computed the prompt, then
+                    # find its pages in the prefix cache instead of computing the same prompt n times.
+                    self._deferred_siblings[first.request_id] = siblings
+                else:
+                    for sibling in siblings:
+                        self.scheduler.add_request(sibling)
                 continue
             request_id = item[1]
             with self._inbox_lock:
                 children = self._live.pop(request_id, [])
+            if children:
+                self._deferred_siblings.pop(children[0], None)
             for child_id in children:
                 self.scheduler.finish(child_id, RequestStatus.FINISHED_ABORTED)
             final = self.output_processor.abort(request_id)
@@ -139,6 +151,9 @@ class Engine:
         out = self.scheduler.schedule()
         result = self.runner.execute(out) if not out.is_empty else None
         updates = self.scheduler.update(out, result.token_ids) if result is not None else []
+        for update in updates:  # a first child sampled: its prompt pages are registered now
+            for sibling in self._deferred_siblings.pop(update.request.request_id, ()):
+                self.scheduler.add_request(sibling)
         self._num_steps += 1
         return self._emit(out, updates, result)
 
