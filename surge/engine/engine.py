@@ -149,6 +149,10 @@ class Engine:
         """Run one engine iteration; returns the outputs that changed (deltas and finished requests)."""
         self._drain_inbox()
         out = self.scheduler.schedule()
+        for item in out.scheduled:
+            if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
+                self.output_processor.record_scheduled(item.request.request_id,
+                                                       num_cached_tokens=item.request.num_cached_tokens)
         result = self.runner.execute(out) if not out.is_empty else None
         updates = self.scheduler.update(out, result.token_ids) if result is not None else []
         for update in updates:  # a first child sampled: its prompt pages are registered now
@@ -159,12 +163,7 @@ class Engine:
 
     def _emit(self, out, updates, result) -> list[RequestOutput]:
         outputs, self._pending_outputs = self._pending_outputs, []
-        rows = {}
-        for i, item in enumerate(out.scheduled):
-            rows[item.request.request_id] = i
-            if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
-                self.output_processor.record_scheduled(item.request.request_id,
-                                                       num_cached_tokens=item.request.num_cached_tokens)
+        rows = {item.request.request_id: i for i, item in enumerate(out.scheduled)}
         for update in updates:
             request = update.request
             logprobs = None
