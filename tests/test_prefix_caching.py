@@ -151,7 +151,7 @@ def test_sliding_window_pages_are_given_back(tiny_checkpoint):
 
 @pytest.mark.slow
 def test_real_model_shared_600_token_prefix(smollm2_gguf):
-    options = dict(backend="reference", max_num_seqs=20, max_model_len=1024, max_num_batched_tokens=512,
+    options = dict(max_num_seqs=20, max_model_len=1024, max_num_batched_tokens=512,
                    token_buckets=[32, 512], num_pages=1024, page_size=16, progress=False)
     on = surge.Engine.from_pretrained(smollm2_gguf, enable_prefix_caching=True, **options)
     prompts = shared_prefix_prompts(20, prefix_len=600, suffix_len=12, seed=7)

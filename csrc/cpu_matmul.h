@@ -1,0 +1,36 @@
+// A CPU matmul for the few-token steps of decoding, independent of XLA.
+//
+// In: a MatmulProblem — x [M, K] float32 (row-major) and a weight W, float32 or
+// bfloat16, stored either [K, N] (a projection as surge stores it) or [N, K] (an
+// embedding table read as its own transpose, for a tied lm_head).
+// Out: y [M, N] float32 = x @ W (or x @ W^T for [N, K]); every product is summed
+// in float32, bfloat16 weights are widened in registers.
+// The columns of y are split into blocks that WorkerPool::global() runs on its
+// threads; a block is owned by one thread, so no partial sums are combined.
+#pragma once
+
+#include <cstdint>
+
+namespace surge::matmul {
+
+enum class WeightType { kFloat32, kBFloat16 };
+enum class WeightLayout { kKN, kNK };  // kKN: W[k, n] at k * N + n; kNK: at n * K + k
+
+struct MatmulProblem {
+  int64_t m = 0;
+  int64_t k = 0;
+  int64_t n = 0;
+  const float* x = nullptr;  // [M, K]
+  const void* w = nullptr;   // [K, N] or [N, K], per layout
+  WeightType w_type = WeightType::kFloat32;
+  WeightLayout layout = WeightLayout::kKN;
+  float* y = nullptr;  // [M, N]
+};
+
+// Fills p.y. Any sizes >= 0 work (K = 0 gives zeros); pointers must cover the shapes.
+void matmul(const MatmulProblem& p);
+
+// "avx2-fma" when the micro-kernels were built with AVX2 + FMA, else "scalar".
+const char* simd_name();
+
+}  // namespace surge::matmul

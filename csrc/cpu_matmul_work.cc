@@ -1,0 +1,56 @@
+// Work splitting of the CPU matmul and its entry point (see cpu_matmul_work.h).
+#include "cpu_matmul_work.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_attention_pool.h"
+#include "cpu_attention_simd.h"
+
+namespace surge::matmul {
+namespace {
+
+// Enough items per thread that one slow or late thread (the machine is shared, and a
+// pool helper may take a while to wake) leaves little for the others to wait on.
+constexpr int64_t kItemsPerThread = 4;
+// Below this much work a single thread finishes before a helper would have woken up.
+constexpr double kMinParallelFlops = 2e5;
+
+}  // namespace
+
+float* scratch(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
+                const std::function<void(int64_t, int64_t)>& block) {
+  if (units <= 0) return;
+  auto& pool = attention::WorkerPool::global();
+  int64_t threads = flops < kMinParallelFlops ? 1 : pool.num_threads();
+  int64_t per_item = std::clamp<int64_t>(ceil_div(units, threads * kItemsPerThread), 1, max_units_per_item);
+  int64_t items = ceil_div(units, per_item);
+  if (threads == 1) {
+    for (int64_t i = 0; i < items; ++i) block(i * per_item, std::min(units, (i + 1) * per_item));
+    return;
+  }
+  pool.run(items, [&](int64_t i) { block(i * per_item, std::min(units, (i + 1) * per_item)); });
+}
+
+void matmul(const MatmulProblem& p) {
+  if (p.m <= 0 || p.n <= 0) return;
+  if (p.k <= 0) {
+    std::fill(p.y, p.y + p.m * p.n, 0.0f);
+    return;
+  }
+  if (p.layout == WeightLayout::kKN) {
+    matmul_kn(p);
+  } else {
+    matmul_nk(p);
+  }
+}
+
+const char* simd_name() { return SURGE_ATTENTION_AVX2 ? "avx2-fma" : "scalar"; }
+
+}  // namespace surge::matmul

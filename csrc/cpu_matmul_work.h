@@ -1,0 +1,40 @@
+// How the CPU matmul cuts its work (internal to cpu_matmul_*.cc).
+//
+// In: problem sizes. Out: row tiles of x, per-thread scratch buffers, and run_blocks(),
+// which spreads blocks of y's columns over WorkerPool::global() (the CPU attention
+// kernel's pool; a block belongs to one thread, so no partial sums are ever combined).
+// Also declares the two layout paths that matmul() in cpu_matmul_work.cc picks from.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+
+#include "cpu_matmul.h"
+
+namespace surge::matmul {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// M rows cut into `count` tiles of nearly equal height, none taller than max_rows
+// (33 rows in tiles of 4 at most: six of 4 and three of 3, not eight of 4 and one of 1).
+struct RowTiles {
+  int64_t count, base, extra;
+  RowTiles(int64_t m, int64_t max_rows)
+      : count(ceil_div(m, max_rows)), base(count ? m / count : 0), extra(count ? m % count : 0) {}
+  int64_t rows(int64_t t) const { return base + (t < extra ? 1 : 0); }
+  int64_t start(int64_t t) const { return t * base + std::min(t, extra); }
+};
+
+// A float32 buffer of at least `floats` owned by the calling thread, reused across calls.
+float* scratch(int64_t floats);
+
+// Runs block(begin, end) over [0, units) cut into work items of at most
+// max_units_per_item units, on the pool; `flops` decides whether helpers are worth waking.
+void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
+                const std::function<void(int64_t, int64_t)>& block);
+
+void matmul_kn(const MatmulProblem& p);  // cpu_matmul_kn.cc
+void matmul_nk(const MatmulProblem& p);  // cpu_matmul_nk.cc
+
+}  // namespace surge::matmul

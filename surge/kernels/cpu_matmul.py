@@ -1,0 +1,91 @@
+"""A fast CPU matmul for the few-token steps of decoding: surge's C++ kernel through XLA FFI.
+
+In: x [..., K] (computed in float32; other float dtypes are cast) and a weight w, float32
+or bfloat16, stored [K, N] as surge stores projections — or [N, K] with
+``transpose_w=True``, so a tied lm_head reads the [vocab, hidden] embedding table in
+place instead of a transposed copy.
+Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed in
+float32 (bfloat16 weights are widened in registers, never copied whole).
+
+One FFI target, ``surge_cpu_matmul`` in ``surge._C``, takes its shapes from the buffers:
+any number of rows works without recompiling anything on the kernel's side, and the call
+is usable inside ``jit``. When the target is missing (surge._C built without it), the
+default backend is not cpu, or w's dtype is neither float32 nor bfloat16, ``matmul``
+falls back to ``jnp.dot(x, w, preferred_element_type=float32)`` and logs the reason once.
+The kernel runs on the CPU attention kernel's thread pool
+(``surge.kernels.cpu.set_num_threads`` sets its size).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+TARGET = "surge_cpu_matmul"
+_WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+logger = logging.getLogger("surge")
+
+
+def _register_target() -> Optional[str]:
+    """Register the FFI target with jax; returns None, or why it cannot be used."""
+    try:
+        from surge import _C
+    except ImportError as exc:
+        return f"the native module surge._C is not built ({exc}); run `pip install -e .`"
+    targets = getattr(_C, "cpu_matmul_ffi_targets", None)
+    if targets is None:
+        return ("surge._C was built without the CPU matmul (no cpu_matmul_ffi_targets): csrc/bindings.cc must "
+                "call surge::bind_cpu_matmul, then rebuild")
+    for name, capsule in targets().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return None
+
+
+_TARGET_REASON = _register_target()
+_logged_reasons: set = set()
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when ``matmul`` runs the C++ kernel; otherwise why it falls back to jnp.dot."""
+    if _TARGET_REASON is not None:
+        return _TARGET_REASON
+    platform = jax.default_backend()
+    if platform != "cpu":
+        return f"the kernel runs on jax's cpu platform, but the default backend is {platform}"
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
+
+
+def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
+    """y [..., N] float32 = x @ w for w [K, N], or x @ w.T for w [N, K] with transpose_w."""
+    if w.ndim != 2:
+        raise ValueError(f"cpu matmul: w must be 2-D ({'[N, K]' if transpose_w else '[K, N]'}), got {w.shape}")
+    k, n = (w.shape[1], w.shape[0]) if transpose_w else w.shape
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"cpu matmul: x must be [..., {k}] to match w {w.shape} "
+                         f"(transpose_w={transpose_w}), got {x.shape}")
+    reason = unavailable_reason()
+    if reason is None and jnp.dtype(w.dtype) not in _WEIGHT_DTYPES:
+        reason = f"w has dtype {w.dtype}; the kernel reads float32 or bfloat16"
+    if reason is not None:
+        _log_fallback(reason)
+        return jnp.dot(x, w.T if transpose_w else w, preferred_element_type=jnp.float32)
+    rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    y = call(rows, w, transpose_w=bool(transpose_w))
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _log_fallback(reason: str) -> None:
+    if reason not in _logged_reasons:
+        _logged_reasons.add(reason)
+        logger.warning("surge cpu matmul falls back to jnp.dot: %s", reason)
