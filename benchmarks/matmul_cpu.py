@@ -23,7 +23,7 @@ do not fit in L3). The lm_head (113 MB in float32) chains 2 copies either way.
 
 Run: python benchmarks/matmul_cpu.py [--ms 1,8,32,128] [--dtypes float32,bfloat16]
      [--shapes qkv,o_proj,gate_up,down,lm_head,lm_head^T] [--chain 8] [--cold]
-     [--repeats N] [--threads N]
+     [--repeats N | --seconds S] [--threads N]
 """
 
 from __future__ import annotations
@@ -90,14 +90,14 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--chain", type=int, default=8, help="matmuls (weight copies) per timed call")
     parser.add_argument("--cold", action="store_true", help="chain > 64 MiB of weight copies: weights from DRAM")
-    parser.add_argument("--repeats", type=int, default=0, help="timed calls per contender (0: by size)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed calls per contender (0: --seconds' worth)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per row when --repeats is 0")
     parser.add_argument("--threads", type=int, default=0, help="kernel threads (0: every core)")
     args = parser.parse_args()
     if not cpu_matmul.available():
         raise SystemExit(f"surge cpu matmul unavailable: {cpu_matmul.unavailable_reason()}")
     if args.threads:
-        from surge.kernels.cpu import set_num_threads
-        set_num_threads(args.threads)
+        cpu_matmul.set_num_threads(args.threads)
 
     ms = [int(m) for m in args.ms.split(",")]
     rng = np.random.default_rng(0)
@@ -124,7 +124,10 @@ def main() -> None:
                 got = np.asarray(jax.jit(surge_dot, static_argnums=2)(x, weights[0], transpose_w))
                 np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
                 flops = 2.0 * m * k * n
-                repeats = args.repeats or int(np.clip(2e9 / (copies * (flops + 50 * weight_bytes)), 7, 200))
+                jax.block_until_ready((theirs(x, weights), ours(x, weights)))  # compile
+                start = time.perf_counter()
+                jax.block_until_ready((theirs(x, weights), ours(x, weights)))
+                repeats = args.repeats or int(np.clip(args.seconds / (time.perf_counter() - start), 7, 300))
                 t_xla, t_ours = (t / copies for t in time_in_turn([theirs, ours], (x, weights), repeats))
                 gbs = f"{weight_bytes / t_ours / 1e9:.1f}" if m == 1 else ""
                 print(f"| {dtype_name} | {name} [{k}x{n}] | {m} | {t_xla * 1e6:.0f} | {t_ours * 1e6:.0f} | "

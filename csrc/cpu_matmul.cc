@@ -3,14 +3,16 @@
 // In (FFI operands): x [M, K] float32 and w, float32 or bfloat16, [K, N] — or [N, K]
 // when the attribute transpose_w is true (an embedding table used as a tied lm_head).
 // Out: y [M, N] float32 = x @ w (x @ w^T when transposed). Shapes come from the buffers,
-// so one compiled target serves every M. Python sees
-// surge._C.cpu_matmul_ffi_targets() (name -> PyCapsule) and surge._C.cpu_matmul_simd.
-// Threads: the CPU attention kernel's pool (surge._C.set_cpu_attention_threads).
+// so one compiled target serves every M. Python sees surge._C.cpu_matmul_ffi_targets()
+// (name -> PyCapsule), set_cpu_matmul_threads(n), cpu_matmul_threads() and
+// cpu_matmul_simd ("avx2-fma" or "scalar").
 #include <pybind11/pybind11.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "cpu_matmul.h"
+#include "cpu_matmul_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -88,6 +90,16 @@ void bind_cpu_matmul(pybind11::module_& m) {
         return targets;
       },
       "XLA FFI targets of the CPU matmul: name -> PyCapsule for jax.ffi.register_ffi_target.");
+  m.def(
+      "set_cpu_matmul_threads",
+      [](int n) {
+        if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = every core), got " + std::to_string(n));
+        matmul::MatmulPool::global().set_num_threads(n);
+      },
+      py::arg("num_threads"), "Threads the CPU matmul uses, the caller included; 0 = every core.");
+  m.def(
+      "cpu_matmul_threads", [] { return matmul::MatmulPool::global().num_threads(); },
+      "Threads the CPU matmul uses now.");
   m.attr("cpu_matmul_simd") = matmul::simd_name();
 }
 

@@ -5,8 +5,9 @@
 // embedding table read as its own transpose, for a tied lm_head).
 // Out: y [M, N] float32 = x @ W (or x @ W^T for [N, K]); every product is summed
 // in float32, bfloat16 weights are widened in registers.
-// The columns of y are split into blocks that WorkerPool::global() runs on its
-// threads; a block is owned by one thread, so no partial sums are combined.
+// The columns of y are split into blocks that MatmulPool::global() runs on its
+// threads; a block is owned by one thread, so no partial sums are combined and the
+// result does not depend on the number of threads.
 #pragma once
 
 #include <cstdint>

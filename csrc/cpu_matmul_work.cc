@@ -4,16 +4,17 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu_attention_pool.h"
 #include "cpu_attention_simd.h"
+#include "cpu_matmul_pool.h"
 
 namespace surge::matmul {
 namespace {
 
 // Enough items per thread that one slow or late thread (the machine is shared, and a
-// pool helper may take a while to wake) leaves little for the others to wait on.
+// sleeping helper takes a while to wake) leaves little for the others to wait on.
 constexpr int64_t kItemsPerThread = 4;
-// Below this much work a single thread finishes before a helper would have woken up.
+// Below this much work (a few microseconds on one core) handing out items costs more than
+// a helper saves.
 constexpr double kMinParallelFlops = 2e5;
 
 }  // namespace
@@ -27,7 +28,7 @@ float* scratch(int64_t floats) {
 void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
                 const std::function<void(int64_t, int64_t)>& block) {
   if (units <= 0) return;
-  auto& pool = attention::WorkerPool::global();
+  auto& pool = MatmulPool::global();
   int64_t threads = flops < kMinParallelFlops ? 1 : pool.num_threads();
   int64_t per_item = std::clamp<int64_t>(ceil_div(units, threads * kItemsPerThread), 1, max_units_per_item);
   int64_t items = ceil_div(units, per_item);

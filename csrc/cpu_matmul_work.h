@@ -1,8 +1,8 @@
 // How the CPU matmul cuts its work (internal to cpu_matmul_*.cc).
 //
 // In: problem sizes. Out: row tiles of x, per-thread scratch buffers, and run_blocks(),
-// which spreads blocks of y's columns over WorkerPool::global() (the CPU attention
-// kernel's pool; a block belongs to one thread, so no partial sums are ever combined).
+// which spreads blocks of y's columns over MatmulPool::global() (a block belongs to one
+// thread, so no partial sums are ever combined and results do not depend on threads).
 // Also declares the two layout paths that matmul() in cpu_matmul_work.cc picks from.
 #pragma once
 

@@ -129,16 +129,14 @@ def test_inside_a_larger_jitted_function():
 
 def test_results_do_not_depend_on_thread_count():
     """Each column of y belongs to one thread and is summed in one order: bitwise equal."""
-    from surge.kernels.cpu import set_num_threads
-
     x, _, _, w_arg = _operands(33, 576, 3072, jnp.bfloat16, False)
     outputs = []
     try:
         for threads in (1, 2, 3):
-            set_num_threads(threads)
+            cpu_matmul.set_num_threads(threads)
             outputs.append(np.asarray(_jitted[False](jnp.asarray(x), w_arg)))
     finally:
-        set_num_threads(0)
+        cpu_matmul.set_num_threads(0)
     for other in outputs[1:]:
         np.testing.assert_array_equal(outputs[0], other)
 

@@ -4,6 +4,9 @@ In: per layer, the new tokens' q [T, H, hd], k and v [T, KV, hd], that layer's K
 cache (a tuple ``(k_pages, v_pages)`` in the backend's own layout) and the shared
 AttentionMetadata. Out: attention output [T, H, hd] and the updated cache.
 
+A backend also supplies the model's projections (`matmul`): jnp.dot by default,
+a native kernel where XLA leaves speed on the table (the cpu backend's GEMM).
+
 A backend writes the new K/V into the pages named by ``slot_mapping`` first, then
 attends: token t of sequence s sees the keys of s at positions <= positions[t]
 (and > positions[t] - sliding_window when a window is set), causal and GQA
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import ClassVar, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 
 from surge.kernels.metadata import AttentionMetadata
 
@@ -34,6 +38,12 @@ class AttentionBackend:
     def unavailable_reason(cls, config=None) -> Optional[str]:
         """None when the backend can run here (with this BackendConfig), else why not."""
         return None
+
+    def matmul(self, x: jax.Array, w: jax.Array, *, transpose_w: bool = False, out_dtype=None) -> jax.Array:
+        """x @ w (x @ w.T with transpose_w), accumulated in float32, returned in out_dtype (default x's)."""
+        dims = (((x.ndim - 1,), (1 if transpose_w else 0,)), ((), ()))
+        y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+        return y.astype(out_dtype or x.dtype)
 
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         """Shape of each of a layer's K and V page arrays."""

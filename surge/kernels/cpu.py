@@ -69,6 +69,12 @@ class CpuBackend(AttentionBackend):
             return f"the cpu kernel runs on jax's cpu platform, but the default backend is {platform}"
         return None
 
+    def matmul(self, x: jax.Array, w: jax.Array, *, transpose_w: bool = False, out_dtype=None) -> jax.Array:
+        """The projections through surge's C++ GEMM (float32 or bfloat16 weights, float32 math)."""
+        from surge.kernels import cpu_matmul
+
+        return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
+
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return (num_pages, num_kv_heads, page_size, head_dim)
 

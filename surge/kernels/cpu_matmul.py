@@ -12,8 +12,9 @@ any number of rows works without recompiling anything on the kernel's side, and 
 is usable inside ``jit``. When the target is missing (surge._C built without it), the
 default backend is not cpu, or w's dtype is neither float32 nor bfloat16, ``matmul``
 falls back to ``jnp.dot(x, w, preferred_element_type=float32)`` and logs the reason once.
-The kernel runs on the CPU attention kernel's thread pool
-(``surge.kernels.cpu.set_num_threads`` sets its size).
+The kernel runs on its own persistent thread pool (``set_num_threads`` sets its size; by
+default every core), whose helpers spin briefly between calls instead of sleeping, since
+waking a sleeping thread takes about as long as a one-token matmul.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def unavailable_reason() -> Optional[str]:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Threads the kernel uses (process-wide), the calling thread included; 0 = every core."""
+    if _TARGET_REASON is not None:
+        raise RuntimeError(_TARGET_REASON)
+    from surge import _C
+    _C.set_cpu_matmul_threads(int(num_threads))
 
 
 def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:

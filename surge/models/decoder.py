@@ -5,6 +5,7 @@ In: token ids int32[T] of a ragged batch, its AttentionMetadata, one
 int32[S], and the attention backend. Out: float32 logits [S, vocab] and the
 per-layer caches with this step's K/V written.
 
+Projections go through the backend's `matmul` (jnp.dot, or a native GEMM on CPU).
 Weights are stored as the matmul consumes them: [in, out], q/k/v fused into one
 projection and gate/up into another, one set of arrays per layer, and the layers
 run as a plain Python loop (unrolled under jit). RMSNorm statistics and the
@@ -62,7 +63,7 @@ class DecoderLayer(nnx.Module):
                  kv_cache: KVCache, attention: AttentionBackend) -> Tuple[jax.Array, KVCache]:
         num_tokens = x.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        qkv = self.input_norm(x) @ self.qkv_proj[...]
+        qkv = attention.matmul(self.input_norm(x), self.qkv_proj[...])
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias[...]
         q = qkv[:, :q_size].reshape(num_tokens, self.num_heads, self.head_dim)
@@ -73,12 +74,12 @@ class DecoderLayer(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attn, kv_cache = attention(q, k, v, kv_cache, md, scale=self.head_dim ** -0.5,
                                    sliding_window=self.sliding_window)
-        out = attn.reshape(num_tokens, q_size) @ self.o_proj[...]
+        out = attention.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...])
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         x = x + out
-        gate, up = jnp.split(self.post_attention_norm(x) @ self.gate_up_proj[...], 2, axis=-1)
-        return x + (jax.nn.silu(gate) * up) @ self.down_proj[...], kv_cache
+        gate, up = jnp.split(attention.matmul(self.post_attention_norm(x), self.gate_up_proj[...]), 2, axis=-1)
+        return x + attention.matmul(jax.nn.silu(gate) * up, self.down_proj[...]), kv_cache
 
 
 class CausalLM(nnx.Module):
@@ -104,10 +105,10 @@ class CausalLM(nnx.Module):
             new_caches.append(kv_cache)
         h = self.norm(x[logits_indices])
         if self.lm_head is None:
-            logits = jnp.einsum("sd,vd->sv", h, self.embed_tokens[...], preferred_element_type=jnp.float32)
+            logits = attention.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
         else:
-            logits = jnp.dot(h, self.lm_head[...], preferred_element_type=jnp.float32)
-        return logits.astype(jnp.float32), new_caches
+            logits = attention.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
+        return logits, new_caches
 
 
 def kv_cache_spec(arch: ModelArchConfig) -> Tuple[int, int, int]:
