@@ -20,10 +20,13 @@ the tied embedding), and ``lm_head^T`` reading the [49152, 576] embedding table 
 With 8 copies the smaller weights mostly stay in the 32 MiB L3; ``--cold`` chains enough
 copies (> 64 MiB in all) that each comes from DRAM, as in a real decode step (30 layers
 do not fit in L3). The lm_head (113 MB in float32) chains 2 copies either way.
+``--decode-step`` instead times the matmuls of a whole SmolLM2 decode step in one jitted
+call (30 layers of qkv, o_proj, gate_up, down with a cheap stand-in for the rest, then
+the tied lm_head), every weight distinct, as surge's model would run them.
 
 Run: python benchmarks/matmul_cpu.py [--ms 1,8,32,128] [--dtypes float32,bfloat16]
      [--shapes qkv,o_proj,gate_up,down,lm_head,lm_head^T] [--chain 8] [--cold]
-     [--repeats N | --seconds S] [--threads N]
+     [--repeats N | --seconds S] [--threads N] [--decode-step]
 """
 
 from __future__ import annotations
@@ -83,6 +86,41 @@ def time_in_turn(fns, args, repeats: int) -> list:
     return [statistics.median(t) for t in times]
 
 
+def decode_step(dot):
+    """A jitted fn(x, layers, embed) running SmolLM2's 30 layers of projections, then the
+    tied lm_head. The weights are arguments, as surge passes its parameters: closed over,
+    XLA would fold a bfloat16 weight's conversion to float32 into a constant."""
+    def run(x, layers, embed):
+        for qkv, o, gate_up, down in layers:
+            h = dot(x, qkv, False)[:, :576]
+            x = x + dot(jnp.tanh(h), o, False)
+            g = dot(x, gate_up, False)
+            x = x + dot(jax.nn.silu(g[:, :1536]) * g[:, 1536:], down, False)
+        return dot(x, embed, True)
+    return jax.jit(run)
+
+
+def run_decode_step(args, ms, rng) -> None:
+    print("| w dtype | M | xla ms/step | surge ms/step | xla GFLOP/s | surge GFLOP/s | surge/xla |")
+    print("|---|---|---|---|---|---|---|")
+    for dtype_name in args.dtypes.split(","):
+        dtype = jnp.dtype(dtype_name)
+        def weight(*shape):
+            return jnp.asarray(rng.standard_normal(shape, np.float32) * 0.03, dtype)
+        layers = [tuple(weight(*SHAPES[name][:2]) for name in ("qkv", "o_proj", "gate_up", "down"))
+                  for _ in range(30)]
+        embed = weight(49152, 576)
+        theirs, ours = decode_step(xla_dot), decode_step(surge_dot)
+        for m in ms:
+            x = jnp.asarray(rng.standard_normal((m, 576)), jnp.float32)
+            expected, got = np.asarray(theirs(x, layers, embed)), np.asarray(ours(x, layers, embed))
+            np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+            flops = 2.0 * m * (30 * sum(k * n for k, n, _ in list(SHAPES.values())[:4]) + 576 * 49152)
+            t_xla, t_ours = time_in_turn([theirs, ours], (x, layers, embed), args.repeats or 7)
+            print(f"| {dtype_name} | {m} | {t_xla * 1e3:.1f} | {t_ours * 1e3:.1f} | {flops / t_xla / 1e9:.1f} | "
+                  f"{flops / t_ours / 1e9:.1f} | {t_xla / t_ours:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ms", default="1,8,32,128")
@@ -93,6 +131,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=0, help="timed calls per contender (0: --seconds' worth)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time per row when --repeats is 0")
     parser.add_argument("--threads", type=int, default=0, help="kernel threads (0: every core)")
+    parser.add_argument("--decode-step", action="store_true", help="time whole decode steps instead of shapes")
     args = parser.parse_args()
     if not cpu_matmul.available():
         raise SystemExit(f"surge cpu matmul unavailable: {cpu_matmul.unavailable_reason()}")
@@ -101,6 +140,9 @@ def main() -> None:
 
     ms = [int(m) for m in args.ms.split(",")]
     rng = np.random.default_rng(0)
+    if args.decode_step:
+        run_decode_step(args, ms, rng)
+        return
     print(f"jax {jax.__version__}; {args.chain} chained matmuls per call{', weights from DRAM' if args.cold else ''}")
     print("| w dtype | shape | M | xla us/matmul | surge us/matmul | xla GFLOP/s | surge GFLOP/s | surge/xla | surge GB/s (M=1) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -16,6 +16,7 @@ as ``cap * tanh(s / cap)`` when ``logit_soft_cap`` is set, softmaxed in float32.
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar, Optional, Tuple
 
 import jax
@@ -26,8 +27,8 @@ from surge.kernels.metadata import AttentionMetadata
 KVCache = Tuple[jax.Array, jax.Array]
 
 
-class AttentionBackend:
-    """Base class; subclasses set ``name`` and implement the three methods."""
+class AttentionBackend(abc.ABC):
+    """Base class; subclasses set ``name`` and implement kv_cache_shape and __call__."""
 
     name: ClassVar[str] = ""
 
@@ -45,10 +46,11 @@ class AttentionBackend:
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)
 
+    @abc.abstractmethod
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         """Shape of each of a layer's K and V page arrays."""
-        raise NotImplementedError(f"{type(self).__name__} must define kv_cache_shape")
 
+    @abc.abstractmethod
     def __call__(
         self,
         q: jax.Array,
@@ -61,4 +63,4 @@ class AttentionBackend:
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
     ) -> Tuple[jax.Array, KVCache]:
-        raise NotImplementedError(f"{type(self).__name__} must define __call__")
+        """Write k/v at md.slot_mapping, then attend; returns (out [T, H, hd], updated cache)."""
