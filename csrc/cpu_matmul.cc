@@ -1,7 +1,9 @@
 // The CPU matmul as an XLA FFI target, bound into surge._C.
 //
 // In (FFI operands): x [M, K] float32 and w, float32 or bfloat16, [K, N] — or [N, K]
-// when the attribute transpose_w is true (an embedding table used as a tied lm_head).
+// when the attribute transpose_w is true (an embedding table used as a tied lm_head),
+// or, when the attribute panels is true, 1-D [K * N] packed into panels (cpu_matmul.h;
+// N is then read from y).
 // Out: y [M, N] float32 = x @ w (x @ w^T when transposed). Shapes come from the buffers,
 // so one compiled target serves every M. Python sees surge._C.cpu_matmul_ffi_targets()
 // (name -> PyCapsule), set_cpu_matmul_threads(n), cpu_matmul_threads() and
@@ -26,7 +28,20 @@ std::string shape_string(ffi::AnyBuffer::Dimensions dims) {
   return s + "]";
 }
 
-ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, ffi::Result<ffi::AnyBuffer> y) {
+ffi::Error check_panels(const matmul::MatmulProblem& p, ffi::AnyBuffer::Dimensions wd) {
+  if (wd.size() != 1 || wd[0] != p.k * p.n) {
+    return ffi::Error::InvalidArgument("surge cpu matmul: packed w must be 1-D [K * N] = [" +
+                                       std::to_string(p.k * p.n) + "], got " + shape_string(wd));
+  }
+  if (p.n % 8 != 0) {
+    return ffi::Error::InvalidArgument("surge cpu matmul: packed w needs N a multiple of 8, got N = " +
+                                       std::to_string(p.n));
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, bool panels,
+                      ffi::Result<ffi::AnyBuffer> y) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   auto yd = y->dimensions();
@@ -45,13 +60,27 @@ ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, ffi:
     return ffi::Error::InvalidArgument("surge cpu matmul: w must be float32 or bfloat16");
   }
   if (xd.size() != 2) return ffi::Error::InvalidArgument("surge cpu matmul: x must be [M, K], got " + shape_string(xd));
+  p.m = xd[0];
+  p.k = xd[1];
+  p.x = static_cast<const float*>(x.untyped_data());
+  p.w = w.untyped_data();
+  p.y = static_cast<float*>(y->untyped_data());
+  if (panels) {
+    if (yd.size() != 2 || yd[0] != p.m) {
+      return ffi::Error::InvalidArgument("surge cpu matmul: y must be [M, N] with M = " + std::to_string(p.m) +
+                                         ", got " + shape_string(yd));
+    }
+    p.n = yd[1];
+    if (auto error = check_panels(p, wd); error.failure()) return error;
+    p.layout = matmul::WeightLayout::kPanels;
+    matmul::matmul(p);
+    return ffi::Error::Success();
+  }
   const char* w_form = transpose_w ? "[N, K]" : "[K, N]";
   if (wd.size() != 2) {
     return ffi::Error::InvalidArgument(std::string("surge cpu matmul: w must be ") + w_form + ", got " +
                                        shape_string(wd));
   }
-  p.m = xd[0];
-  p.k = xd[1];
   p.n = transpose_w ? wd[0] : wd[1];
   int64_t w_depth = transpose_w ? wd[1] : wd[0];
   if (w_depth != p.k) {
@@ -64,9 +93,6 @@ ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, ffi:
                                        std::to_string(p.n) + "], got " + shape_string(yd));
   }
   p.layout = transpose_w ? matmul::WeightLayout::kNK : matmul::WeightLayout::kKN;
-  p.x = static_cast<const float*>(x.untyped_data());
-  p.w = w.untyped_data();
-  p.y = static_cast<float*>(y->untyped_data());
   matmul::matmul(p);
   return ffi::Error::Success();
 }
@@ -78,6 +104,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuMatmul, cpu_matmul,
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // w
                                   .Attr<bool>("transpose_w")
+                                  .Attr<bool>("panels")
                                   .Ret<ffi::AnyBuffer>());  // y
 
 void bind_cpu_matmul(pybind11::module_& m) {

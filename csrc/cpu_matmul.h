@@ -1,8 +1,11 @@
 // A CPU matmul for the few-token steps of decoding, independent of XLA.
 //
 // In: a MatmulProblem — x [M, K] float32 (row-major) and a weight W, float32 or
-// bfloat16, stored either [K, N] (a projection as surge stores it) or [N, K] (an
-// embedding table read as its own transpose, for a tied lm_head).
+// bfloat16, stored [K, N] (a projection as surge stores it), [N, K] (an embedding
+// table read as its own transpose, for a tied lm_head), or packed into panels: the
+// columns of [K, N] cut into panels of kPanelColumns (the last may be narrower, a
+// multiple of 8), each panel stored whole, row after row ([K, width] contiguous), so a
+// thread owning a run of panels streams one contiguous stretch of memory.
 // Out: y [M, N] float32 = x @ W (or x @ W^T for [N, K]); every product is summed
 // in float32, bfloat16 weights are widened in registers.
 // The columns of y are split into blocks that MatmulPool::global() runs on its
@@ -15,7 +18,10 @@
 namespace surge::matmul {
 
 enum class WeightType { kFloat32, kBFloat16 };
-enum class WeightLayout { kKN, kNK };  // kKN: W[k, n] at k * N + n; kNK: at n * K + k
+// kKN: W[k, n] at k * N + n; kNK: at n * K + k; kPanels: at p * 24 * K + k * width + n % 24,
+// p = n / 24, width = min(24, N - 24 p) (N must be a multiple of 8).
+enum class WeightLayout { kKN, kNK, kPanels };
+constexpr int64_t kPanelColumns = 24;
 
 struct MatmulProblem {
   int64_t m = 0;

@@ -45,10 +45,10 @@ void matmul(const MatmulProblem& p) {
     std::fill(p.y, p.y + p.m * p.n, 0.0f);
     return;
   }
-  if (p.layout == WeightLayout::kKN) {
-    matmul_kn(p);
-  } else {
-    matmul_nk(p);
+  switch (p.layout) {
+    case WeightLayout::kKN: matmul_kn(p); break;
+    case WeightLayout::kNK: matmul_nk(p); break;
+    case WeightLayout::kPanels: matmul_panels(p); break;
   }
 }
 

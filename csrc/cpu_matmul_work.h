@@ -3,7 +3,7 @@
 // In: problem sizes. Out: row tiles of x, per-thread scratch buffers, and run_blocks(),
 // which spreads blocks of y's columns over MatmulPool::global() (a block belongs to one
 // thread, so no partial sums are ever combined and results do not depend on threads).
-// Also declares the two layout paths that matmul() in cpu_matmul_work.cc picks from.
+// Also declares the layout paths that matmul() in cpu_matmul_work.cc picks from.
 #pragma once
 
 #include <algorithm>
@@ -36,5 +36,6 @@ void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
 
 void matmul_kn(const MatmulProblem& p);  // cpu_matmul_kn.cc
 void matmul_nk(const MatmulProblem& p);  // cpu_matmul_nk.cc
+void matmul_panels(const MatmulProblem& p);  // cpu_matmul_panels.cc
 
 }  // namespace surge::matmul

@@ -152,15 +152,24 @@ def test_shape_mismatch_names_the_inputs():
     with pytest.raises(ValueError, match=r"x must be \[\.\.\., 64\]"):
         matmul(jnp.ones((2, 65)), jnp.ones((64, 3)))
     with pytest.raises(ValueError, match="w must be 2-D"):
-        matmul(jnp.ones((2, 64)), jnp.ones((64,)))
+        matmul(jnp.ones((2, 64)), jnp.ones((64, 3, 1)))
+    with pytest.raises(ValueError, match="packed w of 100 elements"):
+        matmul(jnp.ones((2, 64)), jnp.ones((100,)))
+    with pytest.raises(ValueError, match="N a multiple of 8"):
+        matmul(jnp.ones((2, 64)), jnp.ones((64 * 12,)))
+    with pytest.raises(ValueError, match="cannot pack"):
+        cpu_matmul.pack(jnp.ones((64, 12)))
 
 
 def test_ffi_target_rejects_inconsistent_buffers():
     call = jax.ffi.ffi_call(cpu_matmul.TARGET, jax.ShapeDtypeStruct((2, 3), jnp.float32))
     with pytest.raises(Exception, match=r"w must be \[K, N\] with K = 64"):
-        jax.block_until_ready(call(jnp.ones((2, 64)), jnp.ones((65, 3)), transpose_w=False))
+        jax.block_until_ready(call(jnp.ones((2, 64)), jnp.ones((65, 3)), transpose_w=False, panels=False))
     with pytest.raises(Exception, match="w must be float32 or bfloat16"):
-        jax.block_until_ready(call(jnp.ones((2, 64)), jnp.ones((64, 3), jnp.float16), transpose_w=False))
+        jax.block_until_ready(call(jnp.ones((2, 64)), jnp.ones((64, 3), jnp.float16), transpose_w=False,
+                                   panels=False))
+    with pytest.raises(Exception, match=r"packed w must be 1-D \[K \* N\] = \[192\]"):
+        jax.block_until_ready(call(jnp.ones((2, 64)), jnp.ones((190,)), transpose_w=False, panels=True))
 
 
 def test_other_weight_dtypes_fall_back_to_jnp_dot(caplog):
@@ -170,3 +179,33 @@ def test_other_weight_dtypes_fall_back_to_jnp_dot(caplog):
         y = jax.jit(matmul)(jnp.asarray(x), jnp.asarray(w))
     np.testing.assert_allclose(np.asarray(y), x.astype(np.float64) @ w.astype(np.float64), rtol=1e-3, atol=1e-3)
     assert any("float16" in r.getMessage() for r in caplog.records) or cpu_matmul._logged_reasons
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("m,k,n", [(1, 64, 24), (3, 70, 40), (5, 128, 56), (33, 96, 72), (130, 48, 16)])
+@pytest.mark.parametrize("transpose_w", [False, True])
+def test_packed_weights_match_numpy(dtype, m, k, n, transpose_w):
+    x, w, w_read, stored = _operands(m, k, n, dtype, transpose_w)
+    packed = cpu_matmul.pack(stored, transpose_w=transpose_w)
+    assert packed.shape == (k * n,) and packed.dtype == dtype
+    _check(jax.jit(matmul)(jnp.asarray(x), packed), x, w_read, w, dtype)
+
+
+def test_packed_panel_layout_is_exact():
+    # Panels of 24 columns, each [K, width] contiguous; the last (N % 24 = 16) narrower.
+    k, n = 3, 40
+    w = jnp.arange(k * n, dtype=jnp.float32).reshape(k, n)
+    packed = np.asarray(cpu_matmul.pack(w))
+    np.testing.assert_array_equal(packed[:24 * k], np.asarray(w)[:, :24].reshape(-1))
+    np.testing.assert_array_equal(packed[24 * k:], np.asarray(w)[:, 24:].reshape(-1))
+
+
+def test_packed_rows_do_not_depend_on_the_batch():
+    # Each row of y is summed in the same order whatever tile height it lands in.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((13, 576)), jnp.float32)
+    packed = cpu_matmul.pack(jnp.asarray(rng.standard_normal((576, 960)), jnp.float32))
+    together = np.asarray(matmul(x, packed))
+    for row in (0, 4, 12):
+        alone = np.asarray(matmul(x[row:row + 1], packed))
+        np.testing.assert_array_equal(alone[0], together[row])

@@ -22,6 +22,7 @@ from surge.engine.output_processor import OutputProcessor
 from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model
+from surge.models.decoder import num_params
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh
@@ -72,15 +73,15 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
                        max_model_len, model_limit)
 
     backend = get_backend(cfg.backend)
+    backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
     kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else dtype)
     page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=weights_bytes, max_model_len=max_model_len)
-    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB); attention backend %s",
-                cfg.model.name, arch.num_layers, weights_bytes / jnp.dtype(dtype).itemsize / 1e6, dtype,
-                weights_bytes / 2**20, backend.name)
+    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); attention backend %s",
+                cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
     logger.info(plan.describe(max_model_len) + " [knobs: cache.num_pages / cache.hbm_utilization / "
                 "cache.cpu_memory_gb / cache.page_size]")
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,

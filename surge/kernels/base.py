@@ -46,6 +46,13 @@ class AttentionBackend(abc.ABC):
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)
 
+    def prepare_model(self, model) -> None:
+        """Rewrites the model's projection weights, once at load, into the layout `matmul` reads best.
+
+        Default: unchanged. Called before the engine sizes its cache, so the weights'
+        memory is counted as they will be held.
+        """
+
     @abc.abstractmethod
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         """Shape of each of a layer's K and V page arrays."""

@@ -75,6 +75,33 @@ class CpuBackend(AttentionBackend):
 
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
+    def prepare_model(self, model) -> None:
+        """Packs every projection (and the lm_head) into the GEMM's panel layout.
+
+        A tied lm_head gets its own packed copy of the embedding's transpose (the table
+        itself stays for the token lookup): vocab x hidden more weight memory, for an
+        lm_head that streams contiguous panels instead of strided rows.
+        """
+        from flax import nnx
+
+        from surge.kernels import cpu_matmul
+
+        if not cpu_matmul.available():
+            return
+
+        def pack(owner, name: str) -> None:
+            param = getattr(owner, name, None)
+            if param is not None and cpu_matmul.can_pack(param[...]):
+                setattr(owner, name, nnx.Param(cpu_matmul.pack(param[...])))
+
+        for layer in getattr(model, "layers", ()):
+            for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                pack(layer, name)
+        if getattr(model, "lm_head", None) is not None:
+            pack(model, "lm_head")
+        elif hasattr(model, "embed_tokens") and cpu_matmul.can_pack(model.embed_tokens[...], transpose_w=True):
+            model.lm_head = nnx.data(nnx.Param(cpu_matmul.pack(model.embed_tokens[...], transpose_w=True)))
+
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return (num_pages, num_kv_heads, page_size, head_dim)
 

@@ -7,6 +7,11 @@ place instead of a transposed copy.
 Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed in
 float32 (bfloat16 weights are widened in registers, never copied whole).
 
+``pack`` rewrites a weight once, at load, into panels of 24 columns stored one after
+another (a 1-D array; see csrc/cpu_matmul.h): a thread then streams one contiguous run
+of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
+weight as packed and takes N from ``n``.
+
 One FFI target, ``surge_cpu_matmul`` in ``surge._C``, takes its shapes from the buffers:
 any number of rows works without recompiling anything on the kernel's side, and the call
 is usable inside ``jit``. When the target is missing (surge._C built without it), the
@@ -73,8 +78,37 @@ def set_num_threads(num_threads: int) -> None:
     _C.set_cpu_matmul_threads(int(num_threads))
 
 
-def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
-    """y [..., N] float32 = x @ w for w [K, N], or x @ w.T for w [N, K] with transpose_w."""
+PANEL_COLUMNS = 24
+
+
+def can_pack(w: jax.Array, *, transpose_w: bool = False) -> bool:
+    """Whether ``pack`` takes this weight: 2-D float32/bfloat16 with N a multiple of 8."""
+    if w.ndim != 2 or jnp.dtype(w.dtype) not in _WEIGHT_DTYPES:
+        return False
+    return (w.shape[0] if transpose_w else w.shape[1]) % 8 == 0
+
+
+def pack(w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
+    """w [K, N] (or [N, K] with transpose_w) -> 1-D panels: each run of 24 columns as [K, width]."""
+    if not can_pack(w, transpose_w=transpose_w):
+        raise ValueError(f"cpu matmul: cannot pack a weight of shape {w.shape} and dtype {w.dtype} "
+                         "(2-D float32/bfloat16 with N a multiple of 8 only)")
+    kn = w.T if transpose_w else w
+    k, n = kn.shape
+    full = n - n % PANEL_COLUMNS
+    parts = [kn[:, :full].reshape(k, full // PANEL_COLUMNS, PANEL_COLUMNS).transpose(1, 0, 2).reshape(-1)]
+    if full < n:
+        parts.append(kn[:, full:].reshape(-1))
+    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False, n: Optional[int] = None) -> jax.Array:
+    """y [..., N] float32 = x @ w for w [K, N], or x @ w.T for w [N, K] with transpose_w.
+
+    A 1-D w is a packed weight (``pack``): N is ``n``, or w.size // K when not given.
+    """
+    if w.ndim == 1:
+        return _matmul_packed(x, w, n)
     if w.ndim != 2:
         raise ValueError(f"cpu matmul: w must be 2-D ({'[N, K]' if transpose_w else '[K, N]'}), got {w.shape}")
     k, n = (w.shape[1], w.shape[0]) if transpose_w else w.shape
@@ -90,7 +124,26 @@ def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Arra
     rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                             vmap_method="sequential")
-    y = call(rows, w, transpose_w=bool(transpose_w))
+    y = call(rows, w, transpose_w=bool(transpose_w), panels=False)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _matmul_packed(x: jax.Array, w: jax.Array, n: Optional[int]) -> jax.Array:
+    k = x.shape[-1] if x.ndim >= 1 else 0
+    if k == 0 or w.size % k or (n is not None and n * k != w.size):
+        raise ValueError(f"cpu matmul: packed w of {w.size} elements does not hold [K={k}, N={n}] "
+                         f"for x of shape {x.shape}")
+    n = n if n is not None else w.size // k
+    if n % 8:
+        raise ValueError(f"cpu matmul: a packed w holds N a multiple of 8; w of {w.size} elements with "
+                         f"x of shape {x.shape} gives N = {n}")
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"cpu matmul: a packed weight needs the C++ kernel, which is unavailable: {reason}")
+    rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    y = call(rows, w, transpose_w=False, panels=True)
     return y.reshape(*x.shape[:-1], n)
 
 
