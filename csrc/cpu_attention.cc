@@ -15,7 +15,7 @@
 #include <string>
 
 #include "cpu_attention_kernel.h"
-#include "cpu_attention_pool.h"
+#include "cpu_pool.h"
 #include "cpu_attention_simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -191,11 +191,11 @@ void bind_cpu_attention(pybind11::module_& m) {
       "set_cpu_attention_threads",
       [](int n) {
         if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = every core), got " + std::to_string(n));
-        attention::WorkerPool::global().set_num_threads(n);
+        CpuPool::global().set_num_threads(n);
       },
       py::arg("num_threads"), "Threads the CPU attention kernel uses, the caller included; 0 = every core.");
   m.def(
-      "cpu_attention_threads", [] { return attention::WorkerPool::global().num_threads(); },
+      "cpu_attention_threads", [] { return CpuPool::global().num_threads(); },
       "Threads the CPU attention kernel uses now.");
   m.attr("cpu_attention_simd") = SURGE_ATTENTION_AVX2 ? "avx2-fma" : "scalar";
 }

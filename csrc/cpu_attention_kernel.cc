@@ -14,7 +14,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu_attention_pool.h"
+#include "cpu_pool.h"
 #include "cpu_attention_simd.h"
 
 namespace surge::attention {
@@ -303,7 +303,7 @@ void attend(const PagedAttentionProblem& p) {
   zero_tokens(p, 0, p.cu_q_lens[0]);
   zero_tokens(p, p.cu_q_lens[p.num_seqs], p.num_tokens);
   const std::vector<WorkItem> items = plan_items(p);
-  WorkerPool::global().run(static_cast<int64_t>(items.size()), [&](int64_t i) {
+  CpuPool::global().run(static_cast<int64_t>(items.size()), [&](int64_t i) {
     thread_local Scratch scratch;
     run_item(p, items[i], scratch);
   });

@@ -57,7 +57,7 @@ std::string validate_problem(const PagedAttentionProblem& p);
 void write_new_kv(const PagedAttentionProblem& p);
 
 // Fills p.out; the work is split into (sequence, KV head, block of query tokens)
-// items that WorkerPool::global() runs on its threads.
+// items that CpuPool::global() (shared with the matmul) runs on its threads.
 void attend(const PagedAttentionProblem& p);
 
 }  // namespace surge::attention

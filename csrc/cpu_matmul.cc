@@ -14,7 +14,7 @@
 #include <string>
 
 #include "cpu_matmul.h"
-#include "cpu_matmul_pool.h"
+#include "cpu_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -121,11 +121,11 @@ void bind_cpu_matmul(pybind11::module_& m) {
       "set_cpu_matmul_threads",
       [](int n) {
         if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = every core), got " + std::to_string(n));
-        matmul::MatmulPool::global().set_num_threads(n);
+        CpuPool::global().set_num_threads(n);
       },
       py::arg("num_threads"), "Threads the CPU matmul uses, the caller included; 0 = every core.");
   m.def(
-      "cpu_matmul_threads", [] { return matmul::MatmulPool::global().num_threads(); },
+      "cpu_matmul_threads", [] { return CpuPool::global().num_threads(); },
       "Threads the CPU matmul uses now.");
   m.attr("cpu_matmul_simd") = matmul::simd_name();
 }

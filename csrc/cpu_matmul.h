@@ -8,7 +8,7 @@
 // thread owning a run of panels streams one contiguous stretch of memory.
 // Out: y [M, N] float32 = x @ W (or x @ W^T for [N, K]); every product is summed
 // in float32, bfloat16 weights are widened in registers.
-// The columns of y are split into blocks that MatmulPool::global() runs on its
+// The columns of y are split into blocks that CpuPool::global() runs on its
 // threads; a block is owned by one thread, so no partial sums are combined and the
 // result does not depend on the number of threads.
 #pragma once

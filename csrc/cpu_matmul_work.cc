@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "cpu_attention_simd.h"
-#include "cpu_matmul_pool.h"
+#include "cpu_pool.h"
 
 namespace surge::matmul {
 namespace {
@@ -28,7 +28,7 @@ float* scratch(int64_t floats) {
 void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
                 const std::function<void(int64_t, int64_t)>& block) {
   if (units <= 0) return;
-  auto& pool = MatmulPool::global();
+  auto& pool = CpuPool::global();
   int64_t threads = flops < kMinParallelFlops ? 1 : pool.num_threads();
   int64_t per_item = std::clamp<int64_t>(ceil_div(units, threads * kItemsPerThread), 1, max_units_per_item);
   int64_t items = ceil_div(units, per_item);

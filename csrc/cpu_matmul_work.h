@@ -1,7 +1,7 @@
 // How the CPU matmul cuts its work (internal to cpu_matmul_*.cc).
 //
 // In: problem sizes. Out: row tiles of x, per-thread scratch buffers, and run_blocks(),
-// which spreads blocks of y's columns over MatmulPool::global() (a block belongs to one
+// which spreads blocks of y's columns over CpuPool::global() (a block belongs to one
 // thread, so no partial sums are ever combined and results do not depend on threads).
 // Also declares the layout paths that matmul() in cpu_matmul_work.cc picks from.
 #pragma once

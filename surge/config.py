@@ -212,6 +212,11 @@ class BenchConfig:
     prefix_shares: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
     # Warm-up requests run (and excluded) before timing.
     num_warmup: int = 1
+    # offline: run the workload once per entry, with that many requests submitted together
+    # (the concurrent sequences; engine.max_num_seqs is raised to the largest); [] = num_prompts once.
+    concurrency: List[int] = field(default_factory=list)
+    # offline: model dtypes to run, one engine each (float32 | bfloat16); [] = model.dtype.
+    dtypes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("offline", "serve", "attention", "prefix"), "bench.mode",
@@ -220,6 +225,9 @@ class BenchConfig:
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
         _check(self.compare in ("", "transformers"), "bench.compare", f"{self.compare!r} is not ''|transformers")
+        _check(all(c >= 1 for c in self.concurrency), "bench.concurrency", f"{list(self.concurrency)} has an entry < 1")
+        _check(all(d in ("float32", "bfloat16") for d in self.dtypes), "bench.dtypes",
+               f"{list(self.dtypes)} has an entry that is not float32|bfloat16")
 
 
 @dataclass(frozen=True)

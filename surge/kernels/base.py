@@ -46,6 +46,10 @@ class AttentionBackend(abc.ABC):
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)
 
+    def compute_dtype(self, weight_dtype):
+        """The dtype of the activations between layers for weights of `weight_dtype` (default: the same)."""
+        return jnp.dtype(weight_dtype)
+
     def prepare_model(self, model) -> None:
         """Rewrites the model's projection weights, once at load, into the layout `matmul` reads best.
 

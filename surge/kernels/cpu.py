@@ -75,6 +75,11 @@ class CpuBackend(AttentionBackend):
 
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
+    def compute_dtype(self, weight_dtype):
+        """float32 always: a CPU has no fast bfloat16 arithmetic, and the GEMM widens bfloat16
+        weights in registers anyway, so float32 activations cost nothing and lose no precision."""
+        return jnp.dtype(jnp.float32)
+
     def prepare_model(self, model) -> None:
         """Packs every projection (and the lm_head) into the GEMM's panel layout.
 

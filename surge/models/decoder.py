@@ -8,8 +8,9 @@ per-layer caches with this step's K/V written.
 Projections go through the backend's `matmul` (jnp.dot, or a native GEMM on CPU).
 Weights are stored as the matmul consumes them: [in, out], q/k/v fused into one
 projection and gate/up into another, one set of arrays per layer, and the layers
-run as a plain Python loop (unrolled under jit). RMSNorm statistics and the
-attention softmax are computed in float32; logits are returned in float32.
+run as a plain Python loop (unrolled under jit). Activations take the backend's
+compute dtype (the weights' dtype, or float32 on the cpu backend); RMSNorm statistics
+and the attention softmax are computed in float32; logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class CausalLM(nnx.Module):
                  logits_indices: jax.Array, attention: AttentionBackend) -> Tuple[jax.Array, List[KVCache]]:
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
-        x = self.embed_tokens[...][input_ids]
+        x = self.embed_tokens[...][input_ids].astype(attention.compute_dtype(self.dtype))
         cos, sin = rope_tables(jnp.asarray(inverse_frequencies(self.arch)), md.positions)
         new_caches = []
         for layer, kv_cache in zip(self.layers, kv_caches):

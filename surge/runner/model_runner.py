@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs
 from surge.runner.buckets import Buckets
+from surge.runner import transfer
 from surge.runner.mesh import shard_state
 from surge.sampling.sampler import sample
 from surge.sampling.tensors import SamplingRow, build_sampling_tensors
@@ -55,13 +56,17 @@ class ModelRunner:
         self.mesh = mesh
         self.graphdef, state = nnx.split(model)
         self.state = shard_state(state, mesh)
+        # The weights go to each call as a flat list: flattening the nnx State (a few hundred
+        # Variables) on every step would cost the host more than the step's own inputs.
+        self._weights, self._weights_treedef = jax.tree_util.tree_flatten(self.state)
         self.kv_caches = kv_caches
-        self._jitted = jax.jit(self._step, donate_argnums=(1,))
+        self._jitted = jax.jit(self._step, donate_argnums=(1,), static_argnums=(3,))
         self._compiled: dict[tuple[int, int], object] = {}
 
     # ---- the device program ----------------------------------------------------------------
-    def _step(self, state, kv_caches, batch: StepInput):
-        model = nnx.merge(self.graphdef, state)
+    def _step(self, weights, kv_caches, buffers, layout: transfer.Layout):
+        batch: StepInput = transfer.unpack(layout, buffers)
+        model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
         logits, kv_caches = model(batch.input_ids, batch.md, kv_caches, batch.logits_indices, self.backend)
         return kv_caches, sample(logits, batch.sampling, self.num_logprobs)
 
@@ -76,8 +81,8 @@ class ModelRunner:
     def compile(self, num_tokens: int, num_seqs: int):
         key = (num_tokens, num_seqs)
         if key not in self._compiled:
-            batch = self._dummy_batch(num_tokens, num_seqs)
-            self._compiled[key] = self._jitted.lower(self.state, self.kv_caches, batch).compile()
+            layout, buffers = transfer.pack(self._dummy_batch(num_tokens, num_seqs))
+            self._compiled[key] = (layout, self._jitted.lower(self._weights, self.kv_caches, buffers, layout).compile())
         return self._compiled[key]
 
     def compile_all(self, progress: bool = True) -> None:
@@ -97,9 +102,12 @@ class ModelRunner:
                                                                self.page_size)
         rows = [_sampling_row(item.request) for item in out.scheduled]
         sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len)
-        batch = jax.device_put(StepInput(input_ids, md, logits_indices, sampling))
-        program = self.compile(num_tokens, num_seqs_padded)
-        self.kv_caches, result = program(self.state, self.kv_caches, batch)
+        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling))
+        compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
+        if layout != compiled_layout:
+            raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
+                               f"compiled layout: {layout} vs {compiled_layout}")
+        self.kv_caches, result = program(self._weights, self.kv_caches, jax.device_put(buffers))
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
         if wants_logprobs:
             host = jax.device_get(result)

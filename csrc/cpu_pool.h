@@ -1,11 +1,11 @@
-// The CPU matmul's persistent thread pool: helpers that spin briefly before sleeping.
+// The persistent thread pool of the CPU kernels (matmul and attention): helpers that spin briefly before sleeping.
 //
 // In: a count n and a function of an index. Out: the function has run once for every
 // index in [0, n), spread over the calling thread and the helper threads, which claim
 // indices from a shared counter (uneven items balance themselves).
 // Why not only sleep on a condition variable: waking a sleeping thread takes 20-50 us
-// on the machines surge targets, as long as a whole one-token matmul. A decode step calls
-// the matmul every few tens of microseconds, so after each job the helpers watch for the
+// on the machines surge targets, as long as a whole one-token matmul. A decode step calls a
+// kernel every few tens of microseconds, so after each job the helpers watch for the
 // next one for kSpinMicros (yielding the core to anything else runnable) and only then
 // sleep. The caller never waits for a helper that has not joined: helpers join a job only
 // while it is open, and the caller waits (awake) only for those that joined. One job runs
@@ -20,12 +20,12 @@
 #include <thread>
 #include <vector>
 
-namespace surge::matmul {
+namespace surge {
 
-class MatmulPool {
+class CpuPool {
  public:
   // The process-wide pool (never destroyed: helpers may still sleep at exit).
-  static MatmulPool& global();
+  static CpuPool& global();
 
   // Threads a job may use, the caller included; 0 means every hardware thread.
   void set_num_threads(int num_threads);
@@ -35,7 +35,7 @@ class MatmulPool {
   void run(int64_t n, const std::function<void(int64_t)>& body);
 
  private:
-  MatmulPool();
+  CpuPool();
   void helper_loop(int index, uint64_t seen_generation);
   bool wait_for_job(uint64_t seen_generation);  // true once generation_ moved past it
   void drain(const std::function<void(int64_t)>& body, int64_t n);
@@ -58,4 +58,4 @@ class MatmulPool {
   std::atomic<int64_t> next_{0};
 };
 
-}  // namespace surge::matmul
+}  // namespace surge

@@ -1,5 +1,5 @@
-// The CPU matmul's thread pool (see cpu_matmul_pool.h).
-#include "cpu_matmul_pool.h"
+// The CPU matmul's thread pool (see cpu_pool.h).
+#include "cpu_pool.h"
 
 #include <sched.h>
 #include <unistd.h>
@@ -14,7 +14,7 @@
 #define SURGE_MATMUL_PAUSE() ((void)0)
 #endif
 
-namespace surge::matmul {
+namespace surge {
 namespace {
 
 // How long a helper watches for the next job before it sleeps, and how often meanwhile it
@@ -33,28 +33,28 @@ std::unique_lock<std::mutex> lock_awake(std::mutex& m) {
 
 }  // namespace
 
-MatmulPool& MatmulPool::global() {
-  static MatmulPool* pool = new MatmulPool();
+CpuPool& CpuPool::global() {
+  static CpuPool* pool = new CpuPool();
   return *pool;
 }
 
 // hardware_concurrency() reads sysfs (about 8 us here): ask once.
-MatmulPool::MatmulPool()
+CpuPool::CpuPool()
     : hardware_threads_(std::max(1, static_cast<int>(std::thread::hardware_concurrency()))),
       owner_pid_(static_cast<long>(getpid())) {}
 
-void MatmulPool::set_num_threads(int num_threads) { wanted_threads_.store(std::max(0, num_threads)); }
+void CpuPool::set_num_threads(int num_threads) { wanted_threads_.store(std::max(0, num_threads)); }
 
-int MatmulPool::num_threads() const {
+int CpuPool::num_threads() const {
   int wanted = wanted_threads_.load();
   return wanted > 0 ? wanted : hardware_threads_;
 }
 
-void MatmulPool::drain(const std::function<void(int64_t)>& body, int64_t n) {
+void CpuPool::drain(const std::function<void(int64_t)>& body, int64_t n) {
   for (int64_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) body(i);
 }
 
-void MatmulPool::ensure_helpers(int count) {
+void CpuPool::ensure_helpers(int count) {
   // Called with run_mutex_ held, so no job is posted while helpers start; each new helper
   // is told the current generation so it waits for the next job, not an old one.
   while (static_cast<int>(helpers_.size()) < count) {
@@ -64,7 +64,7 @@ void MatmulPool::ensure_helpers(int count) {
   }
 }
 
-bool MatmulPool::wait_for_job(uint64_t seen_generation) {
+bool CpuPool::wait_for_job(uint64_t seen_generation) {
   auto start = std::chrono::steady_clock::now();
   auto last_yield = start;
   while (true) {
@@ -81,7 +81,7 @@ bool MatmulPool::wait_for_job(uint64_t seen_generation) {
   }
 }
 
-void MatmulPool::helper_loop(int index, uint64_t seen_generation) {
+void CpuPool::helper_loop(int index, uint64_t seen_generation) {
   while (true) {
     bool posted = wait_for_job(seen_generation);
     std::unique_lock<std::mutex> lock = lock_awake(mutex_);
@@ -101,7 +101,7 @@ void MatmulPool::helper_loop(int index, uint64_t seen_generation) {
   }
 }
 
-void MatmulPool::run(int64_t n, const std::function<void(int64_t)>& body) {
+void CpuPool::run(int64_t n, const std::function<void(int64_t)>& body) {
   if (n <= 0) return;
   int threads = num_threads();
   // A forked child has the pool's memory but not its threads: run alone there.
@@ -140,4 +140,4 @@ void MatmulPool::run(int64_t n, const std::function<void(int64_t)>& body) {
   body_ = nullptr;
 }
 
-}  // namespace surge::matmul
+}  // namespace surge
