@@ -171,11 +171,26 @@ void run_item(const PagedAttentionProblem& p, const WorkItem& item, Scratch& w) 
   auto row_offset = [&](int64_t key) {
     return ((pages[key / ps] * p.num_kv_heads + item.kv_head) * ps + key % ps) * hd;
   };
+  // A sequence's pages lie anywhere in the cache and each (page, KV head) is one short run
+  // of bytes, too short for the hardware prefetchers to pick up: the rows needed next are
+  // requested by hand while the current ones are in use (the kernel waited on memory for
+  // most of its time without this).
+  const int64_t row_bytes = hd * storage_bytes(p.cache_storage);
+  auto prefetch = [&](const void* cache, int64_t key) {
+    if (key > union_hi) return;
+    const int64_t count = std::min(union_hi + 1, (key / ps + 1) * ps) - key;
+    const char* first = static_cast<const char*>(cache) + row_offset(key) / hd * row_bytes;
+    for (int64_t b = 0; b < count * row_bytes; b += 64) __builtin_prefetch(first + b);
+  };
+  prefetch(p.k_cache, union_lo);
+  prefetch(p.k_cache, (union_lo / ps + 1) * ps);
   for (int64_t tile_first = union_lo; tile_first <= union_hi;) {
     const int64_t tile_end = std::min(union_hi + 1, (tile_first / ps + tile_pages) * ps);
     const int64_t keys = tile_end - tile_first;
     for (int64_t key = tile_first; key < tile_end;) {
       const int64_t count = std::min(tile_end, (key / ps + 1) * ps) - key;
+      prefetch(p.v_cache, key);
+      prefetch(p.k_cache, key + count + ps);
       const float* k_rows = cache_rows(p.k_cache, p.cache_storage, row_offset(key), count * hd, w.k_rows);
       score_tile(w.q.data(), rows, k_rows, count, hd, w.scores.data() + (key - tile_first), stride);
       key += count;
