@@ -95,11 +95,13 @@ class CausalLM(nnx.Module):
             None if arch.tie_word_embeddings else _normal(rngs, (arch.hidden_size, arch.vocab_size), dtype))
 
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
-                 logits_indices: jax.Array, attention: AttentionBackend) -> Tuple[jax.Array, List[KVCache]]:
+                 logits_indices: jax.Array, attention: AttentionBackend,
+                 rope: Optional[Tuple[jax.Array, jax.Array]] = None) -> Tuple[jax.Array, List[KVCache]]:
+        """``rope``: (cos, sin) [T, head_dim] for md.positions (rope.rope_tables); computed here when None."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
         x = self.embed_tokens[...][input_ids].astype(attention.compute_dtype(self.dtype))
-        cos, sin = rope_tables(jnp.asarray(inverse_frequencies(self.arch)), md.positions)
+        cos, sin = rope if rope is not None else rope_tables(inverse_frequencies(self.arch), md.positions)
         new_caches = []
         for layer, kv_cache in zip(self.layers, kv_caches):
             x, kv_cache = layer(x, cos, sin, md, kv_cache, attention)

@@ -40,11 +40,16 @@ def _llama3_scale(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:
     return np.where(in_band, blended, scaled).astype(np.float32)
 
 
-def rope_tables(inv_freq: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos, sin float32[T, head_dim] for the given positions."""
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+def rope_tables(inv_freq, positions, xp=jnp) -> tuple:
+    """cos, sin float32[T, head_dim] for the given positions, with jax.numpy or (xp=np) numpy.
+
+    The engine builds them with numpy on the host, as a step input: computed inside the
+    step, XLA fuses cos/sin into every layer's rotation and evaluates them again per head
+    and per layer (most of the rotation's cost on a CPU).
+    """
+    angles = xp.asarray(positions).astype(xp.float32)[:, None] * xp.asarray(inv_freq, xp.float32)[None, :]
+    angles = xp.concatenate([angles, angles], axis=-1)
+    return xp.cos(angles), xp.sin(angles)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

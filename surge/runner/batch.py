@@ -27,6 +27,8 @@ class StepInput:
     logits_indices: jax.Array
     # SamplingTensors of surge.sampling (per-sequence parameters, seeds, penalties).
     sampling: object
+    # (cos, sin) float32[T, head_dim] at md.positions (surge.models.rope.rope_tables).
+    rope: tuple
 
 
 def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int, pages_per_seq: int,

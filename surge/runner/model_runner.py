@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs
 from surge.runner.buckets import Buckets
+from surge.models.rope import inverse_frequencies, rope_tables
 from surge.runner import transfer
 from surge.runner.mesh import shard_state
 from surge.sampling.sampler import sample
@@ -52,6 +53,7 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.pages_per_seq = math.ceil(max_model_len / page_size)
         self.num_logprobs = engine_config.max_logprobs
+        self._inv_freq = inverse_frequencies(arch)
         self.buckets = Buckets(engine_config)
         self.mesh = mesh
         self.graphdef, state = nnx.split(model)
@@ -67,7 +69,8 @@ class ModelRunner:
     def _step(self, weights, kv_caches, buffers, layout: transfer.Layout):
         batch: StepInput = transfer.unpack(layout, buffers)
         model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
-        logits, kv_caches = model(batch.input_ids, batch.md, kv_caches, batch.logits_indices, self.backend)
+        logits, kv_caches = model(batch.input_ids, batch.md, kv_caches, batch.logits_indices, self.backend,
+                                  rope=batch.rope)
         return kv_caches, sample(logits, batch.sampling, self.num_logprobs)
 
     def _dummy_batch(self, num_tokens: int, num_seqs: int) -> StepInput:
@@ -76,7 +79,10 @@ class ModelRunner:
         input_ids, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs, self.pages_per_seq,
                                                                self.page_size)
         sampling = build_sampling_tensors([], num_seqs, self.arch.vocab_size, self.max_model_len)
-        return StepInput(input_ids, md, logits_indices, sampling)
+        return StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions))
+
+    def _rope(self, positions: np.ndarray) -> tuple:
+        return rope_tables(self._inv_freq, positions, xp=np)
 
     def compile(self, num_tokens: int, num_seqs: int):
         key = (num_tokens, num_seqs)
@@ -102,7 +108,7 @@ class ModelRunner:
                                                                self.page_size)
         rows = [_sampling_row(item.request) for item in out.scheduled]
         sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len)
-        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling))
+        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "

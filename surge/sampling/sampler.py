@@ -18,6 +18,7 @@ penalties, bias, min_tokens or logprobs costs one argmax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,20 @@ jax.tree_util.register_dataclass(
 def sample(logits: jax.Array, t: SamplingTensors, num_logprobs: int = 0) -> SamplerOutput:
     """Sample one token per row; jit-able (call inside the step's jit with num_logprobs static)."""
     raw = logits.astype(jnp.float32)
+    # The common batch (every row greedy, nothing to adjust, no log-probs) takes one argmax
+    # behind a single cond: each further cond on the logits costs XLA:CPU a copy of them.
+    plain = t.all_greedy & ~(t.any_logit_bias | t.any_min_tokens | t.any_penalties | t.any_logprobs)
+    return lax.cond(plain, functools.partial(_greedy_only, num_logprobs=num_logprobs),
+                    functools.partial(_sample_any, num_logprobs=num_logprobs), raw, t)
+
+
+def _greedy_only(raw: jax.Array, t: SamplingTensors, num_logprobs: int) -> SamplerOutput:
+    chosen, ranks, top_ids, top_logprobs = _no_logprobs(raw.shape[0], num_logprobs)
+    return SamplerOutput(token_ids=_argmax(raw, t), logprobs=chosen, ranks=ranks, top_ids=top_ids,
+                         top_logprobs=top_logprobs)
+
+
+def _sample_any(raw: jax.Array, t: SamplingTensors, num_logprobs: int) -> SamplerOutput:
     processed = process_logits(raw, t)
     token_ids = lax.cond(t.all_greedy, _argmax, _sample_mixed, processed, t)
     chosen, ranks, top_ids, top_logprobs = lax.cond(
