@@ -5,11 +5,13 @@ namespace surge {
 void bind_block_allocator(pybind11::module_& m);
 void bind_cpu_attention(pybind11::module_& m);
 void bind_cpu_matmul(pybind11::module_& m);
+void bind_cpu_silu_mul(pybind11::module_& m);
 }  // namespace surge
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "surge native layer: KV block allocator, CPU paged-attention and matmul FFI kernels";
+  m.doc() = "surge native layer: KV block allocator, CPU paged-attention, matmul and SiLU-and-multiply FFI kernels";
   surge::bind_block_allocator(m);
   surge::bind_cpu_attention(m);
   surge::bind_cpu_matmul(m);
+  surge::bind_cpu_silu_mul(m);
 }

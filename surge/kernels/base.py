@@ -46,6 +46,11 @@ class AttentionBackend(abc.ABC):
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)
 
+    def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
+        """[..., 2 I] (gate, then up) -> [..., I] silu(gate) * up: a gated MLP's activation."""
+        gate, up = jnp.split(gate_up, 2, axis=-1)
+        return jax.nn.silu(gate) * up
+
     def compute_dtype(self, weight_dtype):
         """The dtype of the activations between layers for weights of `weight_dtype` (default: the same)."""
         return jnp.dtype(weight_dtype)

@@ -79,8 +79,8 @@ class DecoderLayer(nnx.Module):
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         x = x + out
-        gate, up = jnp.split(attention.matmul(self.post_attention_norm(x), self.gate_up_proj[...]), 2, axis=-1)
-        return x + attention.matmul(jax.nn.silu(gate) * up, self.down_proj[...]), kv_cache
+        hidden = attention.silu_and_mul(attention.matmul(self.post_attention_norm(x), self.gate_up_proj[...]))
+        return x + attention.matmul(hidden, self.down_proj[...]), kv_cache
 
 
 class CausalLM(nnx.Module):
