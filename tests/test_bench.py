@@ -218,3 +218,29 @@ def test_serve_benchmark_against_its_own_server(tiny):
     assert result["server_prompt_tokens"] == result["num_input_tokens"]
     assert result["ttft_ms"]["p50"] > 0 and result["tpot_ms"]["p50"] > 0
     assert "TTFT" in format_serve(result)
+
+
+@pytest.mark.slow
+def test_offline_runs_every_concurrency_and_dtype(tiny):
+    from surge.bench.offline import format_offline, run_offline
+
+    cfg = make_config(tiny.path, max_num_seqs=2, **TINY_ENGINE,
+                      **{"bench.num_prompts": 3, "bench.input_len": 8, "bench.output_len": 4,
+                         "bench.concurrency": [1, 3], "bench.dtypes": ["float32", "bfloat16"]})
+    result = run_offline(cfg)
+    runs = result["runs"]
+    assert [(r["dtype"], r["num_prompts"]) for r in runs] == [
+        ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
+    assert [r["num_output_tokens"] for r in runs] == [4, 12, 4, 12]
+    assert all(r["num_compiles_during_run"] == 0 for r in runs)
+    table = format_offline(result).splitlines()
+    assert table[1] == "| dtype | 1 seqs | 3 seqs |"
+    assert table[3].startswith("| float32 | ") and table[4].startswith("| bfloat16 | ")
+    assert "generated tokens only" in table[0] and "excluded" in table[0]
+
+
+def test_offline_scaling_keys_are_validated():
+    with pytest.raises(ValueError, match="bench.concurrency"):
+        make_config("x", **{"bench.concurrency": [0]})
+    with pytest.raises(ValueError, match="bench.dtypes"):
+        make_config("x", **{"bench.dtypes": ["float16"]})
