@@ -73,3 +73,22 @@ def test_surge_generate_cli_prints_a_completion(smollm2_gguf):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("The capital of France is")
     assert "Paris" in proc.stdout
+
+
+# The documented bfloat16 tolerance (README, "Speed on a CPU"): against float32 on these 16 prompts,
+# 32 greedy tokens each, at least 14 prompts identical and every prompt identical for 8 tokens.
+BF16_MIN_IDENTICAL_PROMPTS = 14
+BF16_MIN_COMMON_PREFIX = 8
+
+
+@pytest.mark.slow
+def test_bfloat16_greedy_tokens_within_the_documented_tolerance(smollm2_gguf, engine):
+    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+    bf16 = surge.Engine.from_pretrained(smollm2_gguf, dtype="bfloat16", max_num_seqs=16, max_model_len=256,
+                                       max_num_batched_tokens=256, token_buckets=[16, 256], num_pages=400,
+                                       progress=False)
+    want = [o.outputs[0].token_ids for o in engine.generate(PROMPTS, params)]
+    got = [o.outputs[0].token_ids for o in bf16.generate(PROMPTS, params)]
+    common = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w)) for w, g in zip(want, got)]
+    assert sum(n == 32 for n in common) >= BF16_MIN_IDENTICAL_PROMPTS, common
+    assert min(common) >= BF16_MIN_COMMON_PREFIX, common
