@@ -132,7 +132,8 @@ class BackendConfig:
     # Attention kernel backend: auto (tpu->pallas, gpu->triton, cpu->cpu, else reference),
     # reference, cpu, triton or pallas. Must equal the name of its conf/backend/<name>.yaml.
     name: str = "auto"
-    # CPU kernel threads; 0 = all cores.
+    # cpu backend: threads of its one pool (GEMM, attention, SiLU-and-multiply), the caller
+    # included; 0 = all cores.
     num_threads: int = 0
     # Run Pallas kernels in interpret mode (CPU testing of the TPU kernel).
     interpret: bool = False
