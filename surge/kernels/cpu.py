@@ -6,6 +6,10 @@ kernel walks one (sequence, KV head) over contiguous memory), and the AttentionM
 Out: attention [T, H, hd] in q's dtype (zeros for padding tokens) and the cache with this
 step's k, v written at ``slot_mapping``.
 
+The backend also runs the model's projections through surge's C++ GEMM on weights it
+packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the gated
+MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
+
 One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
 The caches are aliased operand -> result, so under ``jit`` with the cache donated XLA
 updates them in place. q and the cache may be float32 or bfloat16 (math in float32);
@@ -89,8 +93,8 @@ class CpuBackend(AttentionBackend):
         return call(rows).reshape(*gate_up.shape[:-1], width // 2)
 
     def compute_dtype(self, weight_dtype):
-        """float32 always: a CPU has no fast bfloat16 arithmetic, and the GEMM widens bfloat16
-        weights in registers anyway, so float32 activations cost nothing and lose no precision."""
+        """float32 always: a CPU has no fast bfloat16 arithmetic and the GEMM widens bfloat16
+        weights to float32 anyway, so float32 activations cost nothing and lose no precision."""
         return jnp.dtype(jnp.float32)
 
     def prepare_model(self, model) -> None:
