@@ -20,16 +20,6 @@ namespace {
 constexpr int kMaxRows = 4;
 constexpr int kPanelVectors = kPanelColumns / 8;
 
-// count weights -> float32 (8 at a time where AVX2 is available).
-template <typename W>
-void widen_rows(const W* src, int64_t count, float* dst) {
-  int64_t i = 0;
-#if SURGE_ATTENTION_AVX2
-  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
-#endif
-  for (; i < count; ++i) dst[i] = widen(src[i]);
-}
-
 template <typename W>
 using Tile = void (*)(const float*, int64_t, const W*, int64_t, int64_t, float*, int64_t, int, bool);
 
@@ -67,19 +57,21 @@ void run(const MatmulProblem& p) {
   // bfloat16 widened in registers costs two more instructions per 8 weights on every
   // pass: with several row tiles the panel is widened once into a float32 copy (in L2)
   // that they all read. Same products, same order: results do not change.
-  const bool widen_once = !std::is_same_v<W, float> && rows.count > 1;
+  const bool widen_once = std::is_same_v<W, uint16_t> && rows.count > 1;
   run_blocks(num_panels, num_panels, 2.0 * p.m * p.n * p.k, [&](int64_t begin, int64_t end) {
     float* wide = widen_once ? scratch(p.k * kPanelColumns) : nullptr;
     for (int64_t j = begin; j < end; ++j) {
       int64_t n0 = j * kPanelColumns;
       int width = static_cast<int>(std::min(kPanelColumns, p.n - n0));
       const W* panel = w + n0 * p.k;
-      if (widen_once) {
-        widen_rows(panel, p.k * width, wide);
-        multiply_panel<float>(p, rows, wide, n0, width);
-      } else {
-        multiply_panel<W>(p, rows, panel, n0, width);
+      if constexpr (std::is_same_v<W, uint16_t>) {
+        if (widen_once) {
+          attention::bf16_row_to_f32(panel, wide, p.k * width);
+          multiply_panel<float>(p, rows, wide, n0, width);
+          continue;
+        }
       }
+      multiply_panel<W>(p, rows, panel, n0, width);
     }
   });
 }

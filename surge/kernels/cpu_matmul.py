@@ -121,11 +121,7 @@ def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False, n: Optional
     if reason is not None:
         _log_fallback(reason)
         return jnp.dot(x, w.T if transpose_w else w, preferred_element_type=jnp.float32)
-    rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                            vmap_method="sequential")
-    y = call(rows, w, transpose_w=bool(transpose_w), panels=False)
-    return y.reshape(*x.shape[:-1], n)
+    return _call_kernel(x, w, k, n, transpose_w=bool(transpose_w), panels=False)
 
 
 def _matmul_packed(x: jax.Array, w: jax.Array, n: Optional[int]) -> jax.Array:
@@ -140,11 +136,15 @@ def _matmul_packed(x: jax.Array, w: jax.Array, n: Optional[int]) -> jax.Array:
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cpu matmul: a packed weight needs the C++ kernel, which is unavailable: {reason}")
+    return _call_kernel(x, w, k, n, transpose_w=False, panels=True)
+
+
+def _call_kernel(x: jax.Array, w: jax.Array, k: int, n: int, *, transpose_w: bool, panels: bool) -> jax.Array:
+    """The FFI call on x's rows flattened to [M, K] float32; y comes back shaped [..., N]."""
     rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                             vmap_method="sequential")
-    y = call(rows, w, transpose_w=False, panels=True)
-    return y.reshape(*x.shape[:-1], n)
+    return call(rows, w, transpose_w=transpose_w, panels=panels).reshape(*x.shape[:-1], n)
 
 
 def _log_fallback(reason: str) -> None:
