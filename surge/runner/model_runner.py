@@ -57,13 +57,17 @@ class ModelRunner:
         self.buckets = Buckets(engine_config)
         self.mesh = mesh
         self.graphdef, state = nnx.split(model)
-        self.state = shard_state(state, mesh)
         # The weights go to each call as a flat list: flattening the nnx State (a few hundred
         # Variables) on every step would cost the host more than the step's own inputs.
-        self._weights, self._weights_treedef = jax.tree_util.tree_flatten(self.state)
+        self._weights, self._weights_treedef = jax.tree_util.tree_flatten(shard_state(state, mesh))
         self.kv_caches = kv_caches
         self._jitted = jax.jit(self._step, donate_argnums=(1,), static_argnums=(3,))
         self._compiled: dict[tuple[int, int], object] = {}
+
+    @property
+    def state(self):
+        """The model's nnx State (weights as the backend prepared them), rebuilt from the flat list."""
+        return jax.tree_util.tree_unflatten(self._weights_treedef, self._weights)
 
     # ---- the device program ----------------------------------------------------------------
     def _step(self, weights, kv_caches, buffers, layout: transfer.Layout):
