@@ -71,8 +71,15 @@ class EngineConfig:
     data_parallel_size: int = 1
     # Logging level of the `surge` logger.
     log_level: str = "INFO"
+    # Tokens a request's grammar forces (fixed keys, closing brackets) join its next step as extra tokens
+    # instead of taking one step each; false = one step per token (same text either way at temperature 0).
+    structured_output_fast_forward: bool = True
+    # Threads that compile grammars (JSON schema, regex, choice, Lark) off the step loop.
+    structured_output_compile_workers: int = 1
 
     def __post_init__(self) -> None:
+        _check(self.structured_output_compile_workers >= 1, "engine.structured_output_compile_workers",
+               f"{self.structured_output_compile_workers} must be >= 1")
         _check(self.max_model_len >= 0, "engine.max_model_len", f"{self.max_model_len} must be >= 0")
         _check(self.max_num_seqs >= 1, "engine.max_num_seqs", f"{self.max_num_seqs} must be >= 1")
         _check(self.max_num_batched_tokens >= self.max_num_seqs, "engine.max_num_batched_tokens",
@@ -164,9 +171,14 @@ class ServerConfig:
     enable_console_monitor: bool = False
     # Log every request line.
     access_log: bool = False
+    # Longest a request's grammar (response_format, structured_outputs, tool_choice) may take to compile;
+    # beyond it the request is answered 400.
+    structured_output_compile_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"{self.port} is not a TCP port")
+        _check(self.structured_output_compile_timeout_s > 0, "server.structured_output_compile_timeout_s",
+               f"{self.structured_output_compile_timeout_s} must be > 0")
         _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
 
 
@@ -261,6 +273,7 @@ SHORT_NAMES = {
     "compilation_cache": "engine.compilation_cache",
     "max_logprobs": "engine.max_logprobs",
     "seed": "engine.seed",
+    "structured_output_fast_forward": "engine.structured_output_fast_forward",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",

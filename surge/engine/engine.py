@@ -24,6 +24,8 @@ from surge.engine.outputs import RequestOutput, SampledLogprobs
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import Request, RequestStatus
+from surge.structured.compiler import GrammarCompiler
+from surge.structured.waiting import WaitingForGrammar
 
 logger = logging.getLogger("surge")
 
@@ -54,6 +56,9 @@ class Engine:
         self._pending_outputs: list[RequestOutput] = []
         self._deferred_siblings: dict[str, list[Request]] = {}  # first child id -> children waiting for it
         self._num_steps = 0
+        self.grammar_compiler = GrammarCompiler(self.tokenizer, self.arch.vocab_size, self.eos_token_ids,
+                                                num_workers=self.config.engine.structured_output_compile_workers)
+        self._waiting_for_grammar = WaitingForGrammar(self.config.engine.structured_output_fast_forward)
 
     @classmethod
     def from_pretrained(cls, model: str = "smollm2-135m-instruct", *, progress: bool = True, **overrides) -> "Engine":
@@ -75,6 +80,8 @@ class Engine:
         base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
         children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         text = prompt if isinstance(prompt, str) else None
+        grammar = (self.grammar_compiler.submit(params.structured_outputs)
+                   if params.structured_outputs is not None else None)
         with self._inbox_lock:
             if request_id in self._live:
                 raise ValueError(f"request id {request_id!r} is already in use")
@@ -86,8 +93,12 @@ class Engine:
                 seed = base_seed if params.n == 1 else (base_seed * 1_000_003 + index) % (2**31)
                 requests.append(Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
                                         priority=priority, cache_salt=cache_salt, arrival_time=arrival))
-            self._inbox.append(("add", requests))
+            self._inbox.append(("add", requests, grammar))
         return request_id
+
+    def compile_grammar(self, spec):
+        """The future CompiledGrammar of a StructuredOutputsParams (raises GrammarError when it fails)."""
+        return self.grammar_compiler.submit(spec)
 
     def abort(self, request_id: str) -> None:
         """Stop a request and free its pages; its stream ends with finish_reason 'abort'."""
@@ -123,19 +134,16 @@ class Engine:
             self._inbox.clear()
         for item in items:
             if item[0] == "add":
-                first, *siblings = item[1]
-                self.scheduler.add_request(first)
-                if siblings and self.block_manager.enable_prefix_caching:
-                    # n > 1: the siblings wait until the first child has computed the prompt, then
-                    # find its pages in the prefix cache instead of computing the same prompt n times.
-                    self._deferred_siblings[first.request_id] = siblings
-                else:
-                    for sibling in siblings:
-                        self.scheduler.add_request(sibling)
+                _, requests, grammar = item
+                if grammar is None:
+                    self._admit(requests)
+                else:  # it waits in the queue, not the batch, until its grammar is compiled
+                    self._waiting_for_grammar.add(self._parent_id(requests[0]), requests, grammar)
                 continue
             request_id = item[1]
             with self._inbox_lock:
                 children = self._live.pop(request_id, [])
+            self._waiting_for_grammar.discard(request_id)
             if children:
                 self._deferred_siblings.pop(children[0], None)
             for child_id in children:
@@ -144,11 +152,42 @@ class Engine:
             if final is not None:
                 self._pending_outputs.append(final)
 
+    def _admit(self, requests: list[Request]) -> None:
+        first, *siblings = requests
+        self.scheduler.add_request(first)
+        if siblings and self.block_manager.enable_prefix_caching:
+            # n > 1: the siblings wait until the first child has computed the prompt, then
+            # find its pages in the prefix cache instead of computing the same prompt n times.
+            self._deferred_siblings[first.request_id] = siblings
+        else:
+            for sibling in siblings:
+                self.scheduler.add_request(sibling)
+
+    def _parent_id(self, request: Request) -> str:
+        return request.request_id.rsplit("#", 1)[0] if request.sampling_params.n > 1 else request.request_id
+
+    def _admit_compiled(self) -> None:
+        ready = self._waiting_for_grammar.take_ready()
+        for requests in ready.admitted:
+            self._admit(requests)
+        for request_id, message in ready.failed:
+            logger.warning("request %s: %s", request_id, message)
+            with self._inbox_lock:
+                self._live.pop(request_id, None)
+            final = self.output_processor.abort(request_id)
+            if final is not None:
+                final.error = message
+                self._pending_outputs.append(final)
+
     # ---- one step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one engine iteration; returns the outputs that changed (deltas and finished requests)."""
         self._drain_inbox()
+        self._admit_compiled()
         out = self.scheduler.schedule()
+        if out.is_empty and len(self._waiting_for_grammar) and not self._pending_outputs:
+            self._waiting_for_grammar.wait(timeout=0.01)  # nothing to run until a grammar is ready
+            return []
         for item in out.scheduled:
             if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
                 self.output_processor.record_scheduled(item.request.request_id,
@@ -218,6 +257,9 @@ class Engine:
                     if output.finished:
                         finished[output.request_id] = output
                         bar.update(1)
+        failed = [finished[i] for i in ids if finished[i].error is not None]
+        if failed:
+            raise ValueError(f"request {failed[0].request_id}: {failed[0].error}")
         return [finished[i] for i in ids]
 
     def stream(self, prompt: PromptLike, params: Optional[SamplingParams] = None, **kwargs) -> Iterator[RequestOutput]:
@@ -260,7 +302,10 @@ class Engine:
         return {
             **bm,
             "num_running": self.scheduler.num_running,
-            "num_waiting": self.scheduler.num_waiting,
+            "num_waiting": self.scheduler.num_waiting + len(self._waiting_for_grammar),
+            "num_waiting_for_grammar": len(self._waiting_for_grammar),
+            "num_grammar_compiles": self.grammar_compiler.num_compiles,
+            "num_grammar_cache_hits": self.grammar_compiler.num_cache_hits,
             "num_preemptions": self.scheduler.num_preemptions,
             "num_prompt_tokens": self.scheduler.num_prompt_tokens,
             "num_generation_tokens": self.scheduler.num_generation_tokens,

@@ -96,6 +96,8 @@ class RequestOutput:
     metrics: RequestMetrics
     # The new text of the completion whose update produced this output ("" when none).
     delta_text: str = ""
+    # Why the request ended before it ran (finish_reason "abort"), e.g. a grammar that does not compile.
+    error: Optional[str] = None
 
     @property
     def num_cached_tokens(self) -> int:

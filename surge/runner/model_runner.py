@@ -28,6 +28,7 @@ from surge.runner.mesh import shard_state
 from surge.sampling.sampler import sample
 from surge.sampling.tensors import SamplingRow, build_sampling_tensors
 from surge.scheduler.output import SchedulerOutput
+from surge.structured.bitmask import build_token_bitmask
 
 logger = logging.getLogger("surge")
 
@@ -111,7 +112,10 @@ class ModelRunner:
         input_ids, md, logits_indices = build_attention_inputs(out, num_tokens, num_seqs_padded, self.pages_per_seq,
                                                                self.page_size)
         rows = [_sampling_row(item.request) for item in out.scheduled]
-        sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len)
+        bitmask = build_token_bitmask([item.request.grammar if item.samples else None for item in out.scheduled],
+                                      num_seqs_padded, self.arch.vocab_size)
+        sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len,
+                                          token_bitmask=bitmask)
         layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:

@@ -5,7 +5,9 @@ In: keyword arguments from Python callers or an OpenAI request body (where
 ``SamplingParams`` whose ``stop`` is always a list and whose ``logit_bias`` has
 int keys. Every check raises ``ValueError`` naming the field and the value.
 
-The on-device sampler reads these through ``surge.sampling.tensors``; the
+``structured_outputs`` (a ``surge.structured.StructuredOutputsParams`` or a
+dict of its fields) constrains the output to a JSON schema, regex, choice or
+grammar. The on-device sampler reads these through ``surge.sampling.tensors``; the
 output side reads ``stop``, ``include_stop_str_in_output``,
 ``skip_special_tokens`` and ``logprobs``.
 """
@@ -16,6 +18,8 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
+
+from surge.structured.spec import StructuredOutputsParams
 
 # Below this temperature a request is treated as greedy: dividing logits by a
 # near-zero temperature overflows float32, and the result would be argmax anyway.
@@ -66,6 +70,9 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     # Leave special tokens (EOS, chat markers) out of the text.
     skip_special_tokens: bool = True
+    # Constrain the output (vLLM's spelling): a StructuredOutputsParams or a dict such as {"json": schema},
+    # {"regex": ...}, {"choice": [...]}, {"grammar": ...} or {"json_object": True}.
+    structured_outputs: Optional[StructuredOutputsParams] = None
 
     def __post_init__(self) -> None:
         self.n = _as_int("n", self.n)
@@ -85,6 +92,10 @@ class SamplingParams:
         self.stop = _normalize_stop(self.stop)
         self.stop_token_ids = _normalize_stop_token_ids(self.stop_token_ids)
         self.logit_bias = _normalize_logit_bias(self.logit_bias)
+        try:
+            self.structured_outputs = StructuredOutputsParams.of(self.structured_outputs)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"SamplingParams.structured_outputs: {exc}") from None
         self._validate_ranges()
 
     def _validate_ranges(self) -> None:

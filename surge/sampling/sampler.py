@@ -6,7 +6,8 @@ static (the step's compiled top-logprobs width). Out: a ``SamplerOutput``
 pytree: the sampled token of each row, its log-probability and rank under the
 raw model distribution, and the top ``num_logprobs`` alternatives.
 
-Processing order (vLLM's): logit bias, min_tokens suppression, penalties; then
+Processing order (vLLM's): logit bias, min_tokens suppression, penalties, the
+grammar's token bitmask (rows of constrained requests; others are all ones); then
 greedy rows take the argmax, and sampled rows apply temperature, top-k, top-p,
 min-p and draw with Gumbel-max from ``fold_in(key(seed), step)``. Every row is
 computed independently of the others, so a request's token is a pure function
@@ -45,7 +46,8 @@ def sample(logits: jax.Array, t: SamplingTensors, num_logprobs: int = 0) -> Samp
     raw = logits.astype(jnp.float32)
     # The common batch (every row greedy, nothing to adjust, no log-probs) takes one argmax
     # behind a single cond: each further cond on the logits costs XLA:CPU a copy of them.
-    plain = t.all_greedy & ~(t.any_logit_bias | t.any_min_tokens | t.any_penalties | t.any_logprobs)
+    plain = t.all_greedy & ~(t.any_logit_bias | t.any_min_tokens | t.any_penalties | t.any_logprobs
+                             | t.any_structured)
     return lax.cond(plain, functools.partial(_greedy_only, num_logprobs=num_logprobs),
                     functools.partial(_sample_any, num_logprobs=num_logprobs), raw, t)
 
@@ -69,11 +71,12 @@ def _sample_any(raw: jax.Array, t: SamplingTensors, num_logprobs: int) -> Sample
 
 
 def process_logits(logits: jax.Array, t: SamplingTensors) -> jax.Array:
-    """Logit bias, min_tokens suppression and penalties: the logits greedy rows take the argmax of."""
+    """Logit bias, min_tokens suppression, penalties and the grammar mask: what greedy rows take the argmax of."""
     logits = logits.astype(jnp.float32)
     logits = lax.cond(t.any_logit_bias, _apply_logit_bias, _unchanged, logits, t)
     logits = lax.cond(t.any_min_tokens, _suppress_stop_tokens, _unchanged, logits, t)
-    return lax.cond(t.any_penalties, _apply_penalties, _unchanged, logits, t)
+    logits = lax.cond(t.any_penalties, _apply_penalties, _unchanged, logits, t)
+    return lax.cond(t.any_structured, _apply_token_bitmask, _unchanged, logits, t)
 
 
 def _unchanged(logits: jax.Array, t: SamplingTensors) -> jax.Array:
@@ -100,6 +103,14 @@ def _suppress_stop_tokens(logits: jax.Array, t: SamplingTensors) -> jax.Array:
     vocab = logits.shape[1]
     cols = jnp.where(t.suppress_ids >= 0, t.suppress_ids, vocab)
     return logits.at[_row_index(cols), cols].set(-jnp.inf, mode="drop")
+
+
+def _apply_token_bitmask(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    num_rows, vocab = logits.shape
+    bits = jnp.arange(32, dtype=jnp.int32)
+    allowed = (t.token_bitmask[:, :, None] >> bits) & 1  # int32[S, W, 32]
+    allowed = allowed.reshape(num_rows, -1)[:, :vocab]
+    return jnp.where(allowed != 0, logits, -jnp.inf)
 
 
 def _apply_penalties(logits: jax.Array, t: SamplingTensors) -> jax.Array:

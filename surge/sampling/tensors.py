@@ -81,6 +81,9 @@ class SamplingTensors:
     any_logit_bias: np.ndarray  # bool[]
     any_min_tokens: np.ndarray  # bool[]
     any_logprobs: np.ndarray  # bool[]
+    # int32[S, ceil(V / 32)]: bit t % 32 of word t // 32 allows token t (surge.structured); -1 = all allowed
+    token_bitmask: np.ndarray
+    any_structured: np.ndarray  # bool[]
 
 
 jax.tree_util.register_dataclass(
@@ -129,8 +132,12 @@ def _row_scalars(row: SamplingRow) -> tuple:
 
 
 def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vocab_size: int,
-                           history_len: int) -> SamplingTensors:
-    """Numpy ``SamplingTensors`` for ``rows``, padded to ``num_rows_padded`` rows."""
+                           history_len: int, token_bitmask: Optional[np.ndarray] = None) -> SamplingTensors:
+    """Numpy ``SamplingTensors`` for ``rows``, padded to ``num_rows_padded`` rows.
+
+    ``token_bitmask`` (int32[num_rows_padded, ceil(vocab_size / 32)], from surge.structured) restricts the
+    rows that have a grammar; None allows every token everywhere.
+    """
     num_rows = len(rows)
     if num_rows > num_rows_padded:
         raise ValueError(f"num_rows_padded={num_rows_padded} is smaller than the number of rows ({num_rows})")
@@ -161,6 +168,9 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vo
     history, num_prompt = _history_table(rows, penalized, num_rows_padded, history_len)
     bias_ids, bias_values = _logit_bias_tables(rows, biased, num_rows_padded, vocab_size)
     suppress_ids = _suppress_table(rows, suppressing, num_rows_padded, vocab_size)
+    bitmask_shape = (num_rows_padded, (vocab_size + 31) // 32)
+    if token_bitmask is not None and token_bitmask.shape != bitmask_shape:
+        raise ValueError(f"token_bitmask has shape {token_bitmask.shape}, expected {bitmask_shape}")
 
     def column(index, dtype):
         return table[:, index].astype(dtype)
@@ -186,6 +196,9 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vo
         any_logit_bias=np.bool_(biased.size > 0),
         any_min_tokens=np.bool_(suppressing.size > 0),
         any_logprobs=np.bool_(wants_logprobs.size > 0),
+        token_bitmask=(_blank("bitmask", bitmask_shape, np.int32, -1) if token_bitmask is None
+                       else token_bitmask.astype(np.int32, copy=False)),
+        any_structured=np.bool_(token_bitmask is not None),
     )
 
 

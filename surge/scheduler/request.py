@@ -48,6 +48,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: Union[int, str, None] = None
     first_scheduled_time: Optional[float] = None
+    # Where the request stands in its grammar (surge.structured.GrammarState) when its output is
+    # constrained: accept(token, max_forced) consumes each sampled token and returns the tokens it forces.
+    grammar: Optional[object] = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -79,6 +82,10 @@ class Request:
     def append_output_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
 
+    def num_tokens_left(self, max_model_len: int) -> int:
+        """Tokens the request may still gain before max_tokens or the context ends it."""
+        return min(self.sampling_params.max_tokens - self.num_output_tokens, max_model_len - self.num_tokens)
+
     def check_stop(self, max_model_len: int) -> Optional[RequestStatus]:
         """Token-level stops after the last appended token (stop strings are the output side's job)."""
         params = self.sampling_params
@@ -93,4 +100,6 @@ class Request:
                 return RequestStatus.FINISHED_STOPPED
         if num_output >= params.max_tokens or self.num_tokens >= max_model_len:
             return RequestStatus.FINISHED_LENGTH
+        if self.grammar is not None and self.grammar.is_finished and params.ignore_eos:
+            return RequestStatus.FINISHED_STOPPED  # the grammar admits nothing more, not even the ignored EOS
         return None

@@ -153,12 +153,20 @@ class Scheduler:
                 self._release_pages_behind_window(request)
             if not item.samples:
                 continue
-            request.append_output_token(int(token_id))
-            self.num_generation_tokens += 1
+            new_token_ids = [int(token_id)]
+            request.append_output_token(new_token_ids[0])
             stop = request.check_stop(self.max_model_len)
+            if stop is None and request.grammar is not None:
+                # Tokens the grammar forces join the request now and are computed in its next step.
+                forced = request.grammar.accept(new_token_ids[0], request.num_tokens_left(self.max_model_len))
+                for forced_id in forced:
+                    request.append_output_token(forced_id)
+                new_token_ids += forced
+                stop = request.check_stop(self.max_model_len) if forced else None
+            self.num_generation_tokens += len(new_token_ids)
             if stop is not None:
                 self.finish(request.request_id, stop)
-            updates.append(RequestUpdate(request, [int(token_id)], stop is not None))
+            updates.append(RequestUpdate(request, new_token_ids, stop is not None))
         return updates
 
     # ---- helpers -------------------------------------------------------------------------
