@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -192,8 +192,18 @@ class SamplingConfig:
     top_k: int = 0
     seed: Optional[int] = None
     ignore_eos: bool = False
+    # Constrain the output (vLLM's fields): one of json (a schema), regex, choice, grammar, json_object,
+    # e.g. '+sampling.structured_outputs.choice=[yes,no]'; empty = unconstrained.
+    structured_outputs: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.structured_outputs:
+            from surge.structured.spec import StructuredOutputsParams
+
+            try:
+                StructuredOutputsParams.of(dict(self.structured_outputs))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"sampling.structured_outputs: {exc}") from None
         _check(self.max_tokens >= 1, "sampling.max_tokens", f"{self.max_tokens} must be >= 1")
         _check(self.temperature >= 0, "sampling.temperature", f"{self.temperature} must be >= 0")
         _check(0 < self.top_p <= 1, "sampling.top_p", f"{self.top_p} must be in (0, 1]")

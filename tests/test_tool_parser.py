@@ -240,7 +240,7 @@ def test_tools_are_described_in_the_system_message_when_the_template_cannot(plai
     from surge.server.chat import render_chat
 
     prompt = render_chat(plain_tokenizer, _request(tools=[WEATHER]))
-    assert prompt.parse_tools and prompt.prefill == ""
+    assert prompt.parse_tools and prompt.tool_grammar is None and prompt.tool_names == ("get_weather",)
     assert prompt.text.startswith("system: You can call functions")
     assert '"name": "get_weather"' in prompt.text and "<tool_call>" in prompt.text
     assert prompt.text.endswith("user: Weather in Paris?\nassistant:")
@@ -282,13 +282,14 @@ def test_tool_choice_none_required_and_named(plain_tokenizer):
     hidden = render_chat(plain_tokenizer, _request(tools=[WEATHER], tool_choice="none"))
     assert not hidden.parse_tools and "get_weather" not in hidden.text
     required = render_chat(plain_tokenizer, _request(tools=[WEATHER], tool_choice="required"))
-    assert required.prefill == '<tool_call>\n{"name": "' and required.text.endswith(required.prefill)
+    # The grammar, not a prefill, makes the call: the prompt ends where the assistant's turn starts.
+    assert required.tool_grammar is not None and required.text.endswith("assistant:")
+    assert 'start: block ("\\n" block)*' in required.tool_grammar.grammar
     named = render_chat(plain_tokenizer, _request(
-        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}))
-    assert named.prefill == '<tool_call>\n{"name": "get_weather", "arguments": '
-    # What the model adds after the prefill completes a call.
-    parsed = parse_tool_calls(named.prefill + '{"city": "Paris"}}\n</tool_call>')
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [("get_weather", {"city": "Paris"})]
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False))
+    assert '"const": "get_weather"' in named.tool_grammar.grammar
+    assert named.tool_grammar.grammar.startswith("start: block\n")
     with pytest.raises(OpenAIError, match="not among the tools"):
         render_chat(plain_tokenizer, _request(tools=[WEATHER],
                                               tool_choice={"type": "function", "function": {"name": "nope"}}))
@@ -312,6 +313,6 @@ def test_deprecated_functions_are_read_as_tools(plain_tokenizer):
     named = render_chat(plain_tokenizer, _request(functions=[WEATHER["function"]],
                                                   function_call={"name": "get_weather"}))
     assert named.parse_tools and '"name": "get_weather"' in named.text
-    assert named.prefill == '<tool_call>\n{"name": "get_weather", "arguments": '
+    assert '"const": "get_weather"' in named.tool_grammar.grammar
     hidden = render_chat(plain_tokenizer, _request(functions=[WEATHER["function"]], function_call="none"))
     assert not hidden.parse_tools and "get_weather" not in hidden.text

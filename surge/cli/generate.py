@@ -1,6 +1,8 @@
 """surge-generate: complete one prompt with the engine and print the text.
 
-In: Hydra overrides, e.g. `prompt="The capital of France is" sampling.max_tokens=32`.
+In: Hydra overrides, e.g. `prompt="The capital of France is" sampling.max_tokens=32`, and
+`+sampling.structured_outputs.choice=[yes,no]` (or .json / .regex / .grammar / .json_object) to
+constrain the output.
 Out: the completion on stdout (streamed as it is generated).
 """
 
@@ -19,12 +21,20 @@ def run(cfg: SurgeConfig, raw: DictConfig) -> None:
     engine = Engine(cfg)
     s = cfg.sampling
     params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                            seed=s.seed, ignore_eos=s.ignore_eos)
+                            seed=s.seed, ignore_eos=s.ignore_eos,
+                            structured_outputs=_plain(s.structured_outputs) or None)
     prompt = engine.apply_chat_template([{"role": "user", "content": cfg.prompt}]) if cfg.chat else cfg.prompt
     print(cfg.prompt, end="", flush=True)
     for out in engine.stream(prompt, params):
         print(out.delta_text, end="", flush=True)
     print()
+
+
+def _plain(value):
+    """OmegaConf containers (a schema given on the command line) as plain dicts and lists."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 main = hydra_app("generate")(run)

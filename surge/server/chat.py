@@ -2,9 +2,9 @@
 
 In: a `ChatCompletionRequest` (system / developer / user / assistant / tool
 messages, text content parts, `tools`, `tool_choice`) and the tokenizer, whose
-chat template renders them. Out: a `ChatPrompt` — the prompt text, the
-`prefill` (assistant text appended after the generation prompt, which the tool
-parser must see before the generated text) and whether tool calls are parsed.
+chat template renders them. Out: a `ChatPrompt` — the prompt text, whether
+tool calls are parsed (and the declared names a call must use), and the
+grammar that `tool_choice` imposes on the output.
 
 Templates that know about tools (they mention `tools`) get them natively, with
 assistant tool calls' arguments as objects. For templates that do not (SmolLM2's
@@ -14,19 +14,23 @@ results become user turns wrapped in `<tool_response>`.
 
 The deprecated `functions` / `function_call` are read as tools / tool_choice.
 tool_choice: "none" hides the tools; "auto" (the default with tools) lets the
-model choose; "required" prefills `<tool_call>` so some call follows; a named
-function prefills `{"name": ..., "arguments": ` so that function is called.
+model choose, unconstrained; "required" and a named function constrain the
+output with a grammar (surge.structured.tool_calls) in the Hermes format the
+parser reads: every call names a declared function (the named one) with
+arguments valid for its schema, one call when parallel_tool_calls is false.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from surge.server.errors import bad_request
 from surge.server.protocol import ChatCompletionRequest, ChatMessage, NamedFunction, NamedToolChoice
 from surge.server.tool_parser import CLOSE_TAG, OPEN_TAG
+from surge.structured import StructuredOutputsParams
+from surge.structured.tool_calls import tool_call_grammar
 
 _TEXT_PART_TYPES = ("text", "input_text")
 
@@ -34,8 +38,11 @@ _TEXT_PART_TYPES = ("text", "input_text")
 @dataclass(frozen=True)
 class ChatPrompt:
     text: str
-    prefill: str = ""
     parse_tools: bool = False
+    # The declared function names (a parsed call naming another function is content).
+    tool_names: tuple[str, ...] = ()
+    # The grammar tool_choice="required" or a named tool_choice imposes; None otherwise.
+    tool_grammar: Optional[StructuredOutputsParams] = None
 
 
 def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
@@ -45,7 +52,7 @@ def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
         raise bad_request("tool_choice is only allowed when tools are given", param="tool_choice")
     if choice == "none":
         tools = []
-    prefill = _prefill(choice, tools)
+    grammar = _tool_grammar(choice, tools, req.parallel_tool_calls)
     template = getattr(tokenizer, "chat_template", None) or ""
     if not template:
         raise bad_request("this model has no chat template; use /v1/completions with a prompt instead",
@@ -63,7 +70,8 @@ def render_chat(tokenizer, req: ChatCompletionRequest) -> ChatPrompt:
                           param="messages") from None
     if not isinstance(text, str):
         raise bad_request("the model's chat template did not produce text", param="messages")
-    return ChatPrompt(text=text + prefill, prefill=prefill, parse_tools=bool(tools))
+    return ChatPrompt(text=text, parse_tools=bool(tools),
+                      tool_names=tuple(tool["function"]["name"] for tool in tools), tool_grammar=grammar)
 
 
 def _tools_and_choice(req: ChatCompletionRequest) -> tuple[list[dict], object]:
@@ -79,16 +87,21 @@ def _tools_and_choice(req: ChatCompletionRequest) -> tuple[list[dict], object]:
     return [tool.model_dump(exclude_none=True) for tool in req.tools or []], req.tool_choice
 
 
-def _prefill(choice, tools: list[dict]) -> str:
+def _tool_grammar(choice, tools: list[dict], parallel: bool) -> Optional[StructuredOutputsParams]:
     if choice == "required":
-        return OPEN_TAG + '\n{"name": "'
-    if isinstance(choice, NamedToolChoice):
+        name = None
+    elif isinstance(choice, NamedToolChoice):
+        name = choice.function.name
         names = [tool["function"]["name"] for tool in tools]
-        if choice.function.name not in names:
-            raise bad_request(f"tool_choice names function {choice.function.name!r}, which is not among the "
-                              f"tools {names}", param="tool_choice")
-        return OPEN_TAG + "\n" + '{"name": ' + json.dumps(choice.function.name) + ', "arguments": '
-    return ""
+        if name not in names:
+            raise bad_request(f"tool_choice names function {name!r}, which is not among the tools {names}",
+                              param="tool_choice")
+    else:
+        return None
+    try:
+        return tool_call_grammar(tools, open_tag=OPEN_TAG, close_tag=CLOSE_TAG, name=name, parallel=parallel)
+    except ValueError as exc:
+        raise bad_request(f"tools: {exc}", param="tools") from None
 
 
 def _text_of(message: ChatMessage, index: int) -> str:

@@ -39,7 +39,7 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     prompt_ids = engine.tokenizer.encode(prompt.text, add_special_tokens=False)
     if not prompt_ids:
         raise bad_request("the messages render to an empty prompt", param="messages")
-    params = chat_sampling_params(req, len(prompt_ids), ctx.limits())
+    params = chat_sampling_params(req, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
     request_id = new_id("chatcmpl")
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=req.priority,
                                      principal=principal, cache_salt=req.cache_salt)
@@ -69,7 +69,7 @@ def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, 
         content: Optional[str] = completion.text
         calls = []
         if prompt.parse_tools:
-            parsed = parse_tool_calls(prompt.prefill + completion.text)
+            parsed = parse_tool_calls(completion.text, prompt.tool_names)
             content, calls = parsed.content, parsed.tool_calls
         finish = "tool_calls" if calls and completion.finish_reason == "stop" else completion.finish_reason
         logprobs = None
@@ -95,9 +95,7 @@ class _ChoiceStream:
     """One choice of a streamed chat completion: its tool parser and whether it called a tool or ended."""
 
     def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int]) -> None:
-        self.parser = ToolCallParser() if prompt.parse_tools else None
-        # The prefilled start of a tool call is read by the parser first and sent with the first delta.
-        self.pending = self.parser.feed(prompt.prefill) if self.parser is not None else ParserDelta()
+        self.parser = ToolCallParser(prompt.tool_names) if prompt.parse_tools else None
         self.num_logprobs = num_logprobs
         self.done = False
 
@@ -105,7 +103,7 @@ class _ChoiceStream:
         """The chunk choice for this completion's latest delta, or None when there is nothing to send."""
         if self.done or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
             return None
-        delta, self.pending = self.pending, ParserDelta()
+        delta = ParserDelta()
         if self.parser is None:
             delta.content += completion.delta_text
         else:

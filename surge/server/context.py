@@ -24,6 +24,7 @@ from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError, bad_request, unauthorized
 from surge.server.metrics import ServerMetrics
 from surge.server.request_params import EngineLimits
+from surge.server.structured_request import wait_until_compiled
 
 logger = logging.getLogger("surge")
 M = TypeVar("M", bound=BaseModel)
@@ -106,6 +107,7 @@ class ServerContext:
         # A salt the client sends narrows sharing further; it never lifts the per-key isolation.
         salts = [s for s in (principal.cache_salt, cache_salt) if s]
         salt = ":".join(salts) if salts else None
+        await wait_until_compiled(self.host.engine, params.structured_outputs)
         opened: list = []
         try:
             for i, prompt_ids in enumerate(prompts):

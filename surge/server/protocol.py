@@ -53,6 +53,21 @@ class NamedToolChoice(_Lenient):
     function: NamedFunction
 
 
+class JsonSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    name: Optional[str] = None
+    description: Optional[str] = None
+    schema_: Optional[Dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Lenient):
+    # "text" | "json_object" | "json_schema"; anything else is a 400 (checked in structured_request.py).
+    type: str
+    json_schema: Optional[JsonSchemaFormat] = None
+
+
 class FunctionCall(_Lenient):
     name: str
     arguments: str = ""
@@ -105,6 +120,14 @@ class _SamplingFields(_Lenient):
     priority: int = 0
     cache_salt: Optional[str] = None
     request_id: Optional[str] = None
+    # Structured output: OpenAI's response_format, vLLM's structured_outputs (json | regex | choice |
+    # grammar | json_object) and its older guided_* spellings.
+    response_format: Optional[ResponseFormat] = None
+    structured_outputs: Optional[Dict[str, Any]] = None
+    guided_json: Union[Dict[str, Any], str, None] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[List[str]] = None
+    guided_grammar: Optional[str] = None
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -5,6 +5,7 @@ token count and the engine's limits (max_model_len, vocabulary size, widest
 logprobs). Out: validated `SamplingParams`, or an `OpenAIError` (400) that
 names the field and the limit. OpenAI's defaults apply: temperature 1,
 top_p 1, and max_tokens = whatever fits in the context after the prompt.
+Structured-output fields map through `structured_request.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Optional, Union
 from surge.sampling.params import SamplingParams
 from surge.server.errors import OpenAIError, bad_request
 from surge.server.protocol import ChatCompletionRequest, CompletionRequest
+from surge.server.structured_request import structured_outputs_of
 
 MAX_N = 128
 # Seeds are folded into the range the on-device random streams take.
@@ -58,7 +60,9 @@ def resolve_max_tokens(requested: Optional[int], prompt_len: int, limits: Engine
     return requested
 
 
-def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: EngineLimits) -> SamplingParams:
+def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: EngineLimits,
+                         tool_grammar=None) -> SamplingParams:
+    """`tool_grammar`: the StructuredOutputsParams that tool_choice asks for (see surge.server.chat)."""
     if req.max_tokens is not None and req.max_completion_tokens is not None and \
             req.max_tokens != req.max_completion_tokens:
         raise bad_request(f"max_tokens={req.max_tokens} and max_completion_tokens={req.max_completion_tokens} "
@@ -68,7 +72,7 @@ def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: En
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     return _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
-                  logprobs_param="top_logprobs")
+                  logprobs_param="top_logprobs", structured_outputs=structured_outputs_of(req, tool_grammar))
 
 
 def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: EngineLimits) -> SamplingParams:
@@ -77,11 +81,11 @@ def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: 
     if req.suffix:
         raise bad_request("suffix is not supported by this server", param="suffix")
     return _build(req, resolve_max_tokens(req.max_tokens, prompt_len, limits, "prompt"), req.logprobs, limits,
-                  logprobs_param="logprobs")
+                  logprobs_param="logprobs", structured_outputs=structured_outputs_of(req))
 
 
 def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int, logprobs: Optional[int],
-           limits: EngineLimits, logprobs_param: str) -> SamplingParams:
+           limits: EngineLimits, logprobs_param: str, structured_outputs=None) -> SamplingParams:
     if not 1 <= req.n <= MAX_N:
         raise bad_request(f"n={req.n}: must be between 1 and {MAX_N}", param="n")
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
@@ -115,7 +119,7 @@ def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int
             frequency_penalty=0.0 if req.frequency_penalty is None else req.frequency_penalty,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
             logprobs=logprobs, include_stop_str_in_output=req.include_stop_str_in_output,
-            skip_special_tokens=req.skip_special_tokens)
+            skip_special_tokens=req.skip_special_tokens, structured_outputs=structured_outputs)
     except ValueError as exc:
         raise bad_request(str(exc), param=_param_of(str(exc))) from None
 

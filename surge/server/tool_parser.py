@@ -21,6 +21,8 @@ once the block closes. A block that is not a tool call becomes content without
 its tags. Bare JSON is recognised only at the start of the output (or right
 after another bare call): a `{"name": ..., "arguments"|"parameters": ...}`
 object or a list of them; any other JSON answer is content, unchanged.
+Given the declared tool names, a call naming any other function is not a
+tool call: it is content like any other non-call block.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 from surge.server.partial_json import JsonScanner
 
@@ -92,7 +94,9 @@ class ParsedOutput:
 class ToolCallParser:
     """Streaming parser of one completion's text; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, tool_names: Optional[Collection[str]] = None) -> None:
+        # The declared functions; None accepts any name.
+        self._tool_names = None if tool_names is None else frozenset(tool_names)
         self._buffer = ""
         self._mode = _START
         self._pending_space = ""  # trailing whitespace of content, shown only if more content follows
@@ -202,7 +206,7 @@ class ToolCallParser:
     def _block(self, final: bool) -> None:
         if self._scanner is None:
             match = _FAST_PATH.match(self._buffer) or (_HEAD_ONLY.match(self._buffer) if final else None)
-            if match is not None and _unescape(match.group(1)) is not None:
+            if match is not None and self._declared(_unescape(match.group(1))):
                 self._begin_call(_unescape(match.group(1)))
                 self._buffer = self._buffer[match.end():]
                 self._scanner = JsonScanner()
@@ -236,7 +240,7 @@ class ToolCallParser:
         body = self._buffer if end < 0 else self._buffer[:end]
         self._buffer = "" if end < 0 else self._buffer[end + len(CLOSE_TAG):]
         self._mode = _TEXT
-        calls = _calls_from_json(body)
+        calls = self._declared_calls(_calls_from_json(body))
         if calls is None:
             self._pending_space = self._space_before_block
             self._emit_content(body.strip())
@@ -256,7 +260,7 @@ class ToolCallParser:
             self._mode = _TEXT
             return
         end = self._scanner.consumed if self._scanner.done else len(self._buffer)
-        calls = _calls_from_json(self._buffer[:end]) if self._scanner.done else None
+        calls = self._declared_calls(_calls_from_json(self._buffer[:end])) if self._scanner.done else None
         if calls is None:
             self._mode = _TEXT  # not a tool call: the JSON is content, tags in it still count
             return
@@ -265,6 +269,15 @@ class ToolCallParser:
             self._add_whole_call(name, arguments)
         self._buffer = self._buffer[end:]
         self._mode = _START
+
+    def _declared(self, name: Optional[str]) -> bool:
+        return name is not None and (self._tool_names is None or name in self._tool_names)
+
+    def _declared_calls(self, calls: Optional[list[tuple[str, str]]]) -> Optional[list[tuple[str, str]]]:
+        """The calls when every one names a declared function, else None (they are content)."""
+        if calls is None or not all(self._declared(name) for name, _ in calls):
+            return None
+        return calls
 
     # ---- emitting ------------------------------------------------------------------------------
     def _emit_content(self, text: str, hold_space: bool = True) -> None:
@@ -323,9 +336,9 @@ class ToolCallParser:
         return delta
 
 
-def parse_tool_calls(text: str) -> ParsedOutput:
+def parse_tool_calls(text: str, tool_names: Optional[Collection[str]] = None) -> ParsedOutput:
     """Tool calls and content of a complete output (the same result as streaming it)."""
-    parser = ToolCallParser()
+    parser = ToolCallParser(tool_names)
     parser.feed(text)
     parser.finish()
     return ParsedOutput(content=parser.content, tool_calls=parser.tool_calls)
