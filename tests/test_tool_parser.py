@@ -316,3 +316,24 @@ def test_deprecated_functions_are_read_as_tools(plain_tokenizer):
     assert '"const": "get_weather"' in named.tool_grammar.grammar
     hidden = render_chat(plain_tokenizer, _request(functions=[WEATHER["function"]], function_call="none"))
     assert not hidden.parse_tools and "get_weather" not in hidden.text
+
+
+@pytest.mark.parametrize("text, content, calls", [
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>', None,
+     [("get_weather", {"city": "Rome"})]),
+    ('<tool_call>\n{"name": "delete_files", "arguments": {"path": "/"}}\n</tool_call>',
+     '{"name": "delete_files", "arguments": {"path": "/"}}', []),
+    ('{"name": "delete_files", "arguments": {}}', '{"name": "delete_files", "arguments": {}}', []),
+    ('[{"name": "get_weather", "arguments": {}}, {"name": "nope", "arguments": {}}]',
+     '[{"name": "get_weather", "arguments": {}}, {"name": "nope", "arguments": {}}]', []),
+])
+def test_calls_to_undeclared_functions_are_content(text, content, calls):
+    declared = ("get_weather",)
+    parsed = parse_tool_calls(text, declared)
+    assert parsed.content == content
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == calls
+    for pieces in _splits(text).values():
+        parser = ToolCallParser(declared)
+        deltas = [parser.feed(piece) for piece in pieces] + [parser.finish()]
+        assert "".join(d.content for d in deltas) == (content or "")
+        assert [c.name for d in deltas for c in d.tool_calls if c.name] == [name for name, _ in calls]

@@ -8,9 +8,9 @@ and, through ``surge.structured.bitmask``, the next step's allowed tokens.
 
 The scheduler calls ``accept`` once per sampled token; the runner asks
 ``matcher`` for the mask of every row that samples. A token the matcher
-refuses (only possible when something outside the mask chose it) ends the
-request as stopped and is logged: the output so far still matches a prefix
-of the grammar.
+refuses (only possible when something outside the mask chose it) is logged
+and leaves the matcher failed, whose mask then allows only EOS: the request
+ends at its next token.
 """
 
 from __future__ import annotations
