@@ -235,6 +235,11 @@ class BenchConfig:
     prefix_shares: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
     # Warm-up requests run (and excluded) before timing.
     num_warmup: int = 1
+    # serve: none | json_schema (every request constrained by a JSON schema that cannot close before
+    # output_len tokens) | compare (both, alternating, on the same server).
+    structured_output: str = "none"
+    # serve: times the workload runs (alternating variants with structured_output=compare); medians are given.
+    rounds: int = 1
     # offline: run the workload once per entry, with that many requests submitted together
     # (the concurrent sequences; engine.max_num_seqs is raised to the largest); [] = num_prompts once.
     concurrency: List[int] = field(default_factory=list)
@@ -247,6 +252,9 @@ class BenchConfig:
         _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
+        _check(self.structured_output in ("none", "json_schema", "compare"), "bench.structured_output",
+               f"{self.structured_output!r} is not none|json_schema|compare")
+        _check(self.rounds >= 1, "bench.rounds", "must be >= 1")
         _check(self.compare in ("", "transformers"), "bench.compare", f"{self.compare!r} is not ''|transformers")
         _check(all(c >= 1 for c in self.concurrency), "bench.concurrency", f"{list(self.concurrency)} has an entry < 1")
         _check(all(d in ("float32", "bfloat16") for d in self.dtypes), "bench.dtypes",

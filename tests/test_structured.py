@@ -66,6 +66,8 @@ def test_spec_needs_exactly_one_field_and_parses_json_text():
         StructuredOutputsParams.of({"jsn": {}})
     with pytest.raises(ValueError, match="SamplingParams.structured_outputs"):
         SamplingParams(structured_outputs={"regex": 3})
+    with pytest.raises(ValueError, match="min_tokens.*structured_outputs"):
+        SamplingParams(min_tokens=2, structured_outputs={"regex": "a+"})
 
 
 def test_matching_text_is_allowed_and_other_text_is_not(compiler, tokenizer):

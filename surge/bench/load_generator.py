@@ -8,6 +8,7 @@ counts from the usage chunk, or the error) and the run's wall time.
 
 Every request streams (`stream: true`, `stream_options.include_usage`), is
 greedy and ignores EOS, so each one generates exactly `output_len` tokens.
+`extra_body` adds fields to every request (e.g. a `response_format`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def arrival_offsets(num_requests: int, request_rate: float, seed: int = 0) -> li
     return [0.0] + np.cumsum(gaps).tolist()
 
 
-def completion_payload(prompt: Prompt, model: str, output_len: int) -> dict:
-    return {
+def completion_payload(prompt: Prompt, model: str, output_len: int, extra_body: Optional[dict] = None) -> dict:
+    return {**(extra_body or {}),
         "model": model,
         "prompt": prompt if isinstance(prompt, str) else list(prompt),
         "max_tokens": output_len,
@@ -90,7 +91,7 @@ async def stream_completion(client, url: str, payload: dict, headers: Optional[d
 async def run_load(base_url: str, prompts: Sequence[Prompt], *, model: str, output_len: int,
                    request_rate: float = 0.0, max_concurrency: int = 0, seed: int = 0,
                    headers: Optional[dict] = None, progress: bool = True,
-                   transport=None) -> tuple[list[StreamRecord], float]:
+                   transport=None, extra_body: Optional[dict] = None) -> tuple[list[StreamRecord], float]:
     """Send every prompt on its Poisson schedule; returns (records in prompt order, wall seconds)."""
     import httpx
     from tqdm.auto import tqdm
@@ -110,7 +111,7 @@ async def run_load(base_url: str, prompts: Sequence[Prompt], *, model: str, outp
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            payload = completion_payload(prompt, model, output_len)
+            payload = completion_payload(prompt, model, output_len, extra_body)
             if gate is None:
                 record = await stream_completion(client, url, payload, headers)
             else:

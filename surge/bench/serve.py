@@ -12,12 +12,20 @@ output and total token throughput, goodput against the SLOs of
 `serve_metrics` — and the prompt/generation token counts the server's
 `/metrics` counted during the run beside the ones the client counted.
 `bench.num_warmup` short requests go first and are excluded.
+
+`bench.structured_output=json_schema` constrains every request with a JSON
+schema (via `response_format`) that cannot close before `output_len` tokens,
+so both variants generate the same number of tokens; `compare` runs the
+unconstrained and the constrained workload alternately, `bench.rounds` times
+each, on the same server, and reports each variant's median output tok/s and
+their ratio (the top-level figures are the unconstrained variant's last run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 
 from surge.bench.load_generator import run_load
 from surge.bench.prometheus import GENERATION_TOKENS, PROMPT_TOKENS, scrape_counters
@@ -48,12 +56,27 @@ def _measure(cfg: SurgeConfig, url: str, started_here: bool) -> dict:
         asyncio.run(run_load(url, prompts[: bench.num_warmup], model=model, output_len=4, headers=headers,
                              progress=False))
 
+    variants = {"none": ["none"], "json_schema": ["json_schema"],
+                "compare": ["none", "json_schema"]}[bench.structured_output]
+    if bench.num_warmup > 0 and "json_schema" in variants:  # compiles the schema once, outside the timing
+        asyncio.run(run_load(url, prompts[: bench.num_warmup], model=model, output_len=4, headers=headers,
+                             progress=False, extra_body=structured_body(bench.output_len)))
+
     counters = (PROMPT_TOKENS, GENERATION_TOKENS)
     before = scrape_counters(url, counters, headers)
-    records, duration = asyncio.run(run_load(
-        url, prompts, model=model, output_len=bench.output_len, request_rate=bench.request_rate,
-        max_concurrency=bench.max_concurrency, seed=bench.seed, headers=headers))
+    runs: dict[str, list[float]] = {variant: [] for variant in variants}
+    for _ in range(bench.rounds):
+        for variant in variants:
+            records, duration = asyncio.run(run_load(
+                url, prompts, model=model, output_len=bench.output_len, request_rate=bench.request_rate,
+                max_concurrency=bench.max_concurrency, seed=bench.seed, headers=headers,
+                extra_body=structured_body(bench.output_len) if variant == "json_schema" else None))
+            summary = summarize_streams(records, duration)
+            runs[variant].append(summary["output_tokens_per_s"])
+            if variant == variants[0]:
+                shown, shown_records = summary, records
     after = scrape_counters(url, counters, headers)
+    records = shown_records
 
     result = {
         "mode": "serve",
@@ -65,13 +88,27 @@ def _measure(cfg: SurgeConfig, url: str, started_here: bool) -> dict:
         "output_len": bench.output_len,
         "request_rate": bench.request_rate,
         "max_concurrency": bench.max_concurrency,
-        **summarize_streams(records, duration),
+        **shown,
+        "structured_output": bench.structured_output,
+        "rounds": bench.rounds,
+        "output_tokens_per_s_by_variant": {v: {"runs": r, "median": statistics.median(r)} for v, r in runs.items()},
         "server_prompt_tokens": _delta(before[PROMPT_TOKENS], after[PROMPT_TOKENS]),
         "server_generation_tokens": _delta(before[GENERATION_TOKENS], after[GENERATION_TOKENS]),
         "errors": sorted({r.error for r in records if r.error})[:5],
         "warmup": f"{min(bench.num_warmup, len(prompts))} request(s) x 4 tokens sent first, excluded",
     }
     return result
+
+
+def structured_body(output_len: int) -> dict:
+    """A response_format whose schema needs more than `output_len` tokens, so no request ends early."""
+    row = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                            "qty": {"type": "integer", "minimum": 0, "maximum": 999}},
+           "required": ["name", "qty"], "additionalProperties": False}
+    schema = {"type": "object", "properties": {"rows": {"type": "array", "items": row, "minItems": output_len}},
+              "required": ["rows"], "additionalProperties": False}
+    return {"response_format": {"type": "json_schema",
+                                "json_schema": {"name": "bench_rows", "schema": schema, "strict": True}}}
 
 
 def _delta(before, after):
@@ -118,6 +155,15 @@ def format_serve(result: dict) -> str:
         f"{'prompt':<12}{result['num_input_tokens']:>10}{_or_dash(result['server_prompt_tokens']):>10}",
         f"{'generated':<12}{result['num_output_tokens']:>10}{_or_dash(result['server_generation_tokens']):>10}",
     ]
+    by_variant = result["output_tokens_per_s_by_variant"]
+    if len(by_variant) > 1 or "json_schema" in by_variant:
+        lines.append("")
+        for variant, figures in by_variant.items():
+            runs = ", ".join(f"{r:.1f}" for r in figures["runs"])
+            lines.append(f"output tok/s, {variant:<12} median {figures['median']:.1f}  (runs: {runs})")
+        if len(by_variant) > 1:
+            ratio = by_variant["json_schema"]["median"] / by_variant["none"]["median"]
+            lines.append(f"json_schema / none: {ratio:.3f}")
     if result["errors"]:
         lines.append("errors: " + "; ".join(result["errors"]))
     return "\n".join(lines)

@@ -112,6 +112,10 @@ class SamplingParams:
         _require(self.min_tokens >= 0, "min_tokens", self.min_tokens, "must be >= 0")
         _require(self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
                  f"must be <= max_tokens ({self.max_tokens})")
+        if self.structured_outputs is not None:
+            # Suppressing EOS where the grammar allows nothing else would leave no token to sample.
+            _require(self.min_tokens == 0, "min_tokens", self.min_tokens,
+                     "cannot be combined with structured_outputs (the grammar decides where the output ends)")
         if self.logprobs is not None:
             _require(0 <= self.logprobs <= MAX_LOGPROBS, "logprobs", self.logprobs,
                      f"must be in [0, {MAX_LOGPROBS}]")

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
 FIELDS = ("json", "regex", "choice", "grammar", "json_object")
-_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# How JSON is laid out (llguidance JSON options): compact, json.dumps's separators.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class GrammarError(ValueError):
@@ -101,7 +102,7 @@ class StructuredOutputsParams:
         try:
             if kind in ("json", "json_object"):
                 schema = {"type": "object"} if kind == "json_object" else self.json
-                options = dict(_JSON_LAYOUT, lenient=not self.strict)
+                options = dict(JSON_LAYOUT, lenient=not self.strict)
                 return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
             if kind == "regex":
                 return llguidance.grammar_from("regex", self.regex)
@@ -116,4 +117,4 @@ def _is_set(value: Any) -> bool:
     return value is not None and value is not False
 
 
-__all__ = ["FIELDS", "GrammarError", "StructuredOutputsParams"]
+__all__ = ["FIELDS", "GrammarError", "JSON_LAYOUT", "StructuredOutputsParams"]

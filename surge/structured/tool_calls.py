@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-from surge.structured.spec import StructuredOutputsParams
-
-_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+from surge.structured.spec import JSON_LAYOUT, StructuredOutputsParams
 
 
 def tool_call_grammar(tools: Sequence[dict], *, open_tag: str, close_tag: str, name: Optional[str] = None,
@@ -31,7 +29,7 @@ def tool_call_grammar(tools: Sequence[dict], *, open_tag: str, close_tag: str, n
         raise ValueError(f"no declared tool named {name!r}" if name is not None else "no tools are declared")
     strict = all(bool(f.get("strict")) for f in functions)
     schema = {
-        "x-guidance": dict(_JSON_LAYOUT, lenient=not strict),
+        "x-guidance": dict(JSON_LAYOUT, lenient=not strict),
         "anyOf": [_call_schema(f) for f in functions],
     }
     repeat = ' ("\\n" block)*' if parallel else ""
