@@ -210,14 +210,18 @@ def test_serve_benchmark_against_its_own_server(tiny):
 
     cfg = make_config(tiny.path, max_num_seqs=4, **TINY_ENGINE,
                       **{"bench.mode": "serve", "bench.num_prompts": 6, "bench.input_len": 8, "bench.output_len": 5,
-                         "bench.request_rate": 50.0, "bench.max_concurrency": 4})
+                         "bench.request_rate": 50.0, "bench.max_concurrency": 4,
+                         "bench.structured_output": "compare"})
     result = run_serve(cfg)
     assert result["num_completed"] == 6 and result["num_failed"] == 0, result["errors"]
     assert result["num_output_tokens"] == 6 * 5 and result["num_input_tokens"] == 6 * 8
-    assert result["server_generation_tokens"] == result["num_output_tokens"]
-    assert result["server_prompt_tokens"] == result["num_input_tokens"]
+    # The server counted both variants: the json_schema run generated as many tokens (its schema cannot close).
+    assert result["server_generation_tokens"] == 2 * result["num_output_tokens"]
+    assert result["server_prompt_tokens"] == 2 * result["num_input_tokens"]
     assert result["ttft_ms"]["p50"] > 0 and result["tpot_ms"]["p50"] > 0
-    assert "TTFT" in format_serve(result)
+    by_variant = result["output_tokens_per_s_by_variant"]
+    assert sorted(by_variant) == ["json_schema", "none"] and all(v["median"] > 0 for v in by_variant.values())
+    assert "TTFT" in format_serve(result) and "json_schema / none" in format_serve(result)
 
 
 @pytest.mark.slow

@@ -156,6 +156,9 @@ def format_serve(result: dict) -> str:
         f"{'generated':<12}{result['num_output_tokens']:>10}{_or_dash(result['server_generation_tokens']):>10}",
     ]
     by_variant = result["output_tokens_per_s_by_variant"]
+    num_runs = sum(len(figures["runs"]) for figures in by_variant.values())
+    if num_runs > 1:
+        lines.append(f"(client: the run shown above; server: all {num_runs} runs)")
     if len(by_variant) > 1 or "json_schema" in by_variant:
         lines.append("")
         for variant, figures in by_variant.items():
