@@ -99,12 +99,8 @@ TOOLS = [WEATHER, CONVERT]
 
 @pytest.fixture(scope="module")
 def server():
-    proc = ServerProcess(ENGINE).start()
-    try:
-        proc.wait_ready(timeout=420)
+    with ServerProcess(ENGINE) as proc:  # started and healthy, stopped after the module
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
