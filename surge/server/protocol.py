@@ -75,6 +75,9 @@ class ChatMessage(_Lenient):
     name: Optional[str] = None
     tool_calls: Optional[List[ToolCallMessagePart]] = None
     tool_call_id: Optional[str] = None
+    # An earlier assistant turn's reasoning, under either client camp's name.
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class _SamplingFields(_Lenient):
