@@ -96,6 +96,9 @@ class RequestOutput:
     metrics: RequestMetrics
     # The new text of the completion whose update produced this output ("" when none).
     delta_text: str = ""
+    # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (and for positions
+    # not computed yet); each a dict token id -> Logprob (the prompt token plus the top alternatives).
+    prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
 
     @property
     def num_cached_tokens(self) -> int:
