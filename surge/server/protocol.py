@@ -129,6 +129,8 @@ class CompletionRequest(_SamplingFields):
     prompt: Union[str, List[str], List[int], List[List[int]]]
     logprobs: Optional[int] = None
     echo: bool = False
+    # vLLM's extension: the prompt tokens' log-probs with this many alternatives, in choices[].prompt_logprobs.
+    prompt_logprobs: Optional[int] = None
     suffix: Optional[str] = None
     best_of: Optional[int] = None
 
@@ -242,11 +244,19 @@ class ChatCompletionChunk(BaseModel):
     usage: Optional[Usage] = None
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Optional[str] = None
     logprobs: Optional[CompletionLogprobs] = None
+    # vLLM's shape: per prompt token, None (the first) or token id -> its log-prob, rank and text.
+    prompt_logprobs: Optional[List[Optional[Dict[str, PromptLogprob]]]] = None
 
 
 class Completion(BaseModel):

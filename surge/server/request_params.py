@@ -76,8 +76,19 @@ def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: 
         raise bad_request(f"best_of={req.best_of}: only best_of == n is supported (n={req.n})", param="best_of")
     if req.suffix:
         raise bad_request("suffix is not supported by this server", param="suffix")
-    return _build(req, resolve_max_tokens(req.max_tokens, prompt_len, limits, "prompt"), req.logprobs, limits,
-                  logprobs_param="logprobs")
+    if req.max_tokens == 0 and not req.echo:
+        raise bad_request("max_tokens=0 is only allowed with echo=true (to score the prompt)", param="max_tokens")
+    # max_tokens=0 with echo: one token is sampled with the prefill (free) and left out of the answer.
+    requested = 1 if req.max_tokens == 0 else req.max_tokens
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "prompt"), req.logprobs, limits,
+                    logprobs_param="logprobs")
+    if req.prompt_logprobs is not None and not 0 <= req.prompt_logprobs <= limits.max_logprobs:
+        raise bad_request(f"prompt_logprobs={req.prompt_logprobs}: must be between 0 and {limits.max_logprobs} "
+                          "(engine.max_logprobs)", param="prompt_logprobs")
+    # echo with logprobs scores the prompt too, as evaluation harnesses expect.
+    wanted = [k for k in (req.prompt_logprobs, req.logprobs if req.echo else None) if k is not None]
+    params.prompt_logprobs = max(wanted) if wanted else None
+    return params
 
 
 def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int, logprobs: Optional[int],
