@@ -60,12 +60,12 @@ class eSurgeApiServer:
         for label in self.keys.labels:
             self.metrics.register_key_label(label)
         self.context = ServerContext(self.host, self.keys, self.metrics, self.model_name, aliases=model_aliases,
-                                     isolate_prefix_cache_per_key=isolate_prefix_cache_per_key)
+                                     isolate_prefix_cache_per_key=isolate_prefix_cache_per_key,
+                                     reasoning_parser=reasoning_parser)
         self.enable_console_monitor = enable_console_monitor
         self.monitor = None
         self.uvicorn_server = None  # set while fire() serves
-        self.services = ProtocolServices(self.context, responses_store, responses_store_max, responses_store_path,
-                                         reasoning_parser)
+        self.services = ProtocolServices(self.context, responses_store, responses_store_max, responses_store_path)
         self.app = build_app(self.context, self.services)
         self._engine_factory = engine_factory
         if engine is not None:

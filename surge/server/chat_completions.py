@@ -21,6 +21,7 @@ from surge.server.chat import ChatPrompt, render_chat
 from surge.server.context import ServerContext, close_all, merge, parse_body
 from surge.server.errors import bad_request, stream_error
 from surge.server.logprobs import chat_logprobs, delta_entries
+from surge.server.reasoning import make_parser, split_reasoning
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
                                    ChatCompletionRequest, ChunkChoice, DeltaFunctionCall, DeltaMessage,
                                    DeltaToolCall, ResponseFunctionCall, ResponseToolCall, Usage, chunk_json,
@@ -66,16 +67,16 @@ async def _last_output(stream: AsyncIterator):
 def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, params) -> ChatCompletion:
     choices = []
     for completion in final.outputs:
-        content: Optional[str] = completion.text
+        reasoning, content = split_reasoning(ctx.reasoning_parser, prompt.text, completion.text)
         calls = []
         if prompt.parse_tools:
-            parsed = parse_tool_calls(prompt.prefill + completion.text)
+            parsed = parse_tool_calls(prompt.prefill + content)
             content, calls = parsed.content, parsed.tool_calls
         finish = "tool_calls" if calls and completion.finish_reason == "stop" else completion.finish_reason
         logprobs = None
         if params.logprobs is not None and completion.logprobs is not None:
             logprobs = chat_logprobs(completion.token_ids, completion.logprobs, params.logprobs)
-        message = AssistantMessage(content=content, tool_calls=[
+        message = AssistantMessage(content=content, reasoning_content=reasoning, reasoning=reasoning, tool_calls=[
             ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
             for c in calls])
         choices.append(ChatChoice(index=completion.index, message=message, finish_reason=finish, logprobs=logprobs))
@@ -94,7 +95,8 @@ def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:
 class _ChoiceStream:
     """One choice of a streamed chat completion: its tool parser and whether it called a tool or ended."""
 
-    def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int]) -> None:
+    def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int], reasoning_parser: str = "none") -> None:
+        self.reasoning = make_parser(reasoning_parser, prompt.text)
         self.parser = ToolCallParser() if prompt.parse_tools else None
         # The prefilled start of a tool call is read by the parser first and sent with the first delta.
         self.pending = self.parser.feed(prompt.prefill) if self.parser is not None else ParserDelta()
@@ -106,10 +108,16 @@ class _ChoiceStream:
         if self.done or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
             return None
         delta, self.pending = self.pending, ParserDelta()
+        reasoning, text = "", completion.delta_text
+        if self.reasoning is not None:
+            reasoning, text = self.reasoning.feed(text)
+            if completion.finish_reason is not None:
+                more_reasoning, more_text = self.reasoning.finish()
+                reasoning, text = reasoning + more_reasoning, text + more_text
         if self.parser is None:
-            delta.content += completion.delta_text
+            delta.content += text
         else:
-            delta.extend(self.parser.feed(completion.delta_text))
+            delta.extend(self.parser.feed(text))
             if completion.finish_reason is not None:
                 delta.extend(self.parser.finish())
         logprobs = None
@@ -121,15 +129,17 @@ class _ChoiceStream:
         if finish == "stop" and self.parser is not None and self.parser.tool_calls:
             finish = "tool_calls"
         self.done = finish is not None
-        message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta))
-        if message.content is None and not message.tool_calls and logprobs is None and finish is None:
+        message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta),
+                               reasoning_content=reasoning or None, reasoning=reasoning or None)
+        if message.content is None and not message.tool_calls and not reasoning and logprobs is None \
+                and finish is None:
             return None
         return ChunkChoice(index=completion.index, delta=message, finish_reason=finish, logprobs=logprobs)
 
 
 async def _events(ctx: ServerContext, stream: AsyncIterator, request_id: str, prompt: ChatPrompt, params,
                   prompt_len: int, include_usage: bool) -> AsyncIterator[str]:
-    choices = [_ChoiceStream(prompt, params.logprobs) for _ in range(params.n)]
+    choices = [_ChoiceStream(prompt, params.logprobs, ctx.reasoning_parser) for _ in range(params.n)]
     generated = 0
 
     def chunk(choice: ChunkChoice) -> str:

@@ -67,13 +67,15 @@ def invalid_body(errors: Sequence[dict]) -> OpenAIError:
 
 class ServerContext:
     def __init__(self, host: EngineHost, keys: ApiKeyStore, metrics: ServerMetrics, model_name: str,
-                 aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False) -> None:
+                 aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False,
+                 reasoning_parser: str = "none") -> None:
         self.host = host
         self.keys = keys
         self.metrics = metrics
         self.model_name = model_name
         self.accepted_names = {model_name, *aliases, *MODEL_ALIASES}
         self.isolate_prefix_cache_per_key = isolate_prefix_cache_per_key
+        self.reasoning_parser = reasoning_parser  # server.reasoning_parser: none | deepseek_r1 | qwen3
 
     # ---- request checks ------------------------------------------------------------------------
     def authorize(self, request: Request) -> Principal:

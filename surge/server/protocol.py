@@ -192,6 +192,9 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
     tool_calls: List[ResponseToolCall] = Field(default_factory=list)
+    # With server.reasoning_parser: the <think> part, under both names clients read.
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChatChoice(BaseModel):
@@ -226,6 +229,8 @@ class DeltaMessage(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
     tool_calls: Optional[List[DeltaToolCall]] = None
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChunkChoice(BaseModel):

@@ -6,8 +6,8 @@ with `enable_thinking: false`) and the generated text, fed in pieces as it
 streams or all at once. Out, per piece: `(reasoning, content)` — the new text
 of each side. Tags never reach either side; a piece that might be the start of
 a tag is held back until it cannot be, so feeding the text in one piece or
-character by character gives the same split. Whitespace between `</think>` and
-the answer is dropped.
+character by character gives the same split. Whitespace between `</think>`
+(generated, or closing the prompt) and the answer is dropped.
 
 `server.reasoning_parser`: `deepseek_r1` reads the output as reasoning until
 `</think>` unless the prompt closed the block; `qwen3` reads reasoning only
@@ -30,10 +30,10 @@ class ReasoningParser:
             raise ValueError(f"reasoning parser {kind!r}: must be one of {PARSERS}")
         opened = prompt.rfind(OPEN) > prompt.rfind(CLOSE)
         closed = prompt.rstrip().endswith(CLOSE)
-        if opened or (kind == "deepseek_r1" and not closed):
-            self._state = _REASONING
-        else:
-            self._state = _START
+        # In reasoning from the start, a leading <think> (the model opening it anyway) is still dropped.
+        self._in_reasoning = opened or (kind == "deepseek_r1" and not closed)
+        # A block the prompt closed is followed by the answer (its leading whitespace dropped, as after a tag).
+        self._state = _CONTENT_START if closed and not opened else _START
         self._buffer = ""
 
     def feed(self, text: str) -> tuple[str, str]:
@@ -53,7 +53,7 @@ class ReasoningParser:
                 elif not final and OPEN.startswith(stripped):
                     break  # still could be the opening tag
                 else:
-                    self._state = _CONTENT
+                    self._state = _REASONING if self._in_reasoning else _CONTENT
             elif self._state == _REASONING:
                 end = self._buffer.find(CLOSE)
                 if end >= 0:

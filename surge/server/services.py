@@ -1,7 +1,7 @@
 """The protocols served beside OpenAI chat and completions, built and registered together.
 
-In: the `ServerContext` and the server options that concern them (the
-Responses store kind, size and path; the reasoning parser). Out: `register(app)`
+In: the `ServerContext` (its `reasoning_parser` included) and the Responses
+store's kind, size and path. Out: `register(app)`
 adds `/v1/responses*` (responses/), `/v1/messages*` (anthropic/), `/tokenize`,
 `/detokenize` and `/version` (tokenize.py); `error_response` answers a
 failure in the shape of the protocol the request spoke (Anthropic's for
@@ -25,13 +25,12 @@ from surge.server.tokenize import TokenizeService
 
 class ProtocolServices:
     def __init__(self, ctx: ServerContext, responses_store: str = "sqlite", responses_store_max: int = 10000,
-                 responses_store_path: str = "", reasoning_parser: str = "none") -> None:
-        if reasoning_parser != "none" and reasoning_parser not in PARSERS:
-            raise ValueError(f"reasoning_parser={reasoning_parser!r}: must be none or one of {PARSERS}")
-        self.reasoning_parser = reasoning_parser
+                 responses_store_path: str = "") -> None:
+        if ctx.reasoning_parser != "none" and ctx.reasoning_parser not in PARSERS:
+            raise ValueError(f"reasoning_parser={ctx.reasoning_parser!r}: must be none or one of {PARSERS}")
         self.responses = ResponsesService(ctx, open_store(responses_store, responses_store_max,
-                                                          responses_store_path), reasoning_parser)
-        self.messages = MessagesService(ctx, reasoning_parser)
+                                                          responses_store_path))
+        self.messages = MessagesService(ctx)
         self.tokenize = TokenizeService(ctx)
 
     def register(self, app: FastAPI) -> None:

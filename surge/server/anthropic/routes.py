@@ -39,9 +39,8 @@ def anthropic_error(exc: OpenAIError) -> JSONResponse:
 
 
 class MessagesService:
-    def __init__(self, ctx: ServerContext, reasoning_parser: str = "none") -> None:
+    def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.reasoning_parser = reasoning_parser
 
     def register(self, app: FastAPI) -> None:
         app.post("/v1/messages")(self.create)
@@ -72,7 +71,7 @@ class MessagesService:
                     top_p=body.top_p, top_k=body.top_k)
         message_id = new_id("msg").replace("-", "_")
         turn = await open_chat_turn(self.ctx, chat_request(chat), principal, message_id)
-        builder = OutputBuilder(turn.prompt, make_parser(self.reasoning_parser, turn.prompt.text))
+        builder = OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text))
         model = body.model or self.ctx.model_name
         if body.stream:
             return EventStreamResponse(_events(turn, builder, message_id, model),

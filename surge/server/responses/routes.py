@@ -1,8 +1,8 @@
 """`/v1/responses`: create (plain, streamed, background), retrieve, delete, cancel.
 
 In: the HTTP request (auth, a `ResponsesRequest` body or a response id) and
-the server's parts: the `ServerContext`, the `ResponseStore` (None when
-`server.responses_store=none`) and the reasoning parser's name. Out: a
+the server's parts: the `ServerContext` (its reasoning parser included) and
+the `ResponseStore` (None when `server.responses_store=none`). Out: a
 Response object; or Server-Sent Events `response.created`,
 `response.in_progress`, the output items' events (`output.py`), then
 `response.completed` (or `response.incomplete` when max_output_tokens cut it
@@ -80,10 +80,9 @@ def structured_output(req: ResponsesRequest):
 
 
 class ResponsesService:
-    def __init__(self, ctx: ServerContext, store: Optional[ResponseStore], reasoning_parser: str = "none") -> None:
+    def __init__(self, ctx: ServerContext, store: Optional[ResponseStore]) -> None:
         self.ctx = ctx
         self.store = store
-        self.reasoning_parser = reasoning_parser
         self._background: dict[str, asyncio.Task] = {}
 
     def register(self, app: FastAPI) -> None:
@@ -173,7 +172,7 @@ class ResponsesService:
         return _Turn(response_id, req, principal.owner, conversation, turn.prompt, turn.stream, store)
 
     def _builder(self, turn: _Turn) -> OutputBuilder:
-        return OutputBuilder(turn.prompt, make_parser(self.reasoning_parser, turn.prompt.text))
+        return OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text))
 
     def _final(self, turn: _Turn, builder: OutputBuilder, last) -> dict:
         completion = last.outputs[0]
