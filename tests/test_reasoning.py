@@ -40,15 +40,25 @@ def test_split_is_the_same_whole_or_character_by_character(kind):
         r, c = parser.feed(ch)
         reasoning, content = reasoning + r, content + c
     r, c = parser.finish()
-    assert (reasoning + r, content + c) == whole == ("step one</thi then ", "The answer <think is 42")
+    assert (reasoning + r, content + c, None) == whole == ("step one</thi then ", "The answer <think is 42", None)
 
 
 def test_prompt_decides_where_the_output_starts():
-    assert split_reasoning("qwen3", "", "no tags here") == (None, "no tags here")
-    assert split_reasoning("deepseek_r1", "", "thinking</think>answer") == ("thinking", "answer")
-    assert split_reasoning("qwen3", "assistant: <think>\n", "thinking</think> answer") == ("thinking", "answer")
-    assert split_reasoning("deepseek_r1", "<think>\n\n</think>\n\n", "plain answer") == (None, "plain answer")
-    assert split_reasoning("qwen3", "", "<think>cut short") == ("cut short", "")
+    assert split_reasoning("qwen3", "", "no tags here") == (None, "no tags here", None)
+    assert split_reasoning("deepseek_r1", "", "thinking</think>answer") == ("thinking", "answer", None)
+    assert split_reasoning("qwen3", "assistant: <think>\n", "thinking</think> answer") == ("thinking", "answer", None)
+    assert split_reasoning("deepseek_r1", "<think>\n\n</think>\n\n", "plain answer") == (None, "plain answer", None)
+    assert split_reasoning("qwen3", "", "<think>cut short") == ("cut short", "", None)
+
+
+def test_stop_strings_apply_to_the_answer_only():
+    from surge.server.reasoning import AnswerStops
+
+    stops = AnswerStops(("one", "42"))
+    assert split_reasoning("qwen3", "", "<think>step one</think>The answer is 42 indeed", stops) == \
+        ("step one", "The answer is ", "42")
+    kept = AnswerStops(("42",), include_stop_str_in_output=True)
+    assert split_reasoning("qwen3", "", "<think>42?</think>It is 42 indeed", kept) == ("42?", "It is 42", "42")
 
 
 # ---- through the server --------------------------------------------------------------------------
@@ -156,3 +166,25 @@ def test_responses_put_reasoning_in_its_own_item(client):
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     thought = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
     assert (thought, text) == (" Hmm let me think ", "The answer is 42")
+
+
+def test_stop_strings_match_in_the_answer_not_the_reasoning(client):
+    # "think" occurs only in the reasoning: it does not stop anything.
+    kept = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                          stop=["think"])
+    assert kept.choices[0].message.content == "The answer is 42"
+    assert kept.choices[0].message.model_extra["reasoning_content"] == " Hmm let me think "
+    cut = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                         stop=["is"])
+    assert cut.choices[0].message.content == "The answer " and cut.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                                 stop=["is"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The answer "
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    base = str(client.base_url).rstrip("/").removesuffix("/v1")
+    message = httpx.post(f"{base}/v1/messages", timeout=30, json={
+        "model": "default", "max_tokens": 20, "temperature": 0, "stop_sequences": ["is", "think"],
+        "messages": MESSAGES}).json()
+    assert message["stop_reason"] == "stop_sequence" and message["stop_sequence"] == "is"
+    assert [b["type"] for b in message["content"]] == ["thinking", "text"]
+    assert message["content"][1]["text"] == "The answer "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Optional
 
 from pydantic import ValidationError
 
@@ -18,6 +19,7 @@ from surge.server.chat import ChatPrompt, render_chat
 from surge.server.context import Principal, ServerContext, invalid_body
 from surge.server.errors import bad_request
 from surge.server.protocol import ChatCompletionRequest
+from surge.server.reasoning import AnswerStops, take_answer_stops
 from surge.server.request_params import chat_sampling_params
 
 
@@ -26,6 +28,8 @@ class ChatTurn:
     prompt: ChatPrompt
     num_prompt_tokens: int
     stream: object  # a TrackedStream of RequestOutputs; closing it aborts the request
+    # Stop strings the answer side of the reasoning parser applies (reasoning.take_answer_stops), or None.
+    stops: Optional[AnswerStops] = None
 
 
 def chat_request(body: dict) -> ChatCompletionRequest:
@@ -49,6 +53,7 @@ async def open_chat_turn(ctx: ServerContext, chat: ChatCompletionRequest, princi
                          priority: int = 0) -> ChatTurn:
     prompt, prompt_ids = render(ctx, chat)
     params = chat_sampling_params(chat, len(prompt_ids), ctx.limits())
+    stops = take_answer_stops(ctx.reasoning_parser, params)
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=priority,
                                      principal=principal, cache_salt=chat.cache_salt)
-    return ChatTurn(prompt, len(prompt_ids), streams[0])
+    return ChatTurn(prompt, len(prompt_ids), streams[0], stops)

@@ -12,11 +12,20 @@ character by character gives the same split. Whitespace between `</think>`
 `server.reasoning_parser`: `deepseek_r1` reads the output as reasoning until
 `</think>` unless the prompt closed the block; `qwen3` reads reasoning only
 inside `<think>...</think>` (an answer without tags is all content).
+
+Stop strings apply to the answer only: with a parser, `take_answer_stops`
+moves a request's `stop` out of the engine's `SamplingParams` into an
+`AnswerStops`, whose matcher each parser runs over its content side; once it
+matched, `stopped` holds the stop string, later text is dropped, and the
+handler ends the engine request early.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from surge.engine.stop_strings import StopStringMatcher
 
 OPEN, CLOSE = "<think>", "</think>"
 PARSERS = ("deepseek_r1", "qwen3")
@@ -24,8 +33,27 @@ PARSERS = ("deepseek_r1", "qwen3")
 _START, _REASONING, _CONTENT_START, _CONTENT = "start", "reasoning", "content_start", "content"
 
 
+@dataclass(frozen=True)
+class AnswerStops:
+    stop: Sequence[str]
+    include_stop_str_in_output: bool = False
+
+    def matcher(self) -> StopStringMatcher:
+        return StopStringMatcher(self.stop, self.include_stop_str_in_output)
+
+
+def take_answer_stops(kind: str, params) -> Optional[AnswerStops]:
+    """With a reasoning parser, the request's stop strings leave the engine (which would match them in the
+    reasoning too) for the answer side of the parser; None when nothing moves."""
+    if kind == "none" or not params.stop:
+        return None
+    stops = AnswerStops(tuple(params.stop), params.include_stop_str_in_output)
+    params.stop = []
+    return stops
+
+
 class ReasoningParser:
-    def __init__(self, kind: str, prompt: str = "") -> None:
+    def __init__(self, kind: str, prompt: str = "", stops: Optional[AnswerStops] = None) -> None:
         if kind not in PARSERS:
             raise ValueError(f"reasoning parser {kind!r}: must be one of {PARSERS}")
         opened = prompt.rfind(OPEN) > prompt.rfind(CLOSE)
@@ -35,13 +63,29 @@ class ReasoningParser:
         # A block the prompt closed is followed by the answer (its leading whitespace dropped, as after a tag).
         self._state = _CONTENT_START if closed and not opened else _START
         self._buffer = ""
+        self._stops = stops.matcher() if stops is not None else None
+
+    @property
+    def stopped(self) -> Optional[str]:
+        """The stop string that ended the answer, if one did."""
+        return self._stops.matched if self._stops is not None else None
 
     def feed(self, text: str) -> tuple[str, str]:
         self._buffer += text
-        return self._process(final=False)
+        return self._answer(*self._process(final=False))
 
     def finish(self) -> tuple[str, str]:
-        return self._process(final=True)
+        reasoning, content = self._answer(*self._process(final=True))
+        if self._stops is not None and self._stops.matched is None:
+            content += self._stops.flush()
+        return reasoning, content
+
+    def _answer(self, reasoning: str, content: str) -> tuple[str, str]:
+        if self._stops is None:
+            return reasoning, content
+        if self._stops.matched is not None:
+            return "", ""
+        return reasoning, self._stops.push(content)[0]
 
     def _process(self, final: bool) -> tuple[str, str]:
         reasoning = content = ""
@@ -84,17 +128,18 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-def make_parser(kind: str, prompt: str) -> Optional[ReasoningParser]:
+def make_parser(kind: str, prompt: str, stops: Optional[AnswerStops] = None) -> Optional[ReasoningParser]:
     """The parser `server.reasoning_parser` names for this prompt; None for "none"."""
-    return None if kind == "none" else ReasoningParser(kind, prompt)
+    return None if kind == "none" else ReasoningParser(kind, prompt, stops)
 
 
-def split_reasoning(kind: str, prompt: str, text: str) -> tuple[Optional[str], str]:
-    """(reasoning or None, content) of a whole completion."""
-    parser = make_parser(kind, prompt)
+def split_reasoning(kind: str, prompt: str, text: str,
+                    stops: Optional[AnswerStops] = None) -> tuple[Optional[str], str, Optional[str]]:
+    """(reasoning or None, content, the stop string that cut the answer or None) of a whole completion."""
+    parser = make_parser(kind, prompt, stops)
     if parser is None:
-        return None, text
+        return None, text, None
     reasoning, content = parser.feed(text)
     more_reasoning, more_content = parser.finish()
     reasoning += more_reasoning
-    return (reasoning or None), content + more_content
+    return (reasoning or None), content + more_content, parser.stopped

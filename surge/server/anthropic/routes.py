@@ -71,7 +71,7 @@ class MessagesService:
                     top_p=body.top_p, top_k=body.top_k)
         message_id = new_id("msg").replace("-", "_")
         turn = await open_chat_turn(self.ctx, chat_request(chat), principal, message_id)
-        builder = OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text))
+        builder = OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text, turn.stops))
         model = body.model or self.ctx.model_name
         if body.stream:
             return EventStreamResponse(_events(turn, builder, message_id, model),
@@ -95,6 +95,8 @@ async def _consume(stream, builder: OutputBuilder):
     async for output in stream:
         last = output
         builder.feed(output.outputs[0].delta_text)
+        if builder.stopped:
+            break
     return last
 
 
@@ -107,6 +109,8 @@ def _usage(last, output_tokens: int) -> dict:
 
 def _stop(last, builder: OutputBuilder) -> tuple[str, Optional[str]]:
     completion = last.outputs[0]
+    if builder.stopped is not None:
+        return "stop_sequence", builder.stopped
     if builder.called_tools and completion.finish_reason == "stop":
         return "tool_use", None
     if completion.finish_reason == "length":
@@ -145,6 +149,8 @@ async def _events(turn, builder: OutputBuilder, message_id: str, model: str):
             for event in builder.feed(output.outputs[0].delta_text):
                 for translated in _translate(event):
                     yield sse(translated)
+            if builder.stopped:
+                break
         for event in builder.finish():
             for translated in _translate(event):
                 yield sse(translated)

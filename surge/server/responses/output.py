@@ -37,6 +37,11 @@ class OutputBuilder:
     def called_tools(self) -> bool:
         return bool(self._calls)
 
+    @property
+    def stopped(self) -> Optional[str]:
+        """The stop string that ended the answer (applied here when a reasoning parser runs), if any."""
+        return self._reasoning.stopped if self._reasoning is not None else None
+
     def feed(self, text: str) -> list[dict]:
         """The events for the next piece of generated text."""
         reasoning, content = self._reasoning.feed(text) if self._reasoning is not None else ("", text)

@@ -64,6 +64,7 @@ class _Turn:
     prompt: ChatPrompt
     stream: object
     store: bool
+    stops: object = None  # reasoning.AnswerStops when stop strings apply to the answer here
 
 
 def structured_output(req: ResponsesRequest):
@@ -169,14 +170,14 @@ class ResponsesService:
         response_id = new_item_id("resp")
         turn = await open_chat_turn(self.ctx, _chat_request(req, messages), principal, response_id, req.priority)
         conversation = messages[1:] if req.instructions else messages
-        return _Turn(response_id, req, principal.owner, conversation, turn.prompt, turn.stream, store)
+        return _Turn(response_id, req, principal.owner, conversation, turn.prompt, turn.stream, store, turn.stops)
 
     def _builder(self, turn: _Turn) -> OutputBuilder:
-        return OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text))
+        return OutputBuilder(turn.prompt, make_parser(self.ctx.reasoning_parser, turn.prompt.text, turn.stops))
 
     def _final(self, turn: _Turn, builder: OutputBuilder, last) -> dict:
         completion = last.outputs[0]
-        truncated = completion.finish_reason == "length"
+        truncated = completion.finish_reason == "length" and builder.stopped is None
         if truncated:
             for item in builder.items:
                 item["status"] = "incomplete"
@@ -202,6 +203,8 @@ class ResponsesService:
         async for output in turn.stream:
             last = output
             builder.feed(output.outputs[0].delta_text)
+            if builder.stopped:
+                break
         builder.finish()
         return self._final(turn, builder, last)
 
@@ -237,6 +240,8 @@ class ResponsesService:
                 last = output
                 for event in builder.feed(output.outputs[0].delta_text):
                     yield sse(event)
+                if builder.stopped:
+                    break
             for event in builder.finish():
                 yield sse(event)
             final = self._final(turn, builder, last)
