@@ -9,13 +9,10 @@ when `enable_thinking` is false) it answers at once.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import openai
 import pytest
+from inprocess_server import serve
 
 import surge
 from surge.server.reasoning import ReasoningParser, split_reasoning
@@ -100,24 +97,8 @@ def client(tmp_path_factory):
     engine = surge.Engine.from_pretrained(path, dtype="float32", max_num_seqs=2, max_model_len=64,
                                           max_num_batched_tokens=16, token_buckets=[16], num_pages=32, page_size=4,
                                           progress=False)
-    server = surge.eSurgeApiServer(engine, responses_store="memory", reasoning_parser="qwen3")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    thread = threading.Thread(target=server.fire, kwargs={"host": "127.0.0.1", "port": port}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the in-process server did not come up"
-        time.sleep(0.1)
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-    server.shutdown()
-    thread.join(timeout=30)
+    with serve(engine, responses_store="memory", reasoning_parser="qwen3") as served:
+        yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -6,15 +6,11 @@ log_softmax of the same checkpoint within 1e-4, first token null, for max_tokens
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
-import httpx
 import numpy as np
 import openai
 import pytest
 import torch
+from inprocess_server import serve
 
 import surge
 
@@ -30,25 +26,9 @@ def served(tiny_checkpoint):
     engine = surge.Engine.from_pretrained(checkpoint.path, dtype="float32", max_num_seqs=4, max_model_len=128,
                                           max_num_batched_tokens=16, token_buckets=[8, 16], num_pages=64,
                                           page_size=4, progress=False)
-    server = surge.eSurgeApiServer(engine, responses_store="memory")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    thread = threading.Thread(target=server.fire, kwargs={"host": "127.0.0.1", "port": port}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the in-process server did not come up"
-        time.sleep(0.1)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-    yield checkpoint, AutoTokenizer.from_pretrained(checkpoint.path), client, engine
-    server.shutdown()
-    thread.join(timeout=30)
+    with serve(engine, responses_store="memory") as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        yield checkpoint, AutoTokenizer.from_pretrained(checkpoint.path), client, engine
 
 
 def _reference(hf_model, ids: list[int]) -> np.ndarray:
