@@ -169,3 +169,8 @@ def test_stop_strings_match_in_the_answer_not_the_reasoning(client):
     assert message["stop_reason"] == "stop_sequence" and message["stop_sequence"] == "is"
     assert [b["type"] for b in message["content"]] == ["thinking", "text"]
     assert message["content"][1]["text"] == "The answer "
+
+    disabled = httpx.post(f"{base}/v1/messages", timeout=30, json={
+        "model": "default", "max_tokens": 20, "temperature": 0, "thinking": {"type": "disabled"},
+        "messages": MESSAGES}).json()
+    assert [b["type"] for b in disabled["content"]] == ["text"] and disabled["stop_reason"] == "end_turn"

@@ -5,7 +5,8 @@ sends — `system` (text or text blocks), `messages` whose content is text or
 blocks (`text`, `tool_use`, `tool_result`, `thinking`), `max_tokens`
 (required, as Anthropic's API requires it), `stop_sequences`, `temperature`,
 `top_p`, `top_k`, `tools` (name, description, input_schema), `tool_choice`
-(auto, any, tool, none), `stream`, `metadata`. Unknown fields are ignored,
+(auto, any, tool, none), `thinking` (its type reaches the chat template as
+`enable_thinking`), `stream`, `metadata`. Unknown fields are ignored,
 known ones type-checked strictly. Out: `error_body` — Anthropic's error shape
 `{"type": "error", "error": {"type", "message"}}` for a status code.
 """
@@ -71,12 +72,19 @@ class ToolChoice(_Lenient):
     disable_parallel_tool_use: bool = False
 
 
+class ThinkingConfig(_Lenient):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Optional[int] = None
+
+
 class CountTokensRequest(_Lenient):
     model: Optional[str] = None
     messages: List[Message] = Field(min_length=1)
     system: Union[str, List[TextBlock], None] = None
     tools: Optional[List[Tool]] = None
     tool_choice: Optional[ToolChoice] = None
+    # Reaches the chat template as enable_thinking (Qwen3-style templates read it).
+    thinking: Optional[ThinkingConfig] = None
 
 
 class MessagesRequest(CountTokensRequest):

@@ -206,6 +206,8 @@ def _chat_body(body: CountTokensRequest) -> dict:
     for i, message in enumerate(body.messages):
         messages += _messages_of(message, i)
     chat: dict = {"messages": messages}
+    if body.thinking is not None:
+        chat["chat_template_kwargs"] = {"enable_thinking": body.thinking.type != "disabled"}
     if body.tools:
         chat["tools"] = [{"type": "function", "function": {"name": tool.name, "description": tool.description,
                                                            "parameters": tool.input_schema}} for tool in body.tools]
