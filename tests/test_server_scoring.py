@@ -92,3 +92,17 @@ def test_max_tokens_zero_needs_echo(served):
     _, _, client, _ = served
     with pytest.raises(openai.BadRequestError, match="echo"):
         client.completions.create(model="default", prompt="x", max_tokens=0)
+
+
+def test_chat_prompt_logprobs_score_the_rendered_prompt(served):
+    checkpoint, tokenizer, client, _ = served
+    messages = [{"role": "user", "content": "hello there"}]
+    reply = client.chat.completions.create(model="default", messages=messages, max_tokens=1, temperature=0,
+                                           extra_body={"prompt_logprobs": 0})
+    entries = reply.model_extra["prompt_logprobs"]
+    ids = tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                           add_special_tokens=False)
+    reference = _reference(checkpoint.hf_model, ids)
+    assert entries[0] is None and len(entries) == len(ids) == reply.usage.prompt_tokens
+    got = [entries[p][str(ids[p])]["logprob"] for p in range(1, len(ids))]
+    np.testing.assert_allclose(got, [reference[p - 1, ids[p]] for p in range(1, len(ids))], atol=1e-4)

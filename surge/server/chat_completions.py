@@ -20,7 +20,7 @@ from starlette.responses import Response
 from surge.server.chat import ChatPrompt, render_chat
 from surge.server.context import ServerContext, close_all, merge, parse_body
 from surge.server.errors import bad_request, stream_error
-from surge.server.logprobs import chat_logprobs, delta_entries
+from surge.server.logprobs import chat_logprobs, delta_entries, vllm_prompt_logprobs
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
                                    ChatCompletionRequest, ChunkChoice, DeltaFunctionCall, DeltaMessage,
                                    DeltaToolCall, ResponseFunctionCall, ResponseToolCall, Usage, chunk_json,
@@ -93,7 +93,9 @@ def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, 
             for c in calls])
         choices.append(ChatChoice(index=completion.index, message=message, finish_reason=finish, logprobs=logprobs))
     usage = Usage.of(len(final.prompt_token_ids), sum(len(c.token_ids) for c in final.outputs))
-    return ChatCompletion(id=request_id, model=ctx.model_name, choices=choices, usage=usage)
+    prompt_logprobs = None if final.prompt_logprobs is None else vllm_prompt_logprobs(final.prompt_logprobs)
+    return ChatCompletion(id=request_id, model=ctx.model_name, choices=choices, usage=usage,
+                          prompt_logprobs=prompt_logprobs)
 
 
 def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:

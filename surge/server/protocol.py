@@ -123,6 +123,8 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: Optional[Dict[str, Any]] = None
+    # vLLM's extension: the rendered prompt's token log-probs with this many alternatives (prompt_logprobs).
+    prompt_logprobs: Optional[int] = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -177,6 +179,12 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: List[Optional[Dict[str, float]]] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
 class ResponseFunctionCall(BaseModel):
     name: str
     arguments: str
@@ -211,6 +219,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: List[ChatChoice]
     usage: Usage
+    # With the request's prompt_logprobs (vLLM's shape, see CompletionChoice.prompt_logprobs).
+    prompt_logprobs: Optional[List[Optional[Dict[str, PromptLogprob]]]] = None
 
 
 class DeltaFunctionCall(BaseModel):
@@ -247,12 +257,6 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: List[ChunkChoice]
     usage: Optional[Usage] = None
-
-
-class PromptLogprob(BaseModel):
-    logprob: float
-    rank: Optional[int] = None
-    decoded_token: Optional[str] = None
 
 
 class CompletionChoice(BaseModel):

@@ -67,8 +67,17 @@ def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: En
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
-                  logprobs_param="top_logprobs")
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
+                    logprobs_param="top_logprobs")
+    params.prompt_logprobs = _prompt_logprobs(req.prompt_logprobs, limits)
+    return params
+
+
+def _prompt_logprobs(value: Optional[int], limits: EngineLimits) -> Optional[int]:
+    if value is not None and not 0 <= value <= limits.max_logprobs:
+        raise bad_request(f"prompt_logprobs={value}: must be between 0 and {limits.max_logprobs} "
+                          "(engine.max_logprobs)", param="prompt_logprobs")
+    return value
 
 
 def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: EngineLimits) -> SamplingParams:
@@ -82,11 +91,9 @@ def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: 
     requested = 1 if req.max_tokens == 0 else req.max_tokens
     params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "prompt"), req.logprobs, limits,
                     logprobs_param="logprobs")
-    if req.prompt_logprobs is not None and not 0 <= req.prompt_logprobs <= limits.max_logprobs:
-        raise bad_request(f"prompt_logprobs={req.prompt_logprobs}: must be between 0 and {limits.max_logprobs} "
-                          "(engine.max_logprobs)", param="prompt_logprobs")
     # echo with logprobs scores the prompt too, as evaluation harnesses expect.
-    wanted = [k for k in (req.prompt_logprobs, req.logprobs if req.echo else None) if k is not None]
+    wanted = [k for k in (_prompt_logprobs(req.prompt_logprobs, limits), req.logprobs if req.echo else None)
+              if k is not None]
     params.prompt_logprobs = max(wanted) if wanted else None
     return params
 
