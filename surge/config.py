@@ -174,12 +174,26 @@ class ServerConfig:
     # Longest a request's grammar (response_format, structured_outputs, tool_choice) may take to compile;
     # beyond it the request is answered 400.
     structured_output_compile_timeout_s: float = 30.0
+    # Where /v1/responses keeps stored responses (store=true, previous_response_id, background):
+    # sqlite (a file that survives restarts), memory (lost on exit) or none (store=true is refused).
+    responses_store: str = "sqlite"
+    # The SQLite file; empty = $SURGE_CACHE/responses.sqlite.
+    responses_store_path: str = ""
+    # Most stored responses (all keys together); the oldest are evicted first beyond it.
+    responses_store_max: int = 10000
+    # Split model output into reasoning and answer: none, deepseek_r1 or qwen3 (<think>...</think>).
+    reasoning_parser: str = "none"
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", f"{self.port} is not a TCP port")
         _check(self.structured_output_compile_timeout_s > 0, "server.structured_output_compile_timeout_s",
                f"{self.structured_output_compile_timeout_s} must be > 0")
         _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
+        _check(self.responses_store in ("sqlite", "memory", "none"), "server.responses_store",
+               f"{self.responses_store!r} is not sqlite|memory|none")
+        _check(self.responses_store_max >= 1, "server.responses_store_max", "must be >= 1")
+        _check(self.reasoning_parser in ("none", "deepseek_r1", "qwen3"), "server.reasoning_parser",
+               f"{self.reasoning_parser!r} is not none|deepseek_r1|qwen3")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ def test_every_yaml_key_is_commented():
     ("scheduler.policy=lifo", "scheduler.policy"),
     ("model.dtype=float8", "model.dtype"),
     ("sampling.top_p=0", "sampling.top_p"),
+    ("server.responses_store=redis", "server.responses_store"),
+    ("server.responses_store_max=0", "server.responses_store_max"),
+    ("server.reasoning_parser=think", "server.reasoning_parser"),
 ])
 def test_bad_values_fail_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

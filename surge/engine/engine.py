@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.outputs import RequestOutput, SampledLogprobs
+from surge.engine.prompt_logprobs import prompt_logprob_rows
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import Request, RequestStatus
@@ -193,6 +194,9 @@ class Engine:
                 self.output_processor.record_scheduled(item.request.request_id,
                                                        num_cached_tokens=item.request.num_cached_tokens)
         result = self.runner.execute(out) if not out.is_empty else None
+        if result is not None and result.prompt_logprobs is not None:
+            for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
+                self.output_processor.record_prompt_logprobs(request_id, position, entries)
         updates = self.scheduler.update(out, result.token_ids) if result is not None else []
         for update in updates:  # a first child sampled: its prompt pages are registered now
             for sibling in self._deferred_siblings.pop(update.request.request_id, ()):

@@ -53,6 +53,8 @@ class _Parent:
     num_children: int
     metrics: RequestMetrics
     children: Dict[int, _Completion] = field(default_factory=dict)
+    # Per prompt position (the first always None), when prompt log-probs were asked for.
+    prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
 
     def finished(self) -> bool:
         return len(self.children) == self.num_children and all(
@@ -82,6 +84,8 @@ class OutputProcessor:
             arrival = self.clock() if arrival_time is None else arrival_time
             parent = _Parent(parent_key, prompt, list(prompt_token_ids), num_children,
                              RequestMetrics(arrival_time=arrival, num_prompt_tokens=len(prompt_token_ids)))
+            if params.prompt_logprobs is not None:
+                parent.prompt_logprobs = [None] * len(prompt_token_ids)
             self._parents[parent_key] = parent
         if not 0 <= index < parent.num_children:
             raise ValueError(f"index={index} is outside 0..{parent.num_children - 1} for request {parent_key!r}")
@@ -108,6 +112,17 @@ class OutputProcessor:
             metrics.num_cached_tokens = num_cached_tokens
 
     # ---- per step -------------------------------------------------------------------------------
+
+    def record_prompt_logprobs(self, request_id: str, position: int, entries: Sequence[SampledLogprobs]) -> None:
+        """Store the log-probs of prompt tokens ``position``, ``position + 1``, ... of ``request_id``."""
+        entry = self._completions.get(request_id)
+        if entry is None or entry[0].prompt_logprobs is None:
+            return
+        parent, child = entry
+        num_top = child.params.prompt_logprobs
+        for offset, sampled in enumerate(entries):
+            index = position + offset
+            parent.prompt_logprobs[index] = self._logprob_dict(parent.prompt_token_ids[index], sampled, num_top)
 
     def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[str],
                 stop_reason: Union[str, int, None] = None,
@@ -240,7 +255,8 @@ class OutputProcessor:
         return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
                              prompt_token_ids=parent.prompt_token_ids, outputs=outputs, finished=finished,
                              metrics=RequestMetrics(**vars(parent.metrics)),
-                             delta_text="".join(c.output.delta_text for c in changed))
+                             delta_text="".join(c.output.delta_text for c in changed),
+                             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs))
 
     @staticmethod
     def _snapshot(child: _Completion, with_delta: bool) -> CompletionOutput:

@@ -98,6 +98,9 @@ class RequestOutput:
     delta_text: str = ""
     # Why the request ended before it ran (finish_reason "abort"), e.g. a grammar that does not compile.
     error: Optional[str] = None
+    # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (and for positions
+    # not computed yet); each a dict token id -> Logprob (the prompt token plus the top alternatives).
+    prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
 
     @property
     def num_cached_tokens(self) -> int:

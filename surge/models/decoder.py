@@ -98,6 +98,13 @@ class CausalLM(nnx.Module):
                  logits_indices: jax.Array, attention: AttentionBackend,
                  rope: Optional[Tuple[jax.Array, jax.Array]] = None) -> Tuple[jax.Array, List[KVCache]]:
         """``rope``: (cos, sin) [T, head_dim] for md.positions (rope.rope_tables); computed here when None."""
+        x, new_caches = self.hidden_states(input_ids, md, kv_caches, attention, rope)
+        return self.logits(x[logits_indices], attention), new_caches
+
+    def hidden_states(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
+                      attention: AttentionBackend,
+                      rope: Optional[Tuple[jax.Array, jax.Array]] = None) -> Tuple[jax.Array, List[KVCache]]:
+        """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
         x = self.embed_tokens[...][input_ids].astype(attention.compute_dtype(self.dtype))
@@ -106,12 +113,14 @@ class CausalLM(nnx.Module):
         for layer, kv_cache in zip(self.layers, kv_caches):
             x, kv_cache = layer(x, cos, sin, md, kv_cache, attention)
             new_caches.append(kv_cache)
-        h = self.norm(x[logits_indices])
+        return x, new_caches
+
+    def logits(self, x: jax.Array, attention: AttentionBackend) -> jax.Array:
+        """float32 logits [rows, vocab] of hidden states [rows, hidden] (final norm, then the LM head)."""
+        h = self.norm(x)
         if self.lm_head is None:
-            logits = attention.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
-        else:
-            logits = attention.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
-        return logits, new_caches
+            return attention.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
+        return attention.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
 
 
 def kv_cache_spec(arch: ModelArchConfig) -> Tuple[int, int, int]:

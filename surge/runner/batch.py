@@ -29,6 +29,10 @@ class StepInput:
     sampling: object
     # (cos, sin) float32[T, head_dim] at md.positions (surge.models.rope.rope_tables).
     rope: tuple
+    # int32[T]: per token row, the prompt token after it when its request wants prompt log-probs, else -1;
+    # and bool[]: whether any row has one (build_prompt_targets).
+    prompt_targets: jax.Array
+    any_prompt_logprobs: jax.Array
 
 
 def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int, pages_per_seq: int,
@@ -63,3 +67,20 @@ def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int,
         positions=positions, slot_mapping=slot_mapping, token_seq_ids=token_seq_ids, page_table=page_table,
         cu_q_lens=cu_q_lens, kv_lens=kv_lens, num_seqs=np.asarray(len(out.scheduled), np.int32))
     return input_ids, md, logits_indices
+
+
+def build_prompt_targets(out: SchedulerOutput, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of prompt log-probs: row of position p -> prompt token p + 1, for requests that ask for them.
+
+    Chunked prefill spreads a prompt over several steps; each step covers the positions it computes.
+    """
+    targets = np.full(num_tokens, -1, np.int32)
+    start = 0
+    for item in out.scheduled:
+        request, first, n = item.request, item.num_computed_tokens, item.num_new_tokens
+        if request.sampling_params.prompt_logprobs is not None:
+            end = min(first + n, request.num_prompt_tokens - 1)
+            if end > first:
+                targets[start:start + end - first] = request.prompt_token_ids[first + 1:end + 1]
+        start += n
+    return targets, np.bool_(bool((targets >= 0).any()))

@@ -20,12 +20,13 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from surge.runner.batch import StepInput, build_attention_inputs
+from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
 from surge.models.rope import inverse_frequencies, rope_tables
 from surge.runner import transfer
 from surge.runner.mesh import shard_state
-from surge.sampling.sampler import sample
+from surge.sampling.prompt_logprobs import prompt_logprobs
+from surge.sampling.sampler import SamplerOutput, sample
 from surge.sampling.tensors import SamplingRow, build_sampling_tensors
 from surge.scheduler.output import SchedulerOutput
 from surge.structured.bitmask import build_token_bitmask
@@ -43,6 +44,9 @@ class StepResult:
     ranks: Optional[np.ndarray] = None
     top_ids: Optional[np.ndarray] = None
     top_logprobs: Optional[np.ndarray] = None
+    # Per token row of the step (numpy SamplerOutput, token_ids = the prompt targets, -1 = none);
+    # None when no scheduled request asked for prompt log-probs.
+    prompt_logprobs: Optional[SamplerOutput] = None
 
 
 class ModelRunner:
@@ -74,9 +78,11 @@ class ModelRunner:
     def _step(self, weights, kv_caches, buffers, layout: transfer.Layout):
         batch: StepInput = transfer.unpack(layout, buffers)
         model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
-        logits, kv_caches = model(batch.input_ids, batch.md, kv_caches, batch.logits_indices, self.backend,
-                                  rope=batch.rope)
-        return kv_caches, sample(logits, batch.sampling, self.num_logprobs)
+        hidden, kv_caches = model.hidden_states(batch.input_ids, batch.md, kv_caches, self.backend, rope=batch.rope)
+        logits = model.logits(hidden[batch.logits_indices], self.backend)
+        prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
+                                 batch.any_prompt_logprobs, self.num_logprobs)
+        return kv_caches, (sample(logits, batch.sampling, self.num_logprobs), prompt)
 
     def _dummy_batch(self, num_tokens: int, num_seqs: int) -> StepInput:
         from surge.scheduler.output import SchedulerOutput as _Empty
@@ -84,7 +90,8 @@ class ModelRunner:
         input_ids, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs, self.pages_per_seq,
                                                                self.page_size)
         sampling = build_sampling_tensors([], num_seqs, self.arch.vocab_size, self.max_model_len)
-        return StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions))
+        return StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions),
+                         *build_prompt_targets(_Empty(), num_tokens))
 
     def _rope(self, positions: np.ndarray) -> tuple:
         return rope_tables(self._inv_freq, positions, xp=np)
@@ -116,20 +123,25 @@ class ModelRunner:
                                       num_seqs_padded, self.arch.vocab_size)
         sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len,
                                           token_bitmask=bitmask)
-        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions)))
+        prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
+        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions),
+                                                  prompt_targets, any_prompt))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
                                f"compiled layout: {layout} vs {compiled_layout}")
         # numpy buffers go straight in: the call copies them to the device in its C++ path,
         # where a separate jax.device_put costs the host several times as long.
-        self.kv_caches, result = program(self._weights, self.kv_caches, buffers)
+        self.kv_caches, (result, prompt) = program(self._weights, self.kv_caches, buffers)
+        prompt_host = None
+        if any_prompt:
+            prompt_host = jax.tree_util.tree_map(lambda a: a[:out.num_batched_tokens], jax.device_get(prompt))
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
         if wants_logprobs:
             host = jax.device_get(result)
             return StepResult(host.token_ids[:num_seqs], host.logprobs[:num_seqs], host.ranks[:num_seqs],
-                              host.top_ids[:num_seqs], host.top_logprobs[:num_seqs])
-        return StepResult(np.asarray(jax.device_get(result.token_ids))[:num_seqs])
+                              host.top_ids[:num_seqs], host.top_logprobs[:num_seqs], prompt_host)
+        return StepResult(np.asarray(jax.device_get(result.token_ids))[:num_seqs], prompt_logprobs=prompt_host)
 
 
 

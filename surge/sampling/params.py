@@ -66,6 +66,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     # Top log-probabilities to return per token besides the sampled one's; None = no logprobs.
     logprobs: Optional[int] = None
+    # Log-probabilities of the prompt's tokens (the first is None) with this many alternatives; None = off.
+    # A request asking for them computes its whole prompt (no prefix-cache reuse for it).
+    prompt_logprobs: Optional[int] = None
     # Keep the matched stop string at the end of the text.
     include_stop_str_in_output: bool = False
     # Leave special tokens (EOS, chat markers) out of the text.
@@ -89,6 +92,8 @@ class SamplingParams:
             self.seed = _as_int("seed", self.seed)
         if self.logprobs is not None:
             self.logprobs = _as_int("logprobs", self.logprobs)
+        if self.prompt_logprobs is not None:
+            self.prompt_logprobs = _as_int("prompt_logprobs", self.prompt_logprobs)
         self.stop = _normalize_stop(self.stop)
         self.stop_token_ids = _normalize_stop_token_ids(self.stop_token_ids)
         self.logit_bias = _normalize_logit_bias(self.logit_bias)
@@ -118,6 +123,9 @@ class SamplingParams:
                      "cannot be combined with structured_outputs (the grammar decides where the output ends)")
         if self.logprobs is not None:
             _require(0 <= self.logprobs <= MAX_LOGPROBS, "logprobs", self.logprobs,
+                     f"must be in [0, {MAX_LOGPROBS}]")
+        if self.prompt_logprobs is not None:
+            _require(0 <= self.prompt_logprobs <= MAX_LOGPROBS, "prompt_logprobs", self.prompt_logprobs,
                      f"must be in [0, {MAX_LOGPROBS}]")
 
     @property

@@ -118,7 +118,8 @@ class Scheduler:
             if request is None:
                 break
             computed_pages: list[int] = []
-            if request.num_computed_tokens == 0:
+            # Prompt log-probs come from the prefill's logits, so such a request computes its whole prompt.
+            if request.num_computed_tokens == 0 and request.sampling_params.prompt_logprobs is None:
                 computed_pages = self.block_manager.lookup_prefix(request.token_ids, request.cache_salt)
             num_computed = len(computed_pages) * self.block_manager.page_size
             num_new = min(request.num_tokens - num_computed, self._chunk_limit(budget))

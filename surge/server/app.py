@@ -18,17 +18,19 @@ import logging
 from typing import Callable, Optional, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surge.server.auth import ApiKeyStore, ApiKeysSpec
 from surge.server.chat_completions import create_chat_completion
 from surge.server.completions import create_completion
-from surge.server.context import ServerContext
+from surge.server.context import ServerContext, invalid_body
 from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError
 from surge.server.metrics import CONTENT_TYPE, ServerMetrics
 from surge.server.protocol import ModelCard, ModelList
+from surge.server.services import ProtocolServices
 
 logger = logging.getLogger("surge")
 
@@ -40,7 +42,9 @@ class eSurgeApiServer:
                  api_keys_file: str = "", max_queue: int = 1024, isolate_prefix_cache_per_key: bool = False,
                  served_model_name: Optional[str] = None, model_aliases: Sequence[str] = (),
                  engine_factory: Optional[Callable[[], object]] = None, max_model_len: Optional[int] = None,
-                 enable_console_monitor: bool = False) -> None:
+                 enable_console_monitor: bool = False, responses_store: str = "sqlite",
+                 responses_store_path: str = "", responses_store_max: int = 10000,
+                 reasoning_parser: str = "none") -> None:
         if engine is None and engine_factory is None:
             raise ValueError("eSurgeApiServer needs an engine (Engine or AsyncEngine) or an engine_factory")
         self.keys = ApiKeyStore(api_keys, require=require_api_key, keys_file=api_keys_file)
@@ -56,11 +60,13 @@ class eSurgeApiServer:
         for label in self.keys.labels:
             self.metrics.register_key_label(label)
         self.context = ServerContext(self.host, self.keys, self.metrics, self.model_name, aliases=model_aliases,
-                                     isolate_prefix_cache_per_key=isolate_prefix_cache_per_key)
+                                     isolate_prefix_cache_per_key=isolate_prefix_cache_per_key,
+                                     reasoning_parser=reasoning_parser)
         self.enable_console_monitor = enable_console_monitor
         self.monitor = None
         self.uvicorn_server = None  # set while fire() serves
-        self.app = build_app(self.context)
+        self.services = ProtocolServices(self.context, responses_store, responses_store_max, responses_store_path)
+        self.app = build_app(self.context, self.services)
         self._engine_factory = engine_factory
         if engine is not None:
             self.host.set_engine(engine)
@@ -77,7 +83,9 @@ class eSurgeApiServer:
                    served_model_name=cfg.model.served_name or cfg.model.name, model_aliases=(cfg.model.name,),
                    engine_factory=(lambda: Engine(cfg)) if engine is None else None,
                    max_model_len=cfg.engine.max_model_len or None,
-                   enable_console_monitor=server.enable_console_monitor)
+                   enable_console_monitor=server.enable_console_monitor, responses_store=server.responses_store,
+                   responses_store_path=server.responses_store_path,
+                   responses_store_max=server.responses_store_max, reasoning_parser=server.reasoning_parser)
 
     def _stats(self) -> Optional[dict]:
         return self.host.engine.stats() if self.host.ready else None
@@ -120,7 +128,7 @@ class eSurgeApiServer:
         serve(self, host=host, port=port, log_level=log_level, access_log=access_log)
 
 
-def build_app(ctx: ServerContext) -> FastAPI:
+def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -> FastAPI:
     app = FastAPI(title="surge", description="OpenAI-compatible API over a surge engine", docs_url=None,
                   redoc_url=None)
 
@@ -133,6 +141,11 @@ def build_app(ctx: ServerContext) -> FastAPI:
         return OpenAIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None,
                            error_type="not_found_error" if exc.status_code == 404 else "invalid_request_error"
                            ).response(headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = invalid_body(exc.errors())
+        return services.error_response(request, error) if services is not None else error.response()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -161,6 +174,9 @@ def build_app(ctx: ServerContext) -> FastAPI:
         engine = ctx.host.engine
         card = ModelCard(id=ctx.model_name, max_model_len=engine.max_model_len if engine is not None else None)
         return JSONResponse(card.model_dump())
+
+    if services is not None:
+        services.register(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -137,6 +137,9 @@ def _message(message: ChatMessage, native: bool, index: int) -> dict[str, Any]:
             rendered["tool_call_id"] = message.tool_call_id
         if message.name is not None:
             rendered["name"] = message.name
+        reasoning = message.reasoning_content or message.reasoning
+        if reasoning and role == "assistant":
+            rendered["reasoning_content"] = reasoning  # what reasoning models' templates read
         return rendered
     if role == "tool":
         return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}

@@ -20,11 +20,12 @@ from starlette.responses import Response
 from surge.server.chat import ChatPrompt, render_chat
 from surge.server.context import ServerContext, close_all, merge, parse_body
 from surge.server.errors import bad_request, stream_error
-from surge.server.logprobs import chat_logprobs, delta_entries
+from surge.server.logprobs import chat_logprobs, delta_entries, vllm_prompt_logprobs
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
                                    ChatCompletionRequest, ChunkChoice, DeltaFunctionCall, DeltaMessage,
                                    DeltaToolCall, ResponseFunctionCall, ResponseToolCall, Usage, chunk_json,
                                    new_id)
+from surge.server.reasoning import AnswerStops, make_parser, split_reasoning, take_answer_stops
 from surge.server.request_params import chat_sampling_params
 from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 from surge.server.tool_parser import ParserDelta, ToolCallParser, parse_tool_calls
@@ -40,47 +41,61 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     if not prompt_ids:
         raise bad_request("the messages render to an empty prompt", param="messages")
     params = chat_sampling_params(req, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
+    stops = take_answer_stops(ctx.reasoning_parser, params)
     request_id = new_id("chatcmpl")
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=req.priority,
                                      principal=principal, cache_salt=req.cache_salt)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return EventStreamResponse(_events(ctx, streams[0], request_id, prompt, params, len(prompt_ids),
-                                           include_usage), on_close=lambda: close_all(streams))
+                                           include_usage, stops), on_close=lambda: close_all(streams))
+    watch = None if stops is None else [make_parser(ctx.reasoning_parser, prompt.text, stops)
+                                        for _ in range(params.n)]
     try:
-        final = await run_until_disconnect(request, _last_output(streams[0]))
+        final = await run_until_disconnect(request, _last_output(streams[0], watch))
     except ClientDisconnected:
         return Response(status_code=499)
     finally:
         await close_all(streams)
-    return JSONResponse(_completion(ctx, final, request_id, prompt, params).model_dump())
+    return JSONResponse(_completion(ctx, final, request_id, prompt, params, stops).model_dump())
 
 
-async def _last_output(stream: AsyncIterator):
+async def _last_output(stream: AsyncIterator, watch=None):
+    """The last output; with `watch` (a parser per choice applying answer-only stops), it ends as soon as
+    every choice has finished or hit a stop string in its answer."""
     final = None
     async for output in stream:
         final = output
+        if watch is not None:
+            for completion in output.outputs:
+                watch[completion.index].feed(completion.delta_text)
+            if all(c.finish_reason is not None or watch[c.index].stopped for c in output.outputs) \
+                    and len(output.outputs) == len(watch):
+                break
     return final
 
 
-def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, params) -> ChatCompletion:
+def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, params, stops) -> ChatCompletion:
     choices = []
     for completion in final.outputs:
-        content: Optional[str] = completion.text
+        reasoning, content, stopped = split_reasoning(ctx.reasoning_parser, prompt.text, completion.text, stops)
         calls = []
         if prompt.parse_tools:
-            parsed = parse_tool_calls(completion.text, prompt.tool_names)
+            parsed = parse_tool_calls(content, prompt.tool_names)
             content, calls = parsed.content, parsed.tool_calls
-        finish = "tool_calls" if calls and completion.finish_reason == "stop" else completion.finish_reason
+        finish = "stop" if stopped is not None else completion.finish_reason
+        finish = "tool_calls" if calls and finish == "stop" else finish
         logprobs = None
         if params.logprobs is not None and completion.logprobs is not None:
             logprobs = chat_logprobs(completion.token_ids, completion.logprobs, params.logprobs)
-        message = AssistantMessage(content=content, tool_calls=[
+        message = AssistantMessage(content=content, reasoning_content=reasoning, reasoning=reasoning, tool_calls=[
             ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
             for c in calls])
         choices.append(ChatChoice(index=completion.index, message=message, finish_reason=finish, logprobs=logprobs))
     usage = Usage.of(len(final.prompt_token_ids), sum(len(c.token_ids) for c in final.outputs))
-    return ChatCompletion(id=request_id, model=ctx.model_name, choices=choices, usage=usage)
+    prompt_logprobs = None if final.prompt_logprobs is None else vllm_prompt_logprobs(final.prompt_logprobs)
+    return ChatCompletion(id=request_id, model=ctx.model_name, choices=choices, usage=usage,
+                          prompt_logprobs=prompt_logprobs)
 
 
 def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:
@@ -94,7 +109,9 @@ def _tool_deltas(delta: ParserDelta) -> Optional[list[DeltaToolCall]]:
 class _ChoiceStream:
     """One choice of a streamed chat completion: its tool parser and whether it called a tool or ended."""
 
-    def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int]) -> None:
+    def __init__(self, prompt: ChatPrompt, num_logprobs: Optional[int], reasoning_parser: str = "none",
+                 stops: Optional[AnswerStops] = None) -> None:
+        self.reasoning = make_parser(reasoning_parser, prompt.text, stops)
         self.parser = ToolCallParser(prompt.tool_names) if prompt.parse_tools else None
         self.num_logprobs = num_logprobs
         self.done = False
@@ -104,30 +121,40 @@ class _ChoiceStream:
         if self.done or not (completion.delta_text or completion.delta_token_ids or completion.finish_reason):
             return None
         delta = ParserDelta()
+        reasoning, text = "", completion.delta_text
+        finish = completion.finish_reason
+        if self.reasoning is not None:
+            reasoning, text = self.reasoning.feed(text)
+            if self.reasoning.stopped is not None:
+                finish = "stop"  # a stop string in the answer (applied here, not by the engine)
+            if finish is not None:
+                more_reasoning, more_text = self.reasoning.finish()
+                reasoning, text = reasoning + more_reasoning, text + more_text
         if self.parser is None:
-            delta.content += completion.delta_text
+            delta.content += text
         else:
-            delta.extend(self.parser.feed(completion.delta_text))
-            if completion.finish_reason is not None:
+            delta.extend(self.parser.feed(text))
+            if finish is not None:
                 delta.extend(self.parser.finish())
         logprobs = None
         if self.num_logprobs is not None:
             ids, entries = delta_entries(completion)
             if ids:
                 logprobs = chat_logprobs(ids, entries, self.num_logprobs)
-        finish = completion.finish_reason
         if finish == "stop" and self.parser is not None and self.parser.tool_calls:
             finish = "tool_calls"
         self.done = finish is not None
-        message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta))
-        if message.content is None and not message.tool_calls and logprobs is None and finish is None:
+        message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta),
+                               reasoning_content=reasoning or None, reasoning=reasoning or None)
+        if message.content is None and not message.tool_calls and not reasoning and logprobs is None \
+                and finish is None:
             return None
         return ChunkChoice(index=completion.index, delta=message, finish_reason=finish, logprobs=logprobs)
 
 
 async def _events(ctx: ServerContext, stream: AsyncIterator, request_id: str, prompt: ChatPrompt, params,
-                  prompt_len: int, include_usage: bool) -> AsyncIterator[str]:
-    choices = [_ChoiceStream(prompt, params.logprobs) for _ in range(params.n)]
+                  prompt_len: int, include_usage: bool, stops: Optional[AnswerStops] = None) -> AsyncIterator[str]:
+    choices = [_ChoiceStream(prompt, params.logprobs, ctx.reasoning_parser, stops) for _ in range(params.n)]
     generated = 0
 
     def chunk(choice: ChunkChoice) -> str:
@@ -143,6 +170,8 @@ async def _events(ctx: ServerContext, stream: AsyncIterator, request_id: str, pr
                 choice = choices[completion.index].step(completion)
                 if choice is not None:
                     yield chunk(choice)
+            if all(c.done for c in choices):
+                break  # every choice ended (an answer-only stop string ends it before the engine does)
         if include_usage:
             usage_chunk = ChatCompletionChunk(id=request_id, model=ctx.model_name, choices=[],
                                               usage=Usage.of(prompt_len, generated))

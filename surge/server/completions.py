@@ -4,11 +4,15 @@ In: the HTTP request. Out: a `Completion` with one choice per prompt and
 completion (choice index = prompt index * n + completion index) and `usage`,
 or Server-Sent Events of `Completion` chunks ending with an optional usage
 chunk (only when `stream_options.include_usage` asks) and `data: [DONE]`.
-`echo` puts the prompt text before each completion.
+`echo` puts the prompt text before each completion; with `logprobs` the
+echoed prompt tokens carry their log-probs too (the first one null), and
+`max_tokens=0` (echo only) answers the prompt alone — how evaluation harnesses
+score choices. vLLM's `prompt_logprobs` adds `choices[].prompt_logprobs`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 from fastapi.responses import JSONResponse
@@ -17,8 +21,10 @@ from starlette.responses import Response
 
 from surge.server.context import ServerContext, close_all, merge, parse_body
 from surge.server.errors import bad_request, stream_error
-from surge.server.logprobs import completion_logprobs, delta_entries
-from surge.server.protocol import Completion, CompletionChoice, CompletionRequest, Usage, chunk_json, new_id
+from surge.server.logprobs import (completion_logprobs, delta_entries, join_logprobs, prompt_completion_logprobs,
+                                   vllm_prompt_logprobs)
+from surge.server.protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage,
+                                   chunk_json, new_id)
 from surge.server.request_params import completion_sampling_params
 from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
 
@@ -68,12 +74,15 @@ async def create_completion(ctx: ServerContext, request: Request) -> Response:
                               f"{bad[:5]}", param="prompt")
     echoes = [(text if text is not None else engine.tokenizer.decode(ids)) if req.echo else "" for text, ids in
               prompts]
+    scoring = _Scoring(score_echo=req.echo and req.logprobs is not None, no_completion=req.max_tokens == 0,
+                       vllm_prompt_logprobs=req.prompt_logprobs is not None,
+                       decode=lambda t: engine.tokenizer.decode([t], skip_special_tokens=False))
     request_id = new_id("cmpl")
     streams = await ctx.open_streams([ids for _, ids in prompts], params, request_id=request_id,
                                      priority=req.priority, principal=principal, cache_salt=req.cache_salt)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return EventStreamResponse(_events(ctx, streams, request_id, params, echoes, include_usage),
+        return EventStreamResponse(_events(ctx, streams, request_id, params, echoes, include_usage, scoring),
                                    on_close=lambda: close_all(streams))
     try:
         finals = await run_until_disconnect(request, _finals(streams))
@@ -81,7 +90,7 @@ async def create_completion(ctx: ServerContext, request: Request) -> Response:
         return Response(status_code=499)
     finally:
         await close_all(streams)
-    return JSONResponse(_completion(ctx, finals, request_id, params, echoes).model_dump())
+    return JSONResponse(_completion(ctx, finals, request_id, params, echoes, scoring).model_dump())
 
 
 async def _finals(streams: list[AsyncIterator]) -> list:
@@ -91,37 +100,69 @@ async def _finals(streams: list[AsyncIterator]) -> list:
     return finals
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """What an answer carries about its prompt: echo's log-probs, vLLM's prompt_logprobs, no completion."""
+
+    score_echo: bool  # echo=true with logprobs: the echoed prompt tokens carry theirs (the first null)
+    no_completion: bool  # max_tokens=0: the sampled token is left out
+    vllm_prompt_logprobs: bool  # prompt_logprobs asked: choices[].prompt_logprobs
+    decode: object
+
+    def prompt_part(self, final, params) -> Optional[CompletionLogprobs]:
+        if not self.score_echo or final.prompt_logprobs is None:
+            return None
+        return prompt_completion_logprobs(final.prompt_token_ids, final.prompt_logprobs, params.logprobs,
+                                          self.decode)
+
+    def vllm_part(self, final) -> Optional[list]:
+        if not self.vllm_prompt_logprobs or final.prompt_logprobs is None:
+            return None
+        return vllm_prompt_logprobs(final.prompt_logprobs)
+
+
 def _logprobs(params, token_ids, entries, offset: int):
     if params.logprobs is None or entries is None:
         return None
     return completion_logprobs(token_ids, entries, params.logprobs, start_offset=offset)
 
 
-def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoes: list[str]) -> Completion:
+def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoes: list[str],
+                scoring: _Scoring) -> Completion:
     choices = []
     prompt_tokens = completion_tokens = 0
     for p, final in enumerate(finals):
         prompt_tokens += len(final.prompt_token_ids)
+        prompt_part = scoring.prompt_part(final, params)
         for completion in final.outputs:
-            completion_tokens += len(completion.token_ids)
+            text, token_ids, entries = completion.text, completion.token_ids, completion.logprobs
+            finish = completion.finish_reason
+            if scoring.no_completion:
+                text, token_ids, entries, finish = "", [], None, "length"
+            completion_tokens += len(token_ids)
+            logprobs = _logprobs(params, token_ids, entries, len(echoes[p]))
+            if prompt_part is not None:
+                logprobs = join_logprobs(prompt_part, logprobs)
             choices.append(CompletionChoice(
-                index=p * params.n + completion.index, text=echoes[p] + completion.text,
-                finish_reason=completion.finish_reason,
-                logprobs=_logprobs(params, completion.token_ids, completion.logprobs, len(echoes[p]))))
+                index=p * params.n + completion.index, text=echoes[p] + text, finish_reason=finish,
+                logprobs=logprobs, prompt_logprobs=scoring.vllm_part(final)))
     return Completion(id=request_id, model=ctx.model_name, choices=choices,
                       usage=Usage.of(prompt_tokens, completion_tokens))
 
 
 async def _events(ctx: ServerContext, streams: list[AsyncIterator], request_id: str, params, echoes: list[str],
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, scoring: _Scoring) -> AsyncIterator[str]:
     n = params.n
     offsets = {}
     prompt_tokens: dict[int, int] = {}
     generated: dict[int, int] = {}
+    # Prompt log-probs exist once the prefill ran, so a scored echo waits for the prompt's first output.
+    echo_sent = [not echo or not (scoring.score_echo or scoring.vllm_prompt_logprobs) for echo in echoes]
 
-    def chunk(index: int, text: str, finish: Optional[str] = None, logprobs=None) -> str:
+    def chunk(index: int, text: str, finish: Optional[str] = None, logprobs=None, prompt_logprobs=None) -> str:
         body = Completion(id=request_id, model=ctx.model_name,
-                          choices=[CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)])
+                          choices=[CompletionChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs,
+                                                    prompt_logprobs=prompt_logprobs)])
         return event(chunk_json(body))
 
     merged = merge(streams)
@@ -129,16 +170,26 @@ async def _events(ctx: ServerContext, streams: list[AsyncIterator], request_id: 
         for p, echo in enumerate(echoes):
             for j in range(n):
                 offsets[p * n + j] = len(echo)
-                if echo:
+                if echo and echo_sent[p]:
                     yield chunk(p * n + j, echo)
         done: set[int] = set()
         async for p, output in merged:
             prompt_tokens[p] = len(output.prompt_token_ids)
-            generated[p] = sum(len(c.token_ids) for c in output.outputs)
+            generated[p] = 0 if scoring.no_completion else sum(len(c.token_ids) for c in output.outputs)
+            if not echo_sent[p]:
+                echo_sent[p] = True
+                for j in range(n):
+                    yield chunk(p * n + j, echoes[p], logprobs=scoring.prompt_part(output, params),
+                                prompt_logprobs=scoring.vllm_part(output))
             for completion in output.outputs:
                 index = p * n + completion.index
                 if index in done or not (completion.delta_text or completion.delta_token_ids
                                          or completion.finish_reason):
+                    continue
+                if scoring.no_completion:
+                    if completion.finish_reason is not None:
+                        yield chunk(index, "", "length")
+                        done.add(index)
                     continue
                 logprobs = None
                 if params.logprobs is not None:

@@ -38,6 +38,7 @@ MODEL_ALIASES = ("default",)
 class Principal:
     label: Optional[str]  # the registered key's label; None for an unregistered or absent key
     cache_salt: Optional[str]  # set when prefix caches are isolated per key
+    owner: str = "anonymous"  # a hash of the presented key: whose stored responses this caller sees
 
 
 def parse_body(model: Type[M], body: bytes) -> M:
@@ -47,27 +48,35 @@ def parse_body(model: Type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            raise bad_request(f"the request body is not valid JSON: {first['msg']}", code="invalid_json") from None
-        location = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "model_type" and not location:
-            raise bad_request("the request body must be a JSON object", code="invalid_json") from None
-        count = exc.error_count()
-        more = f" (and {count - 1} more problems)" if count > 1 else ""
-        raise bad_request(f"{location or 'body'}: {first['msg']}{more}", param=location or None,
-                          code="invalid_type" if first["type"].endswith("_type") else "invalid_value") from None
+        raise invalid_body(exc.errors(include_url=False)) from None
+
+
+def invalid_body(errors: Sequence[dict]) -> OpenAIError:
+    """The 400 for pydantic validation errors (from parse_body or a FastAPI-validated body)."""
+    first = errors[0]
+    location = ".".join(str(part) for part in first["loc"] if part != "body")
+    if first["type"] == "json_invalid":
+        return bad_request(f"the request body is not valid JSON: {first['msg']}", code="invalid_json")
+    if first["type"] == "missing" and not location:
+        return bad_request("the request body is empty: send a JSON object", code="invalid_json")
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type") and not location:
+        return bad_request("the request body must be a JSON object", code="invalid_json")
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return bad_request(f"{location or 'body'}: {first['msg']}{more}", param=location or None,
+                       code="invalid_type" if first["type"].endswith("_type") else "invalid_value")
 
 
 class ServerContext:
     def __init__(self, host: EngineHost, keys: ApiKeyStore, metrics: ServerMetrics, model_name: str,
-                 aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False) -> None:
+                 aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False,
+                 reasoning_parser: str = "none") -> None:
         self.host = host
         self.keys = keys
         self.metrics = metrics
         self.model_name = model_name
         self.accepted_names = {model_name, *aliases, *MODEL_ALIASES}
         self.isolate_prefix_cache_per_key = isolate_prefix_cache_per_key
+        self.reasoning_parser = reasoning_parser  # server.reasoning_parser: none | deepseek_r1 | qwen3
 
     # ---- request checks ------------------------------------------------------------------------
     def authorize(self, request: Request) -> Principal:
@@ -80,7 +89,8 @@ class ServerContext:
         salt = None
         if self.isolate_prefix_cache_per_key and key is not None and label is not None:
             salt = hashlib.sha256(b"surge-prefix-cache:" + key.encode()).hexdigest()[:32]
-        return Principal(label=label, cache_salt=salt)
+        owner = hashlib.sha256(b"surge-owner:" + key.encode()).hexdigest()[:32] if key else "anonymous"
+        return Principal(label=label, cache_salt=salt, owner=owner)
 
     def check_model(self, name: Optional[str]) -> None:
         if name and name not in self.accepted_names:

@@ -90,6 +90,9 @@ class ChatMessage(_Lenient):
     name: Optional[str] = None
     tool_calls: Optional[List[ToolCallMessagePart]] = None
     tool_call_id: Optional[str] = None
+    # An earlier assistant turn's reasoning, under either client camp's name.
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class _SamplingFields(_Lenient):
@@ -143,12 +146,16 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: Optional[Dict[str, Any]] = None
+    # vLLM's extension: the rendered prompt's token log-probs with this many alternatives (prompt_logprobs).
+    prompt_logprobs: Optional[int] = None
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Union[str, List[str], List[int], List[List[int]]]
     logprobs: Optional[int] = None
     echo: bool = False
+    # vLLM's extension: the prompt tokens' log-probs with this many alternatives, in choices[].prompt_logprobs.
+    prompt_logprobs: Optional[int] = None
     suffix: Optional[str] = None
     best_of: Optional[int] = None
 
@@ -195,6 +202,12 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: List[Optional[Dict[str, float]]] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
 class ResponseFunctionCall(BaseModel):
     name: str
     arguments: str
@@ -210,6 +223,9 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
     tool_calls: List[ResponseToolCall] = Field(default_factory=list)
+    # With server.reasoning_parser: the <think> part, under both names clients read.
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChatChoice(BaseModel):
@@ -226,6 +242,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: List[ChatChoice]
     usage: Usage
+    # With the request's prompt_logprobs (vLLM's shape, see CompletionChoice.prompt_logprobs).
+    prompt_logprobs: Optional[List[Optional[Dict[str, PromptLogprob]]]] = None
 
 
 class DeltaFunctionCall(BaseModel):
@@ -244,6 +262,8 @@ class DeltaMessage(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
     tool_calls: Optional[List[DeltaToolCall]] = None
+    reasoning_content: Optional[str] = None
+    reasoning: Optional[str] = None
 
 
 class ChunkChoice(BaseModel):
@@ -267,6 +287,8 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: Optional[str] = None
     logprobs: Optional[CompletionLogprobs] = None
+    # vLLM's shape: per prompt token, None (the first) or token id -> its log-prob, rank and text.
+    prompt_logprobs: Optional[List[Optional[Dict[str, PromptLogprob]]]] = None
 
 
 class Completion(BaseModel):

@@ -71,8 +71,17 @@ def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: En
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
-                  logprobs_param="top_logprobs", structured_outputs=structured_outputs_of(req, tool_grammar))
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
+                    logprobs_param="top_logprobs", structured_outputs=structured_outputs_of(req, tool_grammar))
+    params.prompt_logprobs = _prompt_logprobs(req.prompt_logprobs, limits)
+    return params
+
+
+def _prompt_logprobs(value: Optional[int], limits: EngineLimits) -> Optional[int]:
+    if value is not None and not 0 <= value <= limits.max_logprobs:
+        raise bad_request(f"prompt_logprobs={value}: must be between 0 and {limits.max_logprobs} "
+                          "(engine.max_logprobs)", param="prompt_logprobs")
+    return value
 
 
 def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: EngineLimits) -> SamplingParams:
@@ -80,8 +89,17 @@ def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: 
         raise bad_request(f"best_of={req.best_of}: only best_of == n is supported (n={req.n})", param="best_of")
     if req.suffix:
         raise bad_request("suffix is not supported by this server", param="suffix")
-    return _build(req, resolve_max_tokens(req.max_tokens, prompt_len, limits, "prompt"), req.logprobs, limits,
-                  logprobs_param="logprobs", structured_outputs=structured_outputs_of(req))
+    if req.max_tokens == 0 and not req.echo:
+        raise bad_request("max_tokens=0 is only allowed with echo=true (to score the prompt)", param="max_tokens")
+    # max_tokens=0 with echo: one token is sampled with the prefill (free) and left out of the answer.
+    requested = 1 if req.max_tokens == 0 else req.max_tokens
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "prompt"), req.logprobs, limits,
+                    logprobs_param="logprobs", structured_outputs=structured_outputs_of(req))
+    # echo with logprobs scores the prompt too, as evaluation harnesses expect.
+    wanted = [k for k in (_prompt_logprobs(req.prompt_logprobs, limits), req.logprobs if req.echo else None)
+              if k is not None]
+    params.prompt_logprobs = max(wanted) if wanted else None
+    return params
 
 
 def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int, logprobs: Optional[int],

@@ -1,0 +1,82 @@
+"""The small endpoints clients probe: `/tokenize`, `/detokenize`, `/version` (vLLM's shapes).
+
+In: `POST /tokenize` with a `prompt` (and `add_special_tokens`, default true)
+or chat `messages` (rendered by the chat template, `add_generation_prompt`
+and `chat_template_kwargs` honoured, as a chat completion would be), and
+`return_token_strs`; `POST /detokenize` with `tokens`. Out:
+`{"count", "max_model_len", "tokens", "token_strs"}`, `{"prompt"}`, and
+`{"version"}`. Token ids outside the vocabulary are a 400, never a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from starlette.requests import Request
+
+from surge.server.chat_turn import chat_request, render
+from surge.server.context import ServerContext
+from surge.server.errors import bad_request
+from surge.server.protocol import ChatMessage, _Lenient
+
+
+class TokenizeRequest(_Lenient):
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[List[ChatMessage]] = Field(default=None, min_length=1)
+    add_special_tokens: Optional[bool] = None
+    add_generation_prompt: bool = True
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Lenient):
+    model: Optional[str] = None
+    tokens: List[int]
+
+
+class TokenizeService:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def register(self, app: FastAPI) -> None:
+        app.post("/tokenize")(self.tokenize)
+        app.post("/detokenize")(self.detokenize)
+        app.get("/version")(self.version)
+
+    async def tokenize(self, body: TokenizeRequest, request: Request) -> JSONResponse:
+        self.ctx.authorize(request)
+        self.ctx.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("give exactly one of prompt or messages", param="prompt")
+        engine = self.ctx.require_ready().engine
+        if body.prompt is not None:
+            special = True if body.add_special_tokens is None else body.add_special_tokens
+            tokens = engine.tokenizer.encode(body.prompt, add_special_tokens=special)
+        else:
+            chat = chat_request({"messages": [m.model_dump(exclude_none=True) for m in body.messages],
+                                 "add_generation_prompt": body.add_generation_prompt,
+                                 "chat_template_kwargs": body.chat_template_kwargs})
+            _, tokens = render(self.ctx, chat)
+        strs = engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
+        return JSONResponse({"count": len(tokens), "max_model_len": engine.max_model_len, "tokens": tokens,
+                             "token_strs": strs})
+
+    async def detokenize(self, body: DetokenizeRequest, request: Request) -> JSONResponse:
+        self.ctx.authorize(request)
+        self.ctx.check_model(body.model)
+        vocab = self.ctx.limits().vocab_size
+        bad = [t for t in body.tokens if not 0 <= t < vocab]
+        if bad:
+            raise bad_request(f"tokens holds ids outside the vocabulary [0, {vocab}): {bad[:5]}", param="tokens")
+        engine = self.ctx.require_ready().engine
+        return JSONResponse({"prompt": engine.tokenizer.decode(body.tokens)})
+
+    async def version(self, request: Request) -> JSONResponse:
+        from surge import __version__
+
+        self.ctx.authorize(request)
+        return JSONResponse({"version": __version__})

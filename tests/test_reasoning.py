@@ -1,0 +1,176 @@
+"""Reasoning output: `<think>...</think>` split from the answer, in the parser and through the server.
+
+The served model is scripted: a one-layer Llama whose attention and MLP write nothing (zero output
+projections), whose embeddings are one-hot and whose LM head maps each token to one successor, so greedy or
+not, the next token is a function of the last one. After the generation prompt's `:` it says
+`<think> Hmm let me think </think> The answer is 42 </s>`; after `</think>` (the template closes the block
+when `enable_thinking` is false) it answers at once.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from inprocess_server import serve
+
+import surge
+from surge.server.reasoning import ReasoningParser, split_reasoning
+
+WORDS = ["<pad>", "<s>", "</s>", "[UNK]", "user", "assistant", ":", "<think>", "Hmm", "let", "me", "think",
+         "</think>", "The", "answer", "is", "42", "hi", *[f"w{i}" for i in range(6)]]  # >= engine.max_logprobs
+CHAIN = [":", "<think>", "Hmm", "let", "me", "think", "</think>", "The", "answer", "is", "42", "</s>"]
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant :"
+            "{% if enable_thinking is defined and not enable_thinking %} <think> </think>{% endif %}{% endif %}")
+
+
+# ---- the parser ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["qwen3", "deepseek_r1"])
+def test_split_is_the_same_whole_or_character_by_character(kind):
+    text = "<think>step one</thi then </think>\n\nThe answer <think is 42"
+    whole = split_reasoning(kind, "", text)
+    parser = ReasoningParser(kind, "")
+    reasoning = content = ""
+    for ch in text:
+        r, c = parser.feed(ch)
+        reasoning, content = reasoning + r, content + c
+    r, c = parser.finish()
+    assert (reasoning + r, content + c, None) == whole == ("step one</thi then ", "The answer <think is 42", None)
+
+
+def test_prompt_decides_where_the_output_starts():
+    assert split_reasoning("qwen3", "", "no tags here") == (None, "no tags here", None)
+    assert split_reasoning("deepseek_r1", "", "thinking</think>answer") == ("thinking", "answer", None)
+    assert split_reasoning("qwen3", "assistant: <think>\n", "thinking</think> answer") == ("thinking", "answer", None)
+    assert split_reasoning("deepseek_r1", "<think>\n\n</think>\n\n", "plain answer") == (None, "plain answer", None)
+    assert split_reasoning("qwen3", "", "<think>cut short") == ("cut short", "", None)
+
+
+def test_stop_strings_apply_to_the_answer_only():
+    from surge.server.reasoning import AnswerStops
+
+    stops = AnswerStops(("one", "42"))
+    assert split_reasoning("qwen3", "", "<think>step one</think>The answer is 42 indeed", stops) == \
+        ("step one", "The answer is ", "42")
+    kept = AnswerStops(("42",), include_stop_str_in_output=True)
+    assert split_reasoning("qwen3", "", "<think>42?</think>It is 42 indeed", kept) == ("42?", "It is 42", "42")
+
+
+# ---- through the server --------------------------------------------------------------------------
+
+def _scripted_checkpoint(directory: str) -> str:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    size, hidden = len(WORDS), 24
+    config = LlamaConfig(vocab_size=size, hidden_size=hidden, intermediate_size=8, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config).float().eval()
+    successor = {vocab[a]: vocab[b] for a, b in zip(CHAIN, CHAIN[1:])}
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(torch.eye(size, hidden))
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        head = torch.zeros(size, hidden)
+        for token in range(size):
+            head[successor.get(token, vocab["</s>"]), token] = 10.0
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(directory)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="[UNK]")
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    path = _scripted_checkpoint(str(tmp_path_factory.mktemp("scripted")))
+    engine = surge.Engine.from_pretrained(path, dtype="float32", max_num_seqs=2, max_model_len=64,
+                                          max_num_batched_tokens=16, token_buckets=[16], num_pages=32, page_size=4,
+                                          progress=False)
+    with serve(engine, responses_store="memory", reasoning_parser="qwen3") as served:
+        yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_chat_splits_reasoning_from_content(client):
+    reply = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0)
+    message = reply.choices[0].message
+    assert message.content == "The answer is 42"
+    assert message.model_extra["reasoning_content"] == message.model_extra["reasoning"] == " Hmm let me think "
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_streamed_deltas_concatenate_to_the_plain_answer(client):
+    chunks = list(client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                                 stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    content = "".join(d.content or "" for d in deltas)
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    reasoning_alias = "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas)
+    assert content == "The answer is 42" and "<think>" not in content and "</think>" not in content
+    assert reasoning == reasoning_alias == " Hmm let me think "
+
+
+def test_chat_template_kwargs_reach_the_template(client):
+    reply = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                           extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    message = reply.choices[0].message
+    assert message.content == "The answer is 42" and message.model_extra["reasoning_content"] is None
+
+
+def test_assistant_messages_with_either_reasoning_field_are_accepted(client):
+    for field in ("reasoning_content", "reasoning"):
+        reply = client.chat.completions.create(model="default", max_tokens=20, temperature=0, messages=[
+            *MESSAGES, {"role": "assistant", "content": "The answer is 42", field: "Hmm"}, *MESSAGES])
+        assert reply.choices[0].message.content == "The answer is 42"
+
+
+def test_responses_put_reasoning_in_its_own_item(client):
+    reply = client.responses.create(model="default", input="hi", max_output_tokens=20, temperature=0)
+    assert [item.type for item in reply.output] == ["reasoning", "message"]
+    assert reply.output[0].content[0].text == " Hmm let me think "
+    assert reply.output_text == "The answer is 42"
+    events = list(client.responses.create(model="default", input="hi", max_output_tokens=20, temperature=0,
+                                          stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    thought = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert (thought, text) == (" Hmm let me think ", "The answer is 42")
+
+
+def test_stop_strings_match_in_the_answer_not_the_reasoning(client):
+    # "think" occurs only in the reasoning: it does not stop anything.
+    kept = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                          stop=["think"])
+    assert kept.choices[0].message.content == "The answer is 42"
+    assert kept.choices[0].message.model_extra["reasoning_content"] == " Hmm let me think "
+    cut = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                         stop=["is"])
+    assert cut.choices[0].message.content == "The answer " and cut.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                                 stop=["is"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The answer "
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    base = str(client.base_url).rstrip("/").removesuffix("/v1")
+    message = httpx.post(f"{base}/v1/messages", timeout=30, json={
+        "model": "default", "max_tokens": 20, "temperature": 0, "stop_sequences": ["is", "think"],
+        "messages": MESSAGES}).json()
+    assert message["stop_reason"] == "stop_sequence" and message["stop_sequence"] == "is"
+    assert [b["type"] for b in message["content"]] == ["thinking", "text"]
+    assert message["content"][1]["text"] == "The answer "
+
+    disabled = httpx.post(f"{base}/v1/messages", timeout=30, json={
+        "model": "default", "max_tokens": 20, "temperature": 0, "thinking": {"type": "disabled"},
+        "messages": MESSAGES}).json()
+    assert [b["type"] for b in disabled["content"]] == ["text"] and disabled["stop_reason"] == "end_turn"
