@@ -34,7 +34,7 @@ def test_items_become_chat_messages():
 
 
 def test_streamed_events_build_the_same_items_as_the_replayed_turn():
-    builder = OutputBuilder(ChatPrompt(text="q", parse_tools=True), ReasoningParser("qwen3", ""))
+    builder = OutputBuilder(ChatPrompt(text="q", parse_tools=True, tool_names=("get",)), ReasoningParser("qwen3", ""))
     text = '<think>hmm</think>Let me check. <tool_call>\n{"name": "get", "arguments": {"city": "Paris"}}\n</tool_call>'
     events = [e for ch in text for e in builder.feed(ch)] + builder.finish()
     assert [item["type"] for item in builder.items] == ["reasoning", "message", "function_call"]
