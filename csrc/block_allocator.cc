@@ -37,8 +37,8 @@ std::string page_str(int64_t page) { return "page " + std::to_string(page); }
 
 }  // namespace
 
-BlockAllocator::BlockAllocator(int64_t num_pages, int64_t page_size)
-    : num_pages_(num_pages), page_size_(page_size) {
+BlockAllocator::BlockAllocator(int64_t num_pages, int64_t page_size, int64_t max_cached_pages)
+    : num_pages_(num_pages), page_size_(page_size), max_cached_(max_cached_pages) {
   if (num_pages < 2 || num_pages >= std::numeric_limits<int32_t>::max()) {
     throw std::invalid_argument("num_pages=" + std::to_string(num_pages) +
                                 " must be in [2, 2^31-1): page 0 is the reserved null page");
@@ -46,10 +46,14 @@ BlockAllocator::BlockAllocator(int64_t num_pages, int64_t page_size)
   if (page_size < 1) {
     throw std::invalid_argument("page_size=" + std::to_string(page_size) + " must be >= 1");
   }
+  if (max_cached_ < 0 || max_cached_ > num_pages - 1) max_cached_ = num_pages - 1;
   sentinel_ = static_cast<int32_t>(num_pages);
   prev_.assign(num_pages + 1, kUnlinked);
   next_.assign(num_pages + 1, kUnlinked);
   prev_[sentinel_] = next_[sentinel_] = sentinel_;
+  cached_prev_.assign(num_pages + 1, kUnlinked);
+  cached_next_.assign(num_pages + 1, kUnlinked);
+  cached_prev_[sentinel_] = cached_next_[sentinel_] = sentinel_;
   ref_count_.assign(num_pages, 0);
   has_hash_.assign(num_pages, 0);
   hash_.assign(num_pages, 0);
@@ -75,6 +79,43 @@ void BlockAllocator::push_back(int32_t page) {
   next_[last] = page;
   prev_[sentinel_] = page;
   ++num_free_;
+}
+
+void BlockAllocator::push_front(int32_t page) {
+  int32_t first = next_[sentinel_];
+  next_[page] = first;
+  prev_[page] = sentinel_;
+  prev_[first] = page;
+  next_[sentinel_] = page;
+  ++num_free_;
+}
+
+void BlockAllocator::cache_push_back(int32_t page) {
+  int32_t last = cached_prev_[sentinel_];
+  cached_prev_[page] = last;
+  cached_next_[page] = sentinel_;
+  cached_next_[last] = page;
+  cached_prev_[sentinel_] = page;
+  ++num_cached_;
+}
+
+void BlockAllocator::cache_unlink(int32_t page) {
+  cached_next_[cached_prev_[page]] = cached_next_[page];
+  cached_prev_[cached_next_[page]] = cached_prev_[page];
+  cached_prev_[page] = cached_next_[page] = kUnlinked;
+  --num_cached_;
+}
+
+void BlockAllocator::evict_over_capacity() {
+  while (num_cached_ > max_cached_) {
+    int32_t oldest = cached_next_[sentinel_];
+    cache_unlink(oldest);
+    drop_registration(oldest);
+    ++num_capacity_evictions_;
+    // Now a plain free page: reuse it before any page that still caches a prefix.
+    unlink(oldest);
+    push_front(oldest);
+  }
 }
 
 int32_t BlockAllocator::pop_front() {
@@ -107,8 +148,8 @@ std::vector<int32_t> BlockAllocator::allocate(int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     int32_t page = pop_front();
     if (has_hash_[page]) {
+      cache_unlink(page);
       drop_registration(page);
-      --num_cached_;
       ++num_evictions_;
     }
     ref_count_[page] = 1;
@@ -133,9 +174,10 @@ void BlockAllocator::free(const std::vector<int64_t>& pages) {
   for (int64_t page : pages) {
     if (--ref_count_[page] == 0) {
       push_back(static_cast<int32_t>(page));
-      if (has_hash_[page]) ++num_cached_;
+      if (has_hash_[page]) cache_push_back(static_cast<int32_t>(page));
     }
   }
+  evict_over_capacity();
 }
 
 void BlockAllocator::touch(const std::vector<int64_t>& pages) {
@@ -149,7 +191,7 @@ void BlockAllocator::touch(const std::vector<int64_t>& pages) {
   for (int64_t page : pages) {
     if (ref_count_[page]++ == 0) {
       unlink(static_cast<int32_t>(page));
-      --num_cached_;
+      cache_unlink(static_cast<int32_t>(page));
     }
   }
 }
@@ -222,6 +264,9 @@ bool BlockAllocator::reset_prefix_cache() {
   page_by_hash_.clear();
   std::fill(has_hash_.begin(), has_hash_.end(), 0);
   std::fill(hash_.begin(), hash_.end(), 0);
+  std::fill(cached_prev_.begin(), cached_prev_.end(), kUnlinked);
+  std::fill(cached_next_.begin(), cached_next_.end(), kUnlinked);
+  cached_prev_[sentinel_] = cached_next_[sentinel_] = sentinel_;
   num_cached_ = 0;
   return true;
 }
@@ -277,11 +322,25 @@ void BlockAllocator::check_integrity() const {
   if (num_cached != num_cached_) {
     fail(std::to_string(num_cached) + " free pages hold a hash but num_cached is " + std::to_string(num_cached_));
   }
+  if (num_cached_ > max_cached_) {
+    fail(std::to_string(num_cached_) + " cached pages exceed the capacity of " + std::to_string(max_cached_));
+  }
+  // The cached list holds exactly the free pages with a hash, each once, linked both ways.
+  int64_t num_listed = 0;
+  for (int32_t page = cached_next_[sentinel_]; page != sentinel_; page = cached_next_[page]) {
+    if (page <= 0 || page >= num_pages_) fail("cached list links to invalid page " + std::to_string(page));
+    if (++num_listed > num_cached_) fail("cached list is longer than num_cached or has a cycle");
+    if (!has_hash_[page] || ref_count_[page] != 0) fail(page_str(page) + " is on the cached list but not cached");
+    if (cached_prev_[cached_next_[page]] != page) fail("cached list: next of " + page_str(page) + " does not link back");
+  }
+  if (num_listed != num_cached_) {
+    fail("cached list holds " + std::to_string(num_listed) + " pages but num_cached is " + std::to_string(num_cached_));
+  }
 }
 
 BlockAllocatorStats BlockAllocator::stats() const {
-  return BlockAllocatorStats{num_pages_ - 1, num_free_,    num_cached_,   num_pages_ - 1 - num_free_,
-                             num_queried_,   num_hits_,    num_evictions_};
+  return BlockAllocatorStats{num_pages_ - 1, num_free_, num_cached_, num_pages_ - 1 - num_free_, num_queried_,
+                             num_hits_, num_evictions_, max_cached_, num_capacity_evictions_};
 }
 
 int32_t BlockAllocator::ref_count(int64_t page) const {

@@ -11,6 +11,11 @@
 //   free    - ref count 0, in the free queue. A free page that still holds a
 //             registered hash is "cached": a later request can take it back
 //             (touch) until allocate() pops it and evicts the registration.
+// At most max_cached_pages pages are cached at once (the prefix-cache capacity):
+// freeing one more drops the registration of the page cached longest ago and
+// moves it to the front of the free queue, a plain free page reused first.
+// Cached pages are also kept, oldest first, on a second intrusive list so that
+// this eviction is O(1).
 // The free queue is an intrusive doubly linked list (prev/next arrays indexed
 // by page id, circular through a sentinel slot), so push-back, pop-front and
 // remove-from-the-middle are O(1) and allocate nothing.
@@ -37,17 +42,21 @@ struct BlockAllocatorStats {
   int64_t num_queried_pages; // full pages find_prefix was asked about
   int64_t num_hit_pages;     // of those, pages it found cached
   int64_t num_evictions;     // registrations dropped because allocate reused the page
+  int64_t max_cached_pages;  // the prefix-cache capacity, in pages
+  int64_t num_capacity_evictions;  // registrations dropped to keep num_cached_pages <= max_cached_pages
 };
 
 class BlockAllocator {
  public:
-  BlockAllocator(int64_t num_pages, int64_t page_size);
+  // max_cached_pages < 0 means no bound beyond the pool itself.
+  BlockAllocator(int64_t num_pages, int64_t page_size, int64_t max_cached_pages = -1);
 
   // Pops n pages from the front of the free queue (a fresh allocator hands out
   // 1, 2, 3, ...), each with ref count 1. A popped cached page loses its hash.
   std::vector<int32_t> allocate(int64_t n);
   // Drops one reference per listed page, in order; a page reaching 0 joins the
-  // back of the free queue and keeps its hash (it becomes cached).
+  // back of the free queue and keeps its hash (it becomes cached); then the
+  // oldest cached pages lose their hash until the capacity holds.
   void free(const std::vector<int64_t>& pages);
   // Takes one more reference per listed page; a cached page leaves the queue.
   // Touching a free page that holds no hash is refused: its content is gone.
@@ -83,6 +92,7 @@ class BlockAllocator {
   int64_t num_pages() const { return num_pages_; }
   int64_t page_size() const { return page_size_; }
   int64_t num_free_pages() const { return num_free_; }
+  int64_t max_cached_pages() const { return max_cached_; }
 
  private:
   static constexpr int32_t kUnlinked = -1;
@@ -90,6 +100,11 @@ class BlockAllocator {
   void check_page_id(int64_t page, const char* verb) const;
   bool in_queue(int32_t page) const { return next_[page] != kUnlinked; }
   void push_back(int32_t page);
+  void push_front(int32_t page);
+  // The list of cached pages, oldest first (links cached_prev_/cached_next_).
+  void cache_push_back(int32_t page);
+  void cache_unlink(int32_t page);
+  void evict_over_capacity();
   int32_t pop_front();
   void unlink(int32_t page);
   void drop_registration(int32_t page);
@@ -99,6 +114,8 @@ class BlockAllocator {
   int32_t sentinel_;  // index num_pages_: the list head/tail anchor
   std::vector<int32_t> prev_;
   std::vector<int32_t> next_;
+  std::vector<int32_t> cached_prev_;
+  std::vector<int32_t> cached_next_;
   std::vector<int32_t> ref_count_;
   std::vector<uint8_t> has_hash_;
   std::vector<uint64_t> hash_;
@@ -110,6 +127,8 @@ class BlockAllocator {
   int64_t num_queried_ = 0;
   int64_t num_hits_ = 0;
   int64_t num_evictions_ = 0;
+  int64_t max_cached_;
+  int64_t num_capacity_evictions_ = 0;
 };
 
 }  // namespace surge

@@ -13,7 +13,9 @@ namespace surge {
 void bind_block_allocator(py::module_& m) {
   py::class_<BlockAllocator>(m, "BlockAllocator",
                              "Pool of KV pages: free queue, ref counts and prefix-hash table. Page 0 is the null page.")
-      .def(py::init<int64_t, int64_t>(), py::arg("num_pages"), py::arg("page_size"))
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("num_pages"), py::arg("page_size"),
+           py::arg("max_cached_pages") = -1,
+           "max_cached_pages bounds the free pages that keep a cached prefix (< 0: no bound); the oldest go first.")
       .def("allocate", &BlockAllocator::allocate, py::arg("n"),
            "Pop n pages from the front of the free queue (ref count 1 each); evicts their cached hashes.")
       .def("free", &BlockAllocator::free, py::arg("pages"),
@@ -42,6 +44,8 @@ void bind_block_allocator(py::module_& m) {
              d["num_queried_pages"] = s.num_queried_pages;
              d["num_hit_pages"] = s.num_hit_pages;
              d["num_evictions"] = s.num_evictions;
+             d["max_cached_pages"] = s.max_cached_pages;
+             d["num_capacity_evictions"] = s.num_capacity_evictions;
              return d;
            })
       .def("ref_count", &BlockAllocator::ref_count, py::arg("page"))
@@ -50,6 +54,7 @@ void bind_block_allocator(py::module_& m) {
       .def("free_queue", &BlockAllocator::free_queue, "Free page ids, front (next to be allocated) first.")
       .def_property_readonly("num_free_pages", &BlockAllocator::num_free_pages)
       .def_property_readonly("num_pages", &BlockAllocator::num_pages)
+      .def_property_readonly("max_cached_pages", &BlockAllocator::max_cached_pages)
       .def_property_readonly("page_size", &BlockAllocator::page_size);
 }
 

@@ -101,10 +101,13 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     # Largest prefill chunk one request may take in a step; 0 = the whole remaining budget.
     long_prefill_token_threshold: int = 0
+    # Most requests that compute prompt tokens (a prefill chunk) in one step; 0 = no limit.
+    max_num_prefill_seqs: int = 0
 
     def __post_init__(self) -> None:
         _check(self.policy in ("fcfs", "priority"), "scheduler.policy", f"{self.policy!r} is not fcfs|priority")
         _check(self.long_prefill_token_threshold >= 0, "scheduler.long_prefill_token_threshold", "must be >= 0")
+        _check(self.max_num_prefill_seqs >= 0, "scheduler.max_num_prefill_seqs", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class CacheConfig:
     cpu_memory_gb: float = 4.0
     # Reuse the KV of prompt prefixes already in the cache (hash chain of full pages).
     enable_prefix_caching: bool = True
+    # Most of the page pool (a fraction in [0, 1]) kept as cached prefixes no request holds;
+    # beyond it the page cached longest ago is evicted first. 1.0 = every free page may keep its prefix.
+    prefix_cache_capacity: float = 1.0
     # KV cache dtype: auto (the model dtype), float32 or bfloat16.
     dtype: str = "auto"
 
@@ -131,6 +137,8 @@ class CacheConfig:
         _check(self.num_pages is None or self.num_pages >= 2, "cache.num_pages",
                f"{self.num_pages} must be >= 2 (page 0 is the reserved null page)")
         _check(self.cpu_memory_gb > 0, "cache.cpu_memory_gb", f"{self.cpu_memory_gb} must be > 0")
+        _check(0.0 <= self.prefix_cache_capacity <= 1.0, "cache.prefix_cache_capacity",
+               f"{self.prefix_cache_capacity} must be in [0, 1]")
         _check(self.dtype in ("auto", "float32", "bfloat16"), "cache.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
 
 
@@ -311,10 +319,12 @@ SHORT_NAMES = {
     "hbm_utilization": "cache.hbm_utilization",
     "cpu_memory_gb": "cache.cpu_memory_gb",
     "enable_prefix_caching": "cache.enable_prefix_caching",
+    "prefix_cache_capacity": "cache.prefix_cache_capacity",
     "kv_cache_dtype": "cache.dtype",
     "scheduling_policy": "scheduler.policy",
     "enable_chunked_prefill": "scheduler.enable_chunked_prefill",
     "long_prefill_token_threshold": "scheduler.long_prefill_token_threshold",
+    "max_num_prefill_seqs": "scheduler.max_num_prefill_seqs",
 }
 
 

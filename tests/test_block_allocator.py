@@ -213,7 +213,53 @@ def test_stats():
         "num_queried_pages": 2,
         "num_hit_pages": 2,
         "num_evictions": 0,
+        "max_cached_pages": 5,
+        "num_capacity_evictions": 0,
     }
     alloc.allocate(2)  # pops 5, then cached page 2
     assert alloc.stats()["num_evictions"] == 1
     assert alloc.stats()["num_cached_pages"] == 0
+
+
+def test_capacity_keeps_the_newest_cached_pages_and_reuses_evicted_ones_first():
+    alloc = BlockAllocator(11, PAGE_SIZE, 3)  # 10 usable pages, at most 3 cached
+    assert alloc.max_cached_pages == 3
+    pages = alloc.allocate(6)
+    hashes = register_chain(alloc, pages, list(range(100, 112)))
+    alloc.free(pages)  # freed in order 1..6: pages 1, 2, 3 were cached longest ago
+    stats = alloc.stats()
+    assert stats["num_cached_pages"] == 3 and stats["num_capacity_evictions"] == 3
+    assert [alloc.page_hash(p) for p in pages] == [None, None, None] + hashes[3:]
+    # The evicted pages are plain free pages now and are handed out before any cached one.
+    assert sorted(alloc.allocate(3)) == [1, 2, 3]
+    assert alloc.stats()["num_evictions"] == 0
+    alloc.check_integrity()
+
+
+def test_capacity_zero_caches_nothing_once_freed_but_shares_pages_in_use():
+    alloc = BlockAllocator(6, PAGE_SIZE, 0)
+    pages = alloc.allocate(2)
+    register_chain(alloc, pages, [1, 2, 3, 4])
+    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == pages  # held pages are still found
+    alloc.free(pages)
+    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == []
+    assert alloc.stats()["num_cached_pages"] == 0
+    alloc.check_integrity()
+
+
+def test_touching_a_cached_page_takes_it_off_the_eviction_order():
+    alloc = BlockAllocator(8, PAGE_SIZE, 2)
+    a, b, c = alloc.allocate(3)
+    for page, tokens in ((a, [1, 1]), (b, [2, 2]), (c, [3, 3])):
+        alloc.register(page, BlockAllocator.hash_page(0, tokens), tokens)
+    alloc.free([a, b])  # cached: a (older), b
+    alloc.touch([a])  # a is in use again; b is now the oldest cached page
+    alloc.free([c])  # cached: b, c
+    alloc.free([a])  # a is newest: b is evicted
+    assert alloc.page_hash(b) is None and alloc.page_hash(a) is not None and alloc.page_hash(c) is not None
+    alloc.check_integrity()
+
+
+def test_capacity_beyond_the_pool_means_no_bound():
+    assert BlockAllocator(6, PAGE_SIZE, 100).max_cached_pages == 5
+    assert BlockAllocator(6, PAGE_SIZE).max_cached_pages == 5

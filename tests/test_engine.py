@@ -83,7 +83,7 @@ def test_two_hundred_requests_with_random_aborts_leak_nothing(tiny):
     prompts = prompts_of(200, seed=2, low=1, high=60)
     for i, prompt in enumerate(prompts):
         params = SamplingParams(max_tokens=rng.randint(1, 30), temperature=rng.choice([0.0, 1.0]), seed=i)
-        live.append(small.add_request(prompt_token_ids=prompt, params=params))
+        live.append(small.add_request(prompt_token_ids=prompt, sampling_params=params))
         if i % 5 == 4:
             for out in small.step():
                 finished += out.finished
@@ -202,7 +202,7 @@ def test_abort_unknown_request_raises(engine):
 
 
 def test_abort_mid_generation_frees_pages(engine):
-    rid = engine.add_request(prompt_token_ids=prompts_of(1, seed=9)[0], params=SamplingParams(max_tokens=50, **GREEDY))
+    rid = engine.add_request(prompt_token_ids=prompts_of(1, seed=9)[0], sampling_params=SamplingParams(max_tokens=50, **GREEDY))
     engine.step()
     engine.step()
     assert engine.stats()["num_used_pages"] > 0

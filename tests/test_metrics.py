@@ -157,8 +157,8 @@ def test_start_monitoring_exports_and_draws_the_console_table():
     finally:
         handle.stop()
     drawn = screen.getvalue()
-    assert "KV cache used" in drawn and "25.0%" in drawn and "(50/200 pages)" in drawn
-    assert "running" in drawn and "prefix cache hit rate" in drawn
+    assert "memory (KV cache)" in drawn and "25.0%" in drawn and "(50/200 pages)" in drawn
+    assert "active requests" in drawn and "cache hit rate" in drawn
     with pytest.raises(httpx.HTTPError):
         httpx.get(handle.url, timeout=1)
 

@@ -77,17 +77,17 @@ def test_different_salts_never_share_pages(cached):
     prompt = shared_prefix_prompts(1, prefix_len=40, suffix_len=3, seed=2)[0]
     params = SamplingParams(max_tokens=2, **GREEDY)
     cached.reset_prefix_cache()
-    rid_a = cached.add_request(prompt_token_ids=prompt, params=SamplingParams(max_tokens=30, **GREEDY),
+    rid_a = cached.add_request(prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=30, **GREEDY),
                                cache_salt="tenant-a")
     for _ in range(3):
         cached.step()
     pages_a = set(cached.block_manager.pages(rid_a))
-    rid_b = cached.add_request(prompt_token_ids=prompt, params=params, cache_salt="tenant-b")
+    rid_b = cached.add_request(prompt_token_ids=prompt, sampling_params=params, cache_salt="tenant-b")
     cached.step()
     request_b = cached.scheduler.requests[rid_b]
     assert request_b.num_cached_tokens == 0
     assert not pages_a & set(cached.block_manager.pages(rid_b))
-    rid_a2 = cached.add_request(prompt_token_ids=prompt, params=params, cache_salt="tenant-a")
+    rid_a2 = cached.add_request(prompt_token_ids=prompt, sampling_params=params, cache_salt="tenant-a")
     cached.step()
     assert cached.scheduler.requests[rid_a2].num_cached_tokens == 40
     cached.abort(rid_a)
@@ -133,7 +133,7 @@ def test_sliding_window_pages_are_given_back(tiny_checkpoint):
     mistral = tiny_checkpoint("mistral", sliding_window=8)
     engine = make_engine(mistral.path, page_size=4)
     prompt = shared_prefix_prompts(1, prefix_len=10, suffix_len=0, seed=6)[0]
-    rid = engine.add_request(prompt_token_ids=prompt, params=SamplingParams(max_tokens=60, **GREEDY))
+    rid = engine.add_request(prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
     most_held = 0
     tokens = []
     while engine.has_unfinished_requests():
@@ -164,3 +164,37 @@ def test_real_model_shared_600_token_prefix(smollm2_gguf):
     off = surge.Engine.from_pretrained(smollm2_gguf, enable_prefix_caching=False, **options)
     expected = off.generate(prompt_token_ids=prompts, sampling_params=params)
     assert [o.outputs[0].token_ids for o in first + rest] == [o.outputs[0].token_ids for o in expected]
+
+
+def test_prefix_cache_capacity_bounds_cached_pages_while_a_shared_prefix_keeps_hitting(tiny):
+    from surge.esurge import CacheConfig
+
+    # 100 usable pages of 4 tokens; at most 30 may stay cached once no request holds them.
+    cache_config = CacheConfig(enable_prefix_caching=True, prefix_cache_capacity=0.3, num_pages=101, page_size=4)
+    engine = surge.eSurge(model=tiny.path, cache_config=cache_config, max_model_len=256, max_num_seqs=4,
+                          max_num_batched_tokens=64, token_buckets=[16, 64], backend="reference", progress=False)
+    assert engine.stats()["max_cached_pages"] == 30
+    rng = np.random.default_rng(5)
+    shared = rng.integers(3, 320, 16).tolist()  # 4 full pages every prompt starts with
+    params = SamplingParams(max_tokens=4, **GREEDY)
+    peak, hits = 0, []
+    for i in range(12):  # each prompt brings 10 pages of its own: 120 distinct pages in all
+        prompt = shared + rng.integers(3, 320, 40).tolist()
+        out = engine.generate(prompt_token_ids=[prompt], sampling_params=params, use_tqdm=False)[0]
+        hits.append(out.metrics.num_cached_tokens)
+        stats = engine.stats()
+        peak = max(peak, stats["num_cached_pages"])
+        assert stats["num_cached_pages"] <= 30
+        assert_pages_free_or_cached(engine)
+    assert peak == 30 and engine.stats()["num_capacity_evictions"] > 0
+    assert hits[0] == 0 and hits[1:] == [16] * 11  # the shared prefix is never the oldest cached page
+    assert engine.stats()["prefix_cache_hit_rate"] > 0
+
+
+def test_prefix_cache_capacity_is_a_validated_config_key():
+    from surge.config import ConfigError, make_config
+
+    assert make_config(prefix_cache_capacity=0.3).cache.prefix_cache_capacity == 0.3
+    assert make_config().cache.prefix_cache_capacity == 1.0
+    with pytest.raises(ConfigError, match="cache.prefix_cache_capacity"):
+        make_config(**{"cache.prefix_cache_capacity": 1.5})

@@ -9,6 +9,11 @@ so the sum of the pages every live request holds equals the allocator's ref coun
 (``check_integrity`` proves it). Prefix caching hashes each full page with the hash
 of the page before it as parent; the cache salt enters only the first page's hash,
 so requests with different salts never share a page.
+
+``prefix_cache_capacity`` is the fraction of the usable pages that may stay cached
+once no request holds them; the allocator evicts the page cached longest ago beyond
+it (1.0: every free page may keep its prefix; 0.0: only pages held by live requests
+are shared).
 """
 
 from __future__ import annotations
@@ -30,10 +35,15 @@ def salt_to_extra_key(cache_salt: str | None) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_pages: int, page_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_pages: int, page_size: int, enable_prefix_caching: bool = True,
+                 prefix_cache_capacity: float = 1.0):
+        if not 0.0 <= prefix_cache_capacity <= 1.0:
+            raise ValueError(f"prefix_cache_capacity={prefix_cache_capacity} must be in [0, 1] "
+                             "(the fraction of the page pool kept as cached prefixes)")
         self.page_size = page_size
         self.enable_prefix_caching = enable_prefix_caching
-        self._allocator = BlockAllocator(num_pages, page_size)
+        max_cached_pages = int(prefix_cache_capacity * (num_pages - 1))
+        self._allocator = BlockAllocator(num_pages, page_size, max_cached_pages)
         self._page_tables: dict[str, list[int]] = {}
         # request id -> (number of its leading pages already hashed, hash of the last of them)
         self._hash_progress: dict[str, tuple[int, int]] = {}

@@ -87,7 +87,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
                                   head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
 
-    block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching)
+    block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
+                                 prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     windowed_everywhere = arch.sliding_window is not None and all(arch.sliding_window_layers or [False])
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len,
                           sliding_window=arch.sliding_window if windowed_everywhere else None)

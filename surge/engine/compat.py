@@ -1,25 +1,42 @@
-"""eSurge and vSurge spellings: thin aliases over the one Engine.
+"""eSurge and vSurge/oDriver spellings: thin aliases over the one Engine.
 
-In: the constructor arguments of EasyDeL's eSurge (`model`, `tokenizer`,
-`max_model_len`, `max_num_seqs`, `hbm_utilization`, `page_size`,
-`enable_prefix_caching`, ...) and vSurge/oDriver (`processor`,
-`max_prefill_length`, `prefill_lengths`, `max_concurrent_decodes`, ...).
-Out: the same Engine / AsyncEngine, with their method names. Arguments that
-have no meaning in surge are accepted and listed in a log line, never dropped
-silently.
+In: the constructor arguments of EasyDeL's eSurge and vSurge/oDriver, each mapped
+onto a surge config key (a model is a catalogue name, an HF directory or a .gguf
+path; `tokenizer=` / `processor=` may also be a transformers tokenizer object).
+Out: the same Engine / AsyncEngine, with their method names, and vSurge's
+`ReturnSample` results.
+
+eSurge argument            surge config key
+  max_model_len, max_num_seqs, max_num_batched_tokens, page_size, hbm_utilization,
+  enable_prefix_caching    the keys of the same name
+  cache_config             the whole `cache` section (a surge.config.CacheConfig)
+  min_input_pad            smallest token bucket: a step of fewer tokens is padded to it
+  use_aot_forward          engine.compile_at_startup (False: compile each bucket on first use)
+  runner_verbose           engine.log_level=DEBUG
+  esurge_name              the engine's name (`esurge_name`), shown in logs
+vSurge / oDriver argument
+  max_concurrent_decodes   engine.max_num_seqs (the slots)
+  max_concurrent_prefill   scheduler.max_num_prefill_seqs (requests computing prompt tokens per step)
+  max_prefill_length       scheduler.long_prefill_token_threshold (the prefill chunk; longer prompts
+                           are chunked, never truncated) and the step's token budget
+  prefill_lengths          engine.token_buckets (plus the budget)
+  max_length, seed         engine.max_model_len, engine.seed
+Every argument listed has an effect; anything else must be a surge config key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional, Sequence, Union
 
-from surge.config import make_config
+from surge.config import CacheConfig, make_config
 from surge.engine.async_engine import AsyncEngine
 from surge.engine.engine import Engine
+from surge.runner.buckets import powers_of_two
 from surge.sampling.params import SamplingParams
 
 logger = logging.getLogger("surge")
@@ -32,45 +49,72 @@ def _model_source(model) -> str:
                      "surge loads its own weights")
 
 
-def _warn_ignored(api: str, ignored: dict) -> None:
-    used = {k: v for k, v in ignored.items() if v is not None}
-    if used:
-        logger.info("%s: arguments without effect in surge (accepted for compatibility): %s", api, sorted(used))
+def _use_tokenizer(engine: Engine, tokenizer) -> None:
+    """Make a caller's tokenizer object the engine's (input and output side); its EOS stops generation too."""
+    if not callable(getattr(tokenizer, "encode", None)) or not callable(getattr(tokenizer, "decode", None)):
+        raise ValueError(f"tokenizer must be a path/name or a tokenizer object with encode/decode "
+                         f"(got {type(tokenizer).__name__})")
+    engine.tokenizer = tokenizer
+    engine.output_processor.tokenizer = tokenizer
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        engine.eos_token_ids = tuple(sorted(set(engine.eos_token_ids) | {int(eos)}))
+
+
+def _cache_options(cache_config, explicit: dict) -> dict:
+    """cache.* overrides from a CacheConfig, refusing an explicit argument that contradicts it."""
+    if cache_config is None:
+        return {k: v for k, v in explicit.items() if v is not None}
+    if not isinstance(cache_config, CacheConfig):
+        raise ValueError(f"cache_config must be a surge CacheConfig (from surge.esurge import CacheConfig), "
+                         f"got {type(cache_config).__name__}")
+    options = {f"cache.{f.name}": getattr(cache_config, f.name) for f in dataclasses.fields(CacheConfig)}
+    for name, value in explicit.items():
+        if value is None:
+            continue
+        if value != options[f"cache.{name}"]:
+            raise ValueError(f"{name}={value!r} contradicts cache_config.{name}={options[f'cache.{name}']!r}; "
+                             f"give it in one place")
+    return options
 
 
 class eSurge(Engine):
-    """EasyDeL eSurge's constructor over surge's Engine (same generate / stream / step / abort)."""
+    """EasyDeL eSurge's constructor over surge's Engine (same generate / stream / add_request / step / abort)."""
 
     def __init__(self, model: str = "smollm2-135m-instruct", tokenizer=None, *, max_model_len: int = 2048,
-                 max_num_seqs: int = 32, hbm_utilization: float = 0.9, page_size: int = 16,
-                 enable_prefix_caching: bool = True, max_num_batched_tokens: Optional[int] = None,
+                 max_num_seqs: int = 32, hbm_utilization: Optional[float] = None, page_size: Optional[int] = None,
+                 enable_prefix_caching: Optional[bool] = None, max_num_batched_tokens: Optional[int] = None,
                  esurge_name: Optional[str] = None, dtype: str = "auto", backend: str = "auto",
                  num_pages: Optional[int] = None, scheduling_policy: str = "fcfs", runner_verbose: bool = False,
-                 min_input_pad: Optional[int] = None, use_aot_forward: Optional[bool] = None,
-                 cache_config=None, progress: bool = True, **overrides) -> None:
-        _warn_ignored("eSurge", {"min_input_pad": min_input_pad, "use_aot_forward": use_aot_forward,
-                                 "cache_config": cache_config})
+                 min_input_pad: Optional[int] = None, use_aot_forward: bool = True,
+                 cache_config: Optional[CacheConfig] = None, progress: bool = True, **overrides) -> None:
         if isinstance(tokenizer, str):
             overrides["tokenizer"] = tokenizer
-        options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, hbm_utilization=hbm_utilization,
-                       page_size=page_size, enable_prefix_caching=enable_prefix_caching, dtype=dtype,
-                       backend=backend, num_pages=num_pages, scheduling_policy=scheduling_policy, **overrides)
-        if max_num_batched_tokens is not None:
-            options["max_num_batched_tokens"] = max_num_batched_tokens
-        else:
-            options["max_num_batched_tokens"] = max(512, max_num_seqs)
+        budget = max_num_batched_tokens if max_num_batched_tokens is not None else max(512, max_num_seqs)
+        options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                       dtype=dtype, backend=backend, scheduling_policy=scheduling_policy,
+                       compile_at_startup=use_aot_forward, **overrides)
+        options.update(_cache_options(cache_config, dict(
+            hbm_utilization=hbm_utilization, page_size=page_size, enable_prefix_caching=enable_prefix_caching,
+            num_pages=num_pages)))
+        if min_input_pad is not None:
+            if min_input_pad < 1 or min_input_pad > budget:
+                raise ValueError(f"min_input_pad={min_input_pad} must be in [1, max_num_batched_tokens={budget}]")
+            if "token_buckets" in options:
+                raise ValueError("give min_input_pad or token_buckets, not both")
+            options["token_buckets"] = powers_of_two(min_input_pad, budget)
         if runner_verbose:
             options["engine.log_level"] = "DEBUG"
         super().__init__(make_config(_model_source(model), **options), progress=progress)
         if tokenizer is not None and not isinstance(tokenizer, str):
-            self.tokenizer = tokenizer
-            self.output_processor.tokenizer = tokenizer
+            _use_tokenizer(self, tokenizer)
         self.esurge_name = esurge_name or f"esurge-{self.model_name}"
+        logger.info("eSurge %r ready (%s)", self.esurge_name, self.model_name)
 
 
 @dataclass
 class ReturnSample:
-    """vSurge's per-prompt result."""
+    """vSurge's per-prompt result; while streaming, `text` is the cumulative text so far."""
 
     text: str
     token_ids: list[int]
@@ -83,11 +127,16 @@ class ReturnSample:
 
 
 class vSurge:
-    """EasyDeL vSurge / oDriver API over AsyncEngine: compile(), start(), await generate(...), stop()."""
+    """EasyDeL vSurge / oDriver API over AsyncEngine: compile(), start(), generate(...), stop().
+
+    `generate(..., stream=False)` is awaited for the list of final ReturnSample;
+    `generate(..., stream=True)` is iterated with `async for`, yielding one list of
+    ReturnSample (one per prompt, cumulative text) per update.
+    """
 
     def __init__(self, engine: Engine, vsurge_name: Optional[str] = None) -> None:
         self.engine = engine
-        self.vsurge_name = vsurge_name or f"vsurge-{engine.model_name}"
+        self.vsurge_name = vsurge_name or self.driver_name
         self._async: Optional[AsyncEngine] = None
 
     @classmethod
@@ -96,26 +145,56 @@ class vSurge:
                    hbm_utilization: float = 0.9, max_concurrent_prefill: Optional[int] = None,
                    max_concurrent_decodes: int = 32, max_length: int = 2048, seed: int = 0,
                    vsurge_name: Optional[str] = None, progress: bool = True, **overrides) -> "vSurge":
-        # surge mixes prefill chunks and decodes in one budget, so max_concurrent_prefill has no separate meaning.
-        _warn_ignored("vSurge", {"max_concurrent_prefill": max_concurrent_prefill})
         if isinstance(prefill_lengths, int):
             prefill_lengths = [prefill_lengths]
         budget = max(max_prefill_length, max_concurrent_decodes)
         options = dict(max_num_seqs=max_concurrent_decodes, max_num_batched_tokens=budget, page_size=page_size,
                        hbm_utilization=hbm_utilization, max_model_len=max_length, seed=seed,
-                       compile_at_startup=False, **overrides)
+                       long_prefill_token_threshold=max_prefill_length, compile_at_startup=False, **overrides)
+        if max_concurrent_prefill is not None:
+            if max_concurrent_prefill < 1:
+                raise ValueError(f"max_concurrent_prefill={max_concurrent_prefill} must be >= 1")
+            options["max_num_prefill_seqs"] = max_concurrent_prefill
         if prefill_lengths:
             options["token_buckets"] = sorted(set(int(x) for x in prefill_lengths if x <= budget) | {budget})
         if isinstance(processor, str):
             options["tokenizer"] = processor
         engine = Engine(make_config(_model_source(model), **options), progress=progress)
         if processor is not None and not isinstance(processor, str):
-            engine.tokenizer = processor
-            engine.output_processor.tokenizer = processor
+            _use_tokenizer(engine, processor)
         return cls(engine, vsurge_name)
 
     create_odriver = from_model
 
+    # ---- the oDriver's face ------------------------------------------------------------------
+    @property
+    def driver_name(self) -> str:
+        return f"odriver-{self.engine.model_name}"
+
+    @property
+    def processor(self):
+        return self.engine.tokenizer
+
+    @property
+    def num_used_slots(self) -> int:
+        """Sequences in flight (running), out of get_total_concurrent_requests()."""
+        return self.engine.scheduler.num_running
+
+    def get_total_concurrent_requests(self) -> int:
+        """The slots: most sequences decoding at once (max_concurrent_decodes)."""
+        return self.engine.scheduler.max_num_seqs
+
+    def submit_request(self, prompt: str, sampling_params: Optional[SamplingParams] = None) -> "asyncio.Task":
+        """Queue one prompt from inside a running event loop; the task's result is its final ReturnSample."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("submit_request needs a running asyncio event loop (call it from async code)") from None
+        if self._async is None:
+            self.start()
+        return asyncio.ensure_future(self._one(prompt, sampling_params or SamplingParams()))
+
+    # ---- lifecycle ---------------------------------------------------------------------------
     def compile(self) -> None:
         self.engine.runner.compile_all(progress=True)
         self.engine._num_compiles_after_warmup = self.engine.stats()["num_compiles"]
@@ -129,35 +208,39 @@ class vSurge:
         if self._async is not None:
             self._async.stop()
 
-    @property
-    def processor(self):
-        return self.engine.tokenizer
-
-    async def generate(self, prompts: Union[str, Sequence[str]], sampling_params=None, stream: bool = False):
-        """stream=False: the list of final ReturnSample. stream=True: an async iterator of snapshot lists."""
+    # ---- generation --------------------------------------------------------------------------
+    def generate(self, prompts: Union[str, Sequence[str]], sampling_params=None, stream: bool = False):
+        """stream=False: a coroutine of the final ReturnSample list. stream=True: an async iterator of lists."""
         if self._async is None:
             self.start()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         params = (list(sampling_params) if isinstance(sampling_params, (list, tuple))
                   else [sampling_params or SamplingParams()] * len(prompts))
-        if stream:
-            return self._stream(prompts, params)
-        results = await asyncio.gather(*(self._one(p, sp) for p, sp in zip(prompts, params)))
-        return list(results)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
+        return self._stream(prompts, params) if stream else self._gather(prompts, params)
+
+    async def _gather(self, prompts, params) -> list[ReturnSample]:
+        return list(await asyncio.gather(*(self._one(p, sp) for p, sp in zip(prompts, params))))
 
     async def _one(self, prompt: str, params: SamplingParams) -> ReturnSample:
         started = time.perf_counter()
         final = await self._async.generate_full(prompt, params)
         return _to_sample(final, time.perf_counter() - started)
 
-    async def _stream(self, prompts, params) -> AsyncIterator[list[Optional[ReturnSample]]]:
+    async def _stream(self, prompts, params) -> AsyncIterator[list[ReturnSample]]:
         started = time.perf_counter()
-        snapshot: list[Optional[ReturnSample]] = [None] * len(prompts)
+        snapshot = [ReturnSample(text="", token_ids=[], num_generated_tokens=0, tokens_per_second=0.0,
+                                 time_spent_computing=0.0) for _ in prompts]
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i, prompt, sp):
-            async for out in self._async.generate(prompt, sp):
-                await queue.put((i, out))
+            try:
+                async for out in self._async.generate(prompt, sp):
+                    await queue.put((i, out))
+            except BaseException as exc:  # surfaced to the consumer below
+                await queue.put((i, exc))
+                return
             await queue.put((i, None))
 
         tasks = [asyncio.create_task(pump(i, p, sp)) for i, (p, sp) in enumerate(zip(prompts, params))]
@@ -168,6 +251,8 @@ class vSurge:
                 if out is None:
                     remaining -= 1
                     continue
+                if isinstance(out, BaseException):
+                    raise out
                 snapshot[i] = _to_sample(out, time.perf_counter() - started)
                 yield list(snapshot)
         finally:

@@ -67,14 +67,14 @@ class Engine:
         return cls(make_config(model, **overrides), progress=progress)
 
     # ---- requests in ---------------------------------------------------------------------
-    def add_request(self, prompt: Optional[PromptLike] = None, params: Optional[SamplingParams] = None, *,
+    def add_request(self, prompt: Optional[PromptLike] = None, sampling_params: Optional[SamplingParams] = None, *,
                     request_id: Optional[str] = None, prompt_token_ids: Optional[Sequence[int]] = None,
                     priority: int = 0, cache_salt: Optional[str] = None,
                     arrival_time: Optional[float] = None) -> str:
         """Queue a request; returns its id. Bad input raises ValueError and leaves the engine untouched."""
-        params = params if params is not None else SamplingParams()
+        params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         token_ids = self._tokenize(prompt, prompt_token_ids)
         request_id = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
         arrival = arrival_time if arrival_time is not None else time.time()
@@ -266,9 +266,10 @@ class Engine:
             raise ValueError(f"request {failed[0].request_id}: {failed[0].error}")
         return [finished[i] for i in ids]
 
-    def stream(self, prompt: PromptLike, params: Optional[SamplingParams] = None, **kwargs) -> Iterator[RequestOutput]:
+    def stream(self, prompt: Optional[PromptLike] = None, sampling_params: Optional[SamplingParams] = None,
+               **kwargs) -> Iterator[RequestOutput]:
         """Yield this request's outputs as they come (each with delta_text); closing early aborts it."""
-        request_id = self.add_request(prompt, params, **kwargs)
+        request_id = self.add_request(prompt, sampling_params, **kwargs)
         done = False
         try:
             while not done:

@@ -14,7 +14,7 @@ import bisect
 from surge.config import EngineConfig
 
 
-def _powers_of_two(low: int, high: int) -> list[int]:
+def powers_of_two(low: int, high: int) -> list[int]:
     out, value = [], low
     while value < high:
         out.append(value)
@@ -26,7 +26,7 @@ def _powers_of_two(low: int, high: int) -> list[int]:
 class Buckets:
     def __init__(self, engine: EngineConfig) -> None:
         budget, max_seqs = engine.max_num_batched_tokens, engine.max_num_seqs
-        tokens = sorted(set(engine.token_buckets)) or _powers_of_two(1, budget)
+        tokens = sorted(set(engine.token_buckets)) or powers_of_two(1, budget)
         if tokens[-1] < budget:
             tokens.append(budget)
         self.max_num_seqs = max_seqs

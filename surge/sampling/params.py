@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
@@ -129,6 +130,11 @@ class SamplingParams:
                      f"must be in [0, {MAX_LOGPROBS}]")
 
     @property
+    def max_new_tokens(self) -> int:
+        """EasyDeL's name of max_tokens (also accepted by the constructor)."""
+        return self.max_tokens
+
+    @property
     def is_greedy(self) -> bool:
         """Whether the sampled token is the argmax (temperature ~0 or top_k == 1)."""
         return self.temperature < MIN_TEMPERATURE or self.top_k == 1
@@ -150,6 +156,26 @@ class SamplingParams:
     def replace(self, **changes) -> "SamplingParams":
         """A validated copy with some fields changed."""
         return dataclasses.replace(self.clone(), **changes)
+
+
+def _accepting_max_new_tokens(init):
+    """Wrap the dataclass __init__ so that EasyDeL's `max_new_tokens=` sets max_tokens."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, max_new_tokens: Optional[int] = None, **kwargs) -> None:
+        if max_new_tokens is not None:
+            given = args[1] if len(args) > 1 else kwargs.get("max_tokens")
+            if given is not None and given != max_new_tokens:
+                raise ValueError(f"SamplingParams: max_new_tokens={max_new_tokens!r} and max_tokens={given!r} "
+                                 "differ; they are the same setting, give one of them")
+            if len(args) <= 1:
+                kwargs["max_tokens"] = max_new_tokens
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+SamplingParams.__init__ = _accepting_max_new_tokens(SamplingParams.__init__)
 
 
 def _require(ok: bool, name: str, value, message: str) -> None:

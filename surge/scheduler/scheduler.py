@@ -5,7 +5,8 @@ Out: a SchedulerOutput per step, and per update the requests that advanced or
 finished. Scheduling works on counters (vLLM v1): each request has
 `num_tokens` known and `num_computed_tokens` in the cache; a step gives running
 requests their missing tokens first (a decode is simply 1), then admits waiting
-ones, all under one token budget, splitting long prompts into chunks. When pages
+ones, all under one token budget, splitting long prompts into chunks (at most
+`max_num_prefill_seqs` requests computing prompt tokens per step). When pages
 run out, the policy's victim is preempted: its pages are freed and it waits to
 recompute.
 """
@@ -91,6 +92,8 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         scheduled_ids: set[str] = set()
+        max_prefills = self.config.max_num_prefill_seqs or self.max_num_seqs
+        num_prefills = 0
 
         for request in list(self.running):
             if budget <= 0:
@@ -99,6 +102,9 @@ class Scheduler:
                 continue
             num_new = self._num_new_tokens(request, budget)
             if num_new <= 0:
+                continue
+            is_prefill = request.num_tokens - request.num_computed_tokens > 1
+            if is_prefill and num_prefills >= max_prefills:
                 continue
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
                 victim = self.waiting.pick_victim([r for r in self.running if r.request_id not in scheduled_ids]
@@ -111,9 +117,11 @@ class Scheduler:
             self._add_scheduled(out, request, num_new)
             scheduled_ids.add(request.request_id)
             budget -= num_new
+            num_prefills += is_prefill
 
         # Admit waiting requests unless this step had to preempt (memory is tight).
-        while budget > 0 and not out.preempted_ids and len(self.running) < self.max_num_seqs:
+        while (budget > 0 and not out.preempted_ids and len(self.running) < self.max_num_seqs
+               and num_prefills < max_prefills):
             request = self.waiting.peek()
             if request is None:
                 break
@@ -138,6 +146,7 @@ class Scheduler:
             self.running.append(request)
             self._add_scheduled(out, request, num_new)
             budget -= num_new
+            num_prefills += 1
         return out
 
     def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[RequestUpdate]:

@@ -5,8 +5,9 @@ default; None for no exporter) and whether to draw the console table; a
 server's `ServerMetrics` when there is one (its registry is exported and its
 token counters give throughput). Out: a `MonitoringHandle` with `.port`,
 `.url`, `.stop()`. On a terminal the console thread redraws a `rich` table
-every `refresh_interval` seconds: throughput, running / waiting sequences,
-KV-cache use, prefix-cache hit rate, preemptions, compiles. When the console is
+every `refresh_interval` seconds, in the words of eSurge's page: request
+throughput, token generation rate, memory (KV-cache use), cache hit rate,
+active (running) and waiting requests, preemptions, compiles. When the console is
 not a terminal (output sent to a log file) it prints one summary line every
 10 seconds instead.
 """
@@ -66,17 +67,17 @@ def build_table(stats: dict, rates: dict, title: str = "surge"):
     table.add_column("metric")
     table.add_column("value", justify="right")
     if "generation_tokens" in rates:
-        table.add_row("generation throughput", f"{rates['generation_tokens']:.1f} tok/s")
+        table.add_row("token generation rate", f"{rates['generation_tokens']:.1f} tok/s")
     if "prompt_tokens" in rates:
-        table.add_row("prompt throughput", f"{rates['prompt_tokens']:.1f} tok/s")
+        table.add_row("prompt token rate", f"{rates['prompt_tokens']:.1f} tok/s")
     if "requests" in rates:
-        table.add_row("finished requests", f"{rates['requests']:.2f} req/s")
+        table.add_row("request throughput", f"{rates['requests']:.2f} req/s")
     table.add_row("engine steps", f"{rates.get('steps', 0.0):.1f} steps/s")
-    table.add_row("running", str(stats.get("num_running", 0)))
-    table.add_row("waiting", str(stats.get("num_waiting", 0)))
-    table.add_row("KV cache used", f"{100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)")
-    table.add_row("KV cache cached pages", str(stats.get("num_cached_pages", 0)))
-    table.add_row("prefix cache hit rate", f"{100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%")
+    table.add_row("active requests", str(stats.get("num_running", 0)))
+    table.add_row("waiting requests", str(stats.get("num_waiting", 0)))
+    table.add_row("memory (KV cache)", f"{100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)")
+    table.add_row("cached prefix pages", str(stats.get("num_cached_pages", 0)))
+    table.add_row("cache hit rate", f"{100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%")
     table.add_row("preemptions", str(stats.get("num_preemptions", 0)))
     table.add_row("compiles", str(stats.get("num_compiles", 0)))
     return table
