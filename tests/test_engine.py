@@ -181,11 +181,11 @@ def test_logprobs_are_returned(engine):
     dict(prompt_token_ids=list(range(3, 300))),
     dict(prompt_token_ids=[]),
     dict(prompt_token_ids=[5, 100000]),
-    dict(prompt="x", params="not params"),
+    dict(prompt="x", sampling_params="not params"),
 ])
 def test_bad_requests_raise_and_engine_keeps_serving(engine, bad):
     with pytest.raises(ValueError):
-        engine.add_request(**{"params": SamplingParams(max_tokens=2), **bad})
+        engine.add_request(**{"sampling_params": SamplingParams(max_tokens=2), **bad})
     out = engine.generate(prompt_token_ids=[[5, 6, 7]], sampling_params=SamplingParams(max_tokens=2, **GREEDY))
     assert len(out[0].outputs[0].token_ids) == 2
 
