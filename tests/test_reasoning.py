@@ -60,9 +60,11 @@ def test_stop_strings_apply_to_the_answer_only():
 
 # ---- through the server --------------------------------------------------------------------------
 
-def _scripted_checkpoint(directory: str) -> str:
+def _scripted_checkpoint(directory: str, byte_level_decoder: bool = False) -> str:
+    """`byte_level_decoder`: tokens decode glued together (`<think>Hmmletmethink</think>...`), the decoder
+    llguidance reads a vocabulary through, for the structured-output test."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     vocab = {word: i for i, word in enumerate(WORDS)}
@@ -84,6 +86,8 @@ def _scripted_checkpoint(directory: str) -> str:
     model.save_pretrained(directory)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if byte_level_decoder:
+        backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
                                         eos_token="</s>", unk_token="[UNK]")
     tokenizer.chat_template = TEMPLATE
@@ -91,13 +95,17 @@ def _scripted_checkpoint(directory: str) -> str:
     return directory
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    path = _scripted_checkpoint(str(tmp_path_factory.mktemp("scripted")))
+def _serve_scripted(directory: str, byte_level_decoder: bool = False):
+    path = _scripted_checkpoint(directory, byte_level_decoder)
     engine = surge.Engine.from_pretrained(path, dtype="float32", max_num_seqs=2, max_model_len=64,
                                           max_num_batched_tokens=16, token_buckets=[16], num_pages=32, page_size=4,
                                           progress=False)
-    with serve(engine, responses_store="memory", reasoning_parser="qwen3") as served:
+    return serve(engine, responses_store="memory", reasoning_parser="qwen3")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with _serve_scripted(str(tmp_path_factory.mktemp("scripted"))) as served:
         yield openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
 
 
@@ -174,3 +182,29 @@ def test_stop_strings_match_in_the_answer_not_the_reasoning(client):
         "model": "default", "max_tokens": 20, "temperature": 0, "thinking": {"type": "disabled"},
         "messages": MESSAGES}).json()
     assert [b["type"] for b in disabled["content"]] == ["text"] and disabled["stop_reason"] == "end_turn"
+
+
+def test_structured_output_constrains_the_answer_not_the_reasoning(tmp_path):
+    # The grammar starts after </think>: the reasoning is the model's own, the answer the only allowed choice
+    # (without the model's choice "The", greedy takes the grammar's "42").
+    with _serve_scripted(str(tmp_path), byte_level_decoder=True) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        free = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0)
+        assert (free.choices[0].message.model_extra["reasoning_content"], free.choices[0].message.content) == \
+            ("Hmmletmethink", "Theansweris42")
+        reply = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                               extra_body={"guided_choice": ["42"]})
+        assert (reply.choices[0].message.model_extra["reasoning_content"], reply.choices[0].message.content) == \
+            ("Hmmletmethink", "42")
+        # With the block closed by the template, the grammar applies from the first token.
+        closed = client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=20, temperature=0,
+                                                extra_body={"guided_choice": ["42"],
+                                                            "chat_template_kwargs": {"enable_thinking": False}})
+        assert (closed.choices[0].message.model_extra["reasoning_content"], closed.choices[0].message.content) == \
+            (None, "42")
+        # Responses' text.format takes the same path: the JSON document 42 after the model's reasoning.
+        fmt = {"type": "json_schema", "name": "n", "schema": {"type": "integer", "enum": [42]}}
+        response = client.responses.create(model="default", input="hi", max_output_tokens=20, temperature=0,
+                                           text={"format": fmt})
+        assert [item.type for item in response.output] == ["reasoning", "message"]
+        assert (response.output[0].content[0].text, response.output_text) == ("Hmmletmethink", "42")

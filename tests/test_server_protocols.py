@@ -13,6 +13,7 @@ import time
 
 import anthropic
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -163,10 +164,29 @@ def test_a_second_key_cannot_see_the_first_keys_responses(client, other):
         client.responses.retrieve(mine.id)
 
 
-def test_text_format_json_schema_is_refused_not_ignored(client):
+def test_text_format_json_schema_and_json_object_constrain_the_output(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "population": {"type": "integer", "minimum": 0,
+                                                              "maximum": 10**9}},
+              "required": ["city", "population"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "name": "city", "schema": schema, "strict": True}
+    plain = client.responses.create(model="default", input="Describe Paris as JSON.", max_output_tokens=64,
+                                    text={"format": fmt}, **GREEDY)
+    print(f"json_schema answer: {plain.output_text!r}")
+    assert plain.status == "completed" and plain.text.format.type == "json_schema"
+    jsonschema.validate(json.loads(plain.output_text), schema)
+    events = list(client.responses.create(model="default", input="Describe Paris as JSON.", max_output_tokens=64,
+                                          text={"format": fmt}, stream=True, **GREEDY))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == plain.output_text
+    anything = client.responses.create(model="default", input="Describe Paris as JSON.", max_output_tokens=64,
+                                       text={"format": {"type": "json_object"}}, **GREEDY)
+    assert anything.status == "completed" and isinstance(json.loads(anything.output_text), dict)
+    with pytest.raises(openai.BadRequestError, match="text.format.schema"):
+        client.responses.create(model="default", input="x", max_output_tokens=4,
+                                text={"format": {"type": "json_schema", "name": "x"}})
     with pytest.raises(openai.BadRequestError, match="text.format"):
-        client.responses.create(model="default", input="x", max_output_tokens=4, text={"format": {
-            "type": "json_schema", "name": "x", "schema": {"type": "object"}}})
+        client.responses.create(model="default", input="x", max_output_tokens=4, tools=[WEATHER],
+                                tool_choice="required", text={"format": {"type": "json_object"}})
 
 
 def test_every_new_route_needs_a_key(server):

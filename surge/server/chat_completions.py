@@ -41,7 +41,7 @@ async def create_chat_completion(ctx: ServerContext, request: Request) -> Respon
     if not prompt_ids:
         raise bad_request("the messages render to an empty prompt", param="messages")
     params = chat_sampling_params(req, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
-    stops = take_answer_stops(ctx.reasoning_parser, params)
+    stops = take_answer_stops(ctx.reasoning_parser, params, prompt.text)
     request_id = new_id("chatcmpl")
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=req.priority,
                                      principal=principal, cache_salt=req.cache_salt)

@@ -53,7 +53,7 @@ async def open_chat_turn(ctx: ServerContext, chat: ChatCompletionRequest, princi
                          priority: int = 0) -> ChatTurn:
     prompt, prompt_ids = render(ctx, chat)
     params = chat_sampling_params(chat, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
-    stops = take_answer_stops(ctx.reasoning_parser, params)
+    stops = take_answer_stops(ctx.reasoning_parser, params, prompt.text)
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=priority,
                                      principal=principal, cache_salt=chat.cache_salt)
     return ChatTurn(prompt, len(prompt_ids), streams[0], stops)

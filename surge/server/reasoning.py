@@ -18,6 +18,13 @@ moves a request's `stop` out of the engine's `SamplingParams` into an
 `AnswerStops`, whose matcher each parser runs over its content side; once it
 matched, `stopped` holds the stop string, later text is dropped, and the
 handler ends the engine request early.
+
+Structured output applies to the answer too: `answer_grammar` wraps a
+request's grammar so that the reasoning block the parser would read
+(`<think>` optional for `deepseek_r1`, the whole block optional for `qwen3`,
+none when the prompt closed it) comes first, unconstrained except that it
+cannot contain `</think>`, and the request's own grammar (embedded as a
+nested llguidance grammar) constrains only what follows.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import json
+
 from surge.engine.stop_strings import StopStringMatcher
+from surge.structured import StructuredOutputsParams
 
 OPEN, CLOSE = "<think>", "</think>"
 PARSERS = ("deepseek_r1", "qwen3")
@@ -42,9 +52,11 @@ class AnswerStops:
         return StopStringMatcher(self.stop, self.include_stop_str_in_output)
 
 
-def take_answer_stops(kind: str, params) -> Optional[AnswerStops]:
+def take_answer_stops(kind: str, params, prompt: str) -> Optional[AnswerStops]:
     """With a reasoning parser, the request's stop strings leave the engine (which would match them in the
-    reasoning too) for the answer side of the parser; None when nothing moves."""
+    reasoning too) for the answer side of the parser; None when nothing moves. The request's grammar, if
+    any, is moved after the reasoning block (`answer_grammar`)."""
+    params.structured_outputs = answer_grammar(kind, prompt, params.structured_outputs)
     if kind == "none" or not params.stop:
         return None
     stops = AnswerStops(tuple(params.stop), params.include_stop_str_in_output)
@@ -52,16 +64,54 @@ def take_answer_stops(kind: str, params) -> Optional[AnswerStops]:
     return stops
 
 
+def _prompt_state(kind: str, prompt: str) -> tuple[bool, bool]:
+    """(the output starts inside reasoning, the prompt closed the think block)."""
+    opened = prompt.rfind(OPEN) > prompt.rfind(CLOSE)
+    closed = prompt.rstrip().endswith(CLOSE) and not opened
+    return opened or (kind == "deepseek_r1" and not closed), closed
+
+
+# Reasoning text and the closing tag as one lexeme: anything ending with the first `</think>` (llguidance
+# regex: `&` intersects, `~` negates), so the lexer knows where it ends without looking back.
+_THINK_RULES = r"""THINK: /(?s:.*)<\/think>/ & ~/(?s:.*<\/think>.+)/
+WS: /[ \t\r\n]+/
+"""
+
+
+def answer_grammar(kind: str, prompt: str, spec: Optional[StructuredOutputsParams]
+                   ) -> Optional[StructuredOutputsParams]:
+    """`spec` moved after the reasoning block the output may open; unchanged without a parser, without a
+    grammar, or when the prompt already closed the block (the answer comes first)."""
+    if kind == "none" or spec is None:
+        return spec
+    in_reasoning, closed = _prompt_state(kind, prompt)
+    if closed:
+        return spec
+    # deepseek_r1: reasoning first (a leading `<think>` is reasoning text the parser drops); qwen3: optional.
+    start = 'start: THINK WS? answer' if in_reasoning else 'start: ("<think>" THINK WS?)? answer'
+    lark = "\n".join([start, _embedded(spec), _THINK_RULES])
+    return StructuredOutputsParams(grammar=lark, strict=spec.strict)
+
+
+def _embedded(spec: StructuredOutputsParams) -> str:
+    """The rule `answer:` as the request's grammar, nested (`%json {...}` or `%lark {...}`)."""
+    text = spec.to_grammar()
+    if not text.lstrip().startswith("{"):
+        return f"answer: %lark {{\n{text}\n}}"  # a Lark grammar of the request's own
+    (grammar,) = json.loads(text)["grammars"]
+    if grammar.get("json_schema") is not None:
+        return f"answer: %json {json.dumps(grammar['json_schema'])}"
+    return f"answer: %lark {{\n{grammar['lark_grammar']}\n}}"
+
+
 class ReasoningParser:
     def __init__(self, kind: str, prompt: str = "", stops: Optional[AnswerStops] = None) -> None:
         if kind not in PARSERS:
             raise ValueError(f"reasoning parser {kind!r}: must be one of {PARSERS}")
-        opened = prompt.rfind(OPEN) > prompt.rfind(CLOSE)
-        closed = prompt.rstrip().endswith(CLOSE)
         # In reasoning from the start, a leading <think> (the model opening it anyway) is still dropped.
-        self._in_reasoning = opened or (kind == "deepseek_r1" and not closed)
+        self._in_reasoning, closed = _prompt_state(kind, prompt)
         # A block the prompt closed is followed by the answer (its leading whitespace dropped, as after a tag).
-        self._state = _CONTENT_START if closed and not opened else _START
+        self._state = _CONTENT_START if closed else _START
         self._buffer = ""
         self._stops = stops.matcher() if stops is not None else None
 

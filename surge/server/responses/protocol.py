@@ -147,6 +147,11 @@ def usage(input_tokens: int, output_tokens: int, cached_tokens: int, reasoning_t
             "total_tokens": input_tokens + output_tokens}
 
 
+def _text_format(req: ResponsesRequest) -> dict:
+    fmt = req.text.format if req.text is not None else None
+    return {"type": "text"} if fmt is None else fmt.model_dump(by_alias=True, exclude_none=True)
+
+
 def response_object(response_id: str, req: ResponsesRequest, model: str, *, status: str, output: list,
                     usage_: Optional[dict] = None, incomplete_reason: Optional[str] = None,
                     error: Optional[dict] = None, created_at: Optional[float] = None) -> dict:
@@ -164,6 +169,6 @@ def response_object(response_id: str, req: ResponsesRequest, model: str, *, stat
         "tool_choice": tool_choice or "auto", "parallel_tool_calls": req.parallel_tool_calls,
         "previous_response_id": req.previous_response_id, "background": req.background,
         "store": req.store is not False, "metadata": req.metadata or {},
-        "text": {"format": {"type": "text"}}, "usage": usage_, "user": req.user,
+        "text": {"format": _text_format(req)}, "usage": usage_, "user": req.user,
         "completed_at": int(time.time()) if status == "completed" else None,
     }

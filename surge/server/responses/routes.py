@@ -67,17 +67,21 @@ class _Turn:
     stops: object = None  # reasoning.AnswerStops when stop strings apply to the answer here
 
 
-def structured_output(req: ResponsesRequest):
-    """Where `text.format` json_schema / json_object maps to structured outputs (surge/structured/).
-
-    This server has no structured outputs yet, so such a format is refused with a 400 rather than ignored.
-    """
+def structured_output(req: ResponsesRequest) -> Optional[dict]:
+    """`text.format` as the chat completion's `response_format` (json_schema / json_object map to structured
+    outputs, surge/structured/); None for plain text."""
     fmt = req.text.format if req.text is not None else None
     if fmt is None or fmt.type == "text":
         return None
-    raise bad_request(f"text.format type {fmt.type!r} is not supported by this server yet (structured outputs "
-                      "are not available); use text.format type 'text'", param="text.format",
-                      code="unsupported_parameter")
+    if req.tool_choice == "required" or not isinstance(req.tool_choice, (str, type(None))):
+        raise bad_request("text.format and a tool_choice that forces a call each constrain the output: give only "
+                          "one of them", param="text.format")
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.schema_ is None:
+        raise bad_request("text.format type 'json_schema' needs text.format.schema", param="text.format.schema")
+    return {"type": "json_schema", "json_schema": {"name": fmt.name or "response", "schema": fmt.schema_,
+                                                   "strict": bool(fmt.strict)}}
 
 
 class ResponsesService:
@@ -148,7 +152,6 @@ class ResponsesService:
 
     async def _start(self, req: ResponsesRequest, principal: Principal) -> _Turn:
         self.ctx.check_model(req.model)
-        structured_output(req)
         if req.store and self.store is None:
             raise bad_request("store=true, but this server keeps no responses (server.responses_store=none)",
                               param="store")
@@ -255,7 +258,7 @@ class ResponsesService:
 
 def _chat_request(req: ResponsesRequest, messages: list) -> ChatCompletionRequest:
     """The chat completion this turn renders and samples as."""
-    body: dict = {"messages": messages, "max_tokens": req.max_output_tokens, "temperature": req.temperature,
+    body: dict = {"response_format": structured_output(req), "messages": messages, "max_tokens": req.max_output_tokens, "temperature": req.temperature,
                   "top_p": req.top_p, "parallel_tool_calls": req.parallel_tool_calls,
                   "chat_template_kwargs": req.chat_template_kwargs}
     if req.tools:
