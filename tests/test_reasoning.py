@@ -58,6 +58,54 @@ def test_stop_strings_apply_to_the_answer_only():
     assert split_reasoning("qwen3", "", "<think>42?</think>It is 42 indeed", kept) == ("42?", "It is 42", "42")
 
 
+def test_answer_grammar_puts_the_request_grammar_after_the_think_block():
+    from conftest import make_tiny_tokenizer
+
+    from surge.structured import StructuredOutputsParams
+    from surge.structured.bitmask import build_token_bitmask
+    from surge.structured.compiler import GrammarCompiler
+    from surge.structured.state import GrammarState
+    from surge.structured.tool_calls import tool_call_grammar
+    from surge.server.reasoning import answer_grammar
+
+    tokenizer = make_tiny_tokenizer()
+    compiler = GrammarCompiler(tokenizer, len(tokenizer), [2])
+
+    def accepts(spec, text):
+        state = GrammarState(compiler.submit(spec).result(timeout=60).new_matcher(), fast_forward=False)
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            mask = build_token_bitmask([state], 1, len(tokenizer))
+            if not (mask[0, token // 32] >> (token % 32)) & 1:
+                return False
+            state.accept(token, max_forced=0)
+        return state.matcher.is_accepting()
+
+    try:
+        schema = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}},
+                                               "required": ["a"]})
+        r1 = answer_grammar("deepseek_r1", "user: hi", schema)
+        qwen = answer_grammar("qwen3", "user: hi", schema)
+        thought = '<think>a {x} </thin</think>\n\n{"a": 1}'
+        assert [accepts(r1, t) for t in (thought, 'hm</think>{"a": 2}', '{"a": 3}', "<think>x</think>hi",
+                                         '<think>x</think></think>{"a": 1}')] == [True, True, False, False, False]
+        assert [accepts(qwen, t) for t in (thought, 'hm</think>{"a": 2}', '{"a": 3}', "<think>x</think>hi")] == \
+            [True, False, True, False]
+        assert answer_grammar("qwen3", "assistant:<think>\n\n</think>\n\n", schema) is schema  # block closed
+        assert answer_grammar("none", "", schema) is schema
+        regex = answer_grammar("deepseek_r1", "", StructuredOutputsParams(regex="[0-9]+/x"))
+        assert (accepts(regex, "r</think>12/x"), accepts(regex, "r</think>12x")) == (True, False)
+        choice = answer_grammar("deepseek_r1", "", StructuredOutputsParams(choice=["yes", "no}"]))
+        assert (accepts(choice, "</think>no}"), accepts(choice, "</think>maybe")) == (True, False)
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"q": {"type": "string"}}}}}]
+        call = answer_grammar("deepseek_r1", "", tool_call_grammar(tools, open_tag="<tool_call>",
+                                                                   close_tag="</tool_call>"))
+        assert accepts(call, 'z</think>\n<tool_call>\n{"name": "f", "arguments": {"q": "v"}}\n</tool_call>')
+        assert not accepts(call, 'z</think>\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>')
+    finally:
+        compiler.shutdown()
+
+
 # ---- through the server --------------------------------------------------------------------------
 
 def _scripted_checkpoint(directory: str, byte_level_decoder: bool = False) -> str:

@@ -203,6 +203,12 @@ def test_every_new_route_needs_a_key(server):
             assert reply.json()["error"]["type"] == "authentication_error" and reply.json()["type"] == "error"
         ok = httpx.request(method, f"{server.url}{path}", json=body, headers={"x-api-key": KEY_A}, timeout=60)
         assert ok.status_code in (200, 404), (path, ok.text)
+    # Each body is declared in the OpenAPI schema, so the server's fuzz test generates bodies for it.
+    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize"):
+        body_schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body_schema["$ref"].startswith("#/components/schemas/"), path
+    assert {"/v1/responses/{response_id}", "/v1/responses/{response_id}/cancel", "/version"} <= set(paths)
 
 
 # ---- /v1/messages --------------------------------------------------------------------------------
