@@ -165,7 +165,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     # TCP port; 0 picks a free one.
     port: int = 8000
-    # Reject requests without a valid API key.
+    # Reject requests without a valid API key (401); /health stays open (/metrics: metrics_require_api_key).
     require_api_key: bool = False
     # Accepted API keys.
     api_keys: List[str] = field(default_factory=list)
@@ -173,8 +173,18 @@ class ServerConfig:
     api_keys_file: str = ""
     # Salt each request's prefix-cache hashes with its API key, so tenants never share pages.
     isolate_prefix_cache_per_key: bool = False
-    # Most requests waiting for a slot before the server answers 503.
+    # Most requests waiting for a slot before the server answers 503 (with Retry-After).
     max_queue: int = 1024
+    # Largest request body in bytes; a bigger one is answered 413 before it is parsed (8 MiB).
+    max_request_bytes: int = 8 * 1024 * 1024
+    # Longest prompt in tokens; a longer one is answered 400. None = the model's context (engine.max_model_len).
+    max_prompt_tokens: Optional[int] = None
+    # Chat requests (/v1/chat/completions, /v1/responses, /v1/messages) without max_tokens generate the rest
+    # of the context capped at this many tokens; /v1/completions without max_tokens generates 16 (OpenAI's).
+    default_max_tokens: int = 1024
+    # With require_api_key, /metrics needs a key too (Prometheus sends it as a bearer token);
+    # false leaves /metrics open. Without require_api_key it is always open.
+    metrics_require_api_key: bool = True
     # Live console table of throughput, queue and KV use.
     enable_console_monitor: bool = False
     # Log every request line.
@@ -197,6 +207,10 @@ class ServerConfig:
         _check(self.structured_output_compile_timeout_s > 0, "server.structured_output_compile_timeout_s",
                f"{self.structured_output_compile_timeout_s} must be > 0")
         _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
+        _check(self.max_request_bytes >= 1024, "server.max_request_bytes", f"{self.max_request_bytes} must be >= 1024")
+        _check(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1, "server.max_prompt_tokens",
+               f"{self.max_prompt_tokens} must be >= 1 (or null for the model's context)")
+        _check(self.default_max_tokens >= 1, "server.default_max_tokens", f"{self.default_max_tokens} must be >= 1")
         _check(self.responses_store in ("sqlite", "memory", "none"), "server.responses_store",
                f"{self.responses_store!r} is not sqlite|memory|none")
         _check(self.responses_store_max >= 1, "server.responses_store_max", "must be >= 1")
