@@ -12,6 +12,7 @@ checks ranges, so ``cache.page_size=0`` fails with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -368,13 +369,66 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
     """Turn a composed DictConfig into validated frozen dataclasses (raises ConfigError)."""
     if isinstance(cfg, SurgeConfig):
         return cfg
+    for key in _unknown_keys(cfg, SurgeConfig, ""):  # e.g. added with '+' on the command line
+        raise ConfigError(unknown_key_message(key))
     try:
         merged = OmegaConf.merge(schema(), cfg)
+        obj = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
     except Exception as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
-    obj = OmegaConf.to_object(merged)
+        raise ConfigError(f"invalid config: {_one_line(exc)}") from None
     assert isinstance(obj, SurgeConfig)
     return obj
+
+
+def config_keys(cls: type = SurgeConfig, prefix: str = "") -> List[str]:
+    """Every dotted key of the schema, e.g. 'cache.page_size'."""
+    keys: List[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys.extend(config_keys(kind, f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def unknown_key_message(key: str) -> str:
+    """'unknown config key X' with the closest real keys, for a typo or a key added with '+'."""
+    import difflib
+
+    known = config_keys()
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    if close:
+        hint = f"; did you mean {' or '.join(repr(k) for k in close)}?"
+    elif section and any(k.startswith(section) for k in known):
+        hint = f"; '{section[:-1]}' has {', '.join(k[len(section):] for k in known if k.startswith(section))}"
+    else:
+        hint = f"; the top-level keys are {', '.join(f.name for f in dataclasses.fields(SurgeConfig))}"
+    return f"unknown config key '{key}'{hint}"
+
+
+def _unknown_keys(node: Any, cls: type, prefix: str) -> List[str]:
+    if not isinstance(node, DictConfig):
+        return []
+    hints = typing.get_type_hints(cls)
+    found: List[str] = []
+    for key in node.keys():
+        if key not in hints:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            found.extend(_unknown_keys(node._get_node(key), hints[key], f"{prefix}{key}."))
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    """An OmegaConf message without its `full_key:` / `object_type=` detail lines."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(("full_key:", "reference_type=",
+                                                                              "object_type=")))
 
 
 def make_config(model: str | None = None, **overrides: Any) -> SurgeConfig:
@@ -410,6 +464,6 @@ def replace(cfg: SurgeConfig, **sections: Any) -> SurgeConfig:
 
 __all__ = [
     "BackendConfig", "BenchConfig", "CacheConfig", "ConfigError", "EngineConfig", "MISSING", "ModelConfig",
-    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "make_config",
-    "register_configs", "to_config",
+    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
+    "register_configs", "to_config", "unknown_key_message",
 ]
