@@ -15,11 +15,19 @@ import pytest
 APPS = {"serve": "surge-serve", "generate": "surge-generate", "bench": "surge-bench"}
 
 
-def run_app(app: str, *args: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / APPS[app]
-    command = [str(script)] if script.exists() else [sys.executable, "-m", f"surge.cli.{app}"]
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """run(app, *args): the app in a subprocess, in a scratch working directory (surge-bench makes an output
+    folder there), without HYDRA_FULL_ERROR."""
+    cwd = tmp_path_factory.mktemp("cli")
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=120, env=env)
+
+    def run(app: str, *args: str) -> subprocess.CompletedProcess:
+        script = Path(sys.executable).parent / APPS[app]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", f"surge.cli.{app}"]
+        return subprocess.run(command + list(args), capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+    return run
 
 
 @pytest.mark.parametrize("app,says,keys,example", [
@@ -38,8 +46,8 @@ def run_app(app: str, *args: str) -> subprocess.CompletedProcess:
       "bench.dtypes=[float32,bfloat16]", 'bench.url=""'],
      "surge-bench -m backend=reference,cpu engine.max_num_seqs=8,32"),
 ])
-def test_help_says_what_the_app_does(app, says, keys, example):
-    proc = run_app(app, "--help")
+def test_help_says_what_the_app_does(cli, app, says, keys, example):
+    proc = cli(app, "--help")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert text.startswith(f"{APPS[app]}: ") and says in text.splitlines()[0]
@@ -50,8 +58,8 @@ def test_help_says_what_the_app_does(app, says, keys, example):
     assert "backend: auto, cpu, pallas, reference, triton" in text  # the groups and their options
 
 
-def test_help_shows_the_values_the_overrides_give():
-    proc = run_app("serve", "engine.max_num_seqs=8", "server.port=9001", "--help")
+def test_help_shows_the_values_the_overrides_give(cli):
+    proc = cli("serve", "engine.max_num_seqs=8", "server.port=9001", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "engine.max_num_seqs=8 " in proc.stdout and "server.port=9001 " in proc.stdout
 
@@ -78,8 +86,8 @@ def test_help_shows_the_values_the_overrides_give():
     ("generate", "sampling.structured_outputs.choice=[yes]",
      "add it with '+sampling.structured_outputs.choice=VALUE'"),
 ])
-def test_bad_override_is_one_line(app, override, message):
-    proc = run_app(app, override)
+def test_bad_override_is_one_line(cli, app, override, message):
+    proc = cli(app, override)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -87,8 +95,8 @@ def test_bad_override_is_one_line(app, override, message):
     assert "Traceback" not in proc.stderr + proc.stdout and "HYDRA_FULL_ERROR" not in proc.stderr
 
 
-def test_bad_override_in_a_sweep_is_one_line(tmp_path):
-    proc = run_app("bench", "-m", "cache.page_sise=16,32", f"hydra.sweep.dir={tmp_path}")
+def test_bad_override_in_a_sweep_is_one_line(cli, tmp_path):
+    proc = cli("bench", "-m", "cache.page_sise=16,32", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "surge-bench: unknown config key 'cache.page_sise'; did you mean 'cache.page_size'? "
