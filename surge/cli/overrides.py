@@ -20,7 +20,8 @@ _MISSING_OPTION = re.compile(r"Could not find '([^']+)'")
 def explain(exc: BaseException, app: str) -> str:
     """The one-line message for a failed composition (without the 'surge-xxx: ' prefix)."""
     from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigKeyError, ConfigTypeError, OmegaConfBaseException, ValidationError
+    from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, ConfigTypeError, OmegaConfBaseException,
+                                  ValidationError)
 
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     key = getattr(cause, "full_key", None) or None
@@ -32,8 +33,7 @@ def explain(exc: BaseException, app: str) -> str:
         return f"'{existing}' already exists, so it cannot be added with '+': set it as {existing}=VALUE"
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override: {text} (write key=value; quote values with spaces or brackets)"
-    if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause) or type(cause).__name__ == \
-            "ConfigAttributeError":
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return _unknown_key(key, app)
     if isinstance(cause, ValidationError) and key:
         return f"invalid value for '{key}': {_one_line(cause)}"
