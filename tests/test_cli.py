@@ -95,6 +95,17 @@ def test_bad_override_is_one_line(cli, app, override, message):
     assert "Traceback" not in proc.stderr + proc.stdout and "HYDRA_FULL_ERROR" not in proc.stderr
 
 
+def test_a_model_that_does_not_exist_is_one_line(cli, tmp_path):
+    missing = tmp_path / "no-such-model.gguf"
+    proc = cli("generate", f"model.path={missing}", "engine.compile_at_startup=false")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == (f"surge-generate: model '{missing}': no such path; give a catalogue name "
+                         "(smollm2-135m-instruct), a Hugging Face directory (config.json + *.safetensors + "
+                         "tokenizer) or a .gguf file")
+    assert "Traceback" not in proc.stderr
+
+
 def test_bad_override_in_a_sweep_is_one_line(cli, tmp_path):
     proc = cli("bench", "-m", "cache.page_sise=16,32", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 2

@@ -42,6 +42,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig],
 
         register_configs()
         register_help_resolver()
+        job_failed: list[bool] = []
 
         @hydra.main(version_base=None, config_path=conf_dir(), config_name=config_name)
         def _run(raw: DictConfig) -> None:
@@ -53,7 +54,14 @@ def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig],
             logging.getLogger("surge").setLevel(cfg.engine.log_level.upper())
             # The job's own errors get Hydra's usual report; only composing is ours to explain.
             with _hydra_reports_errors():
-                job(cfg, raw)
+                try:
+                    job(cfg, raw)
+                except _user_errors() as exc:  # the config asks for what cannot be: say so, no traceback
+                    print(f"{app}: {exc}", file=sys.stderr)
+                    sys.exit(2)
+                except Exception:
+                    job_failed.append(True)  # a -m sweep re-raises it after the jobs: not a command-line error
+                    raise
 
         @functools.wraps(job)
         def main() -> None:
@@ -64,6 +72,8 @@ def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig],
             try:
                 _run()
             except Exception as exc:
+                if job_failed:
+                    raise
                 from surge.cli.overrides import explain
 
                 print(f"{app}: {explain(exc, app)}", file=sys.stderr)
@@ -77,6 +87,14 @@ def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig],
 
 
 _FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already names the key to change (imported late: they pull in JAX)."""
+    from surge.cache.kv_cache import KVCacheTooSmall
+    from surge.models.catalogue import ModelFetchError, ModelNotFound
+
+    return ConfigError, KVCacheTooSmall, ModelFetchError, ModelNotFound
 
 
 @contextlib.contextmanager

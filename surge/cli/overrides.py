@@ -9,6 +9,7 @@ that the schema does not have.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Optional
 
 from surge.config import config_keys, unknown_key_message
@@ -40,8 +41,6 @@ def explain(exc: BaseException, app: str) -> str:
     if isinstance(cause, ConfigTypeError) and "deletion" in str(cause) and key:
         return f"'{key}' cannot be deleted with '~': every key of surge's schema has a value; set it as {key}=VALUE"
     detail = _one_line(cause) if cause is not exc else ""
-    import sys
-
     given = " ".join(sys.argv[1:])
     return f"the command line ({given}) does not compose: {text}" + (f" ({detail})" if detail else "")
 

@@ -63,6 +63,10 @@ class ModelFetchError(RuntimeError):
     """A catalogue model could not be fetched or extracted."""
 
 
+class ModelNotFound(FileNotFoundError):
+    """A model name that is neither in the catalogue nor an existing path."""
+
+
 def cache_dir() -> str:
     """The directory surge caches downloaded models in."""
     return os.environ.get("SURGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "surge")
@@ -81,7 +85,7 @@ def resolve_model(name_or_path: str) -> str:
         return expanded
     looks_like_path = expanded.endswith(".gguf") or os.sep in expanded
     what = "path" if looks_like_path else "model name"
-    raise FileNotFoundError(
+    raise ModelNotFound(
         f"model {name_or_path!r}: no such {what}; give a catalogue name ({', '.join(known_names())}), "
         "a Hugging Face directory (config.json + *.safetensors + tokenizer) or a .gguf file")
 
