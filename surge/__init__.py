@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import importlib
 
+from surge.hf_logging import silence_torch_advice
+
 __version__ = "0.1.0"
+
+silence_torch_advice()  # before anything imports transformers (surge needs its tokenizers, not PyTorch)
 
 _LAZY = {
     "Engine": "surge.engine.engine",

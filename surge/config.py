@@ -12,6 +12,7 @@ checks ranges, so ``cache.page_size=0`` fails with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -165,7 +166,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     # TCP port; 0 picks a free one.
     port: int = 8000
-    # Reject requests without a valid API key.
+    # Reject requests without a valid API key (401); /health stays open (/metrics: metrics_require_api_key).
     require_api_key: bool = False
     # Accepted API keys.
     api_keys: List[str] = field(default_factory=list)
@@ -173,8 +174,19 @@ class ServerConfig:
     api_keys_file: str = ""
     # Salt each request's prefix-cache hashes with its API key, so tenants never share pages.
     isolate_prefix_cache_per_key: bool = False
-    # Most requests waiting for a slot before the server answers 503.
+    # Most requests waiting for a slot before the server answers 503 (with Retry-After).
     max_queue: int = 1024
+    # Largest request body in bytes; a bigger one is answered 413 before it is parsed (8 MiB).
+    max_request_bytes: int = 8 * 1024 * 1024
+    # Longest prompt in tokens; a longer one is answered 400. 0 = the model's context (engine.max_model_len).
+    max_prompt_tokens: int = 0
+    # Chat requests (/v1/chat/completions, /v1/responses, /v1/messages) without max_tokens generate the rest
+    # of the context capped at this many tokens (0 = no cap); /v1/completions without max_tokens generates 16
+    # (OpenAI's default).
+    default_max_tokens: int = 1024
+    # With require_api_key, /metrics needs a key too (Prometheus sends it as a bearer token);
+    # false leaves /metrics open. Without require_api_key it is always open.
+    metrics_require_api_key: bool = True
     # Live console table of throughput, queue and KV use.
     enable_console_monitor: bool = False
     # Log every request line.
@@ -197,6 +209,11 @@ class ServerConfig:
         _check(self.structured_output_compile_timeout_s > 0, "server.structured_output_compile_timeout_s",
                f"{self.structured_output_compile_timeout_s} must be > 0")
         _check(self.max_queue >= 1, "server.max_queue", "must be >= 1")
+        _check(self.max_request_bytes >= 1, "server.max_request_bytes", f"{self.max_request_bytes} must be >= 1")
+        _check(self.max_prompt_tokens >= 0, "server.max_prompt_tokens",
+               f"{self.max_prompt_tokens} must be >= 0 (0 = the model's context)")
+        _check(self.default_max_tokens >= 0, "server.default_max_tokens",
+               f"{self.default_max_tokens} must be >= 0 (0 = no cap)")
         _check(self.responses_store in ("sqlite", "memory", "none"), "server.responses_store",
                f"{self.responses_store!r} is not sqlite|memory|none")
         _check(self.responses_store_max >= 1, "server.responses_store_max", "must be >= 1")
@@ -354,13 +371,66 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
     """Turn a composed DictConfig into validated frozen dataclasses (raises ConfigError)."""
     if isinstance(cfg, SurgeConfig):
         return cfg
+    for key in _unknown_keys(cfg, SurgeConfig, ""):  # e.g. added with '+' on the command line
+        raise ConfigError(unknown_key_message(key))
     try:
         merged = OmegaConf.merge(schema(), cfg)
+        obj = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
     except Exception as exc:
-        raise ConfigError(f"invalid config: {exc}") from None
-    obj = OmegaConf.to_object(merged)
+        raise ConfigError(f"invalid config: {_one_line(exc)}") from None
     assert isinstance(obj, SurgeConfig)
     return obj
+
+
+def config_keys(cls: type = SurgeConfig, prefix: str = "") -> List[str]:
+    """Every dotted key of the schema, e.g. 'cache.page_size'."""
+    keys: List[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys.extend(config_keys(kind, f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def unknown_key_message(key: str) -> str:
+    """'unknown config key X' with the closest real keys, for a typo or a key added with '+'."""
+    import difflib
+
+    known = config_keys()
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    if close:
+        hint = f"; did you mean {' or '.join(repr(k) for k in close)}?"
+    elif section and any(k.startswith(section) for k in known):
+        hint = f"; '{section[:-1]}' has {', '.join(k[len(section):] for k in known if k.startswith(section))}"
+    else:
+        hint = f"; the top-level keys are {', '.join(f.name for f in dataclasses.fields(SurgeConfig))}"
+    return f"unknown config key '{key}'{hint}"
+
+
+def _unknown_keys(node: Any, cls: type, prefix: str) -> List[str]:
+    if not isinstance(node, DictConfig):
+        return []
+    hints = typing.get_type_hints(cls)
+    found: List[str] = []
+    for key in node.keys():
+        if key not in hints:
+            found.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            found.extend(_unknown_keys(node._get_node(key), hints[key], f"{prefix}{key}."))
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    """An OmegaConf message without its `full_key:` / `object_type=` detail lines."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(("full_key:", "reference_type=",
+                                                                              "object_type=")))
 
 
 def make_config(model: str | None = None, **overrides: Any) -> SurgeConfig:
@@ -396,6 +466,6 @@ def replace(cfg: SurgeConfig, **sections: Any) -> SurgeConfig:
 
 __all__ = [
     "BackendConfig", "BenchConfig", "CacheConfig", "ConfigError", "EngineConfig", "MISSING", "ModelConfig",
-    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "make_config",
-    "register_configs", "to_config",
+    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
+    "register_configs", "to_config", "unknown_key_message",
 ]

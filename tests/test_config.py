@@ -69,10 +69,21 @@ def test_every_yaml_key_is_commented():
     ("server.responses_store=redis", "server.responses_store"),
     ("server.responses_store_max=0", "server.responses_store_max"),
     ("server.reasoning_parser=think", "server.reasoning_parser"),
+    ("server.max_request_bytes=0", "server.max_request_bytes"),
+    ("server.max_prompt_tokens=-1", "server.max_prompt_tokens"),
+    ("server.default_max_tokens=-1", "server.default_max_tokens"),
 ])
 def test_bad_values_fail_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         to_config(_compose("generate", [override]))
+
+
+def test_server_limits_defaults():
+    server = to_config(_compose("serve", [])).server
+    assert (server.max_request_bytes, server.max_prompt_tokens, server.default_max_tokens) == (8 * 2**20, 0, 1024)
+    assert (server.max_queue, server.metrics_require_api_key, server.api_keys_file) == (1024, True, "")
+    server = to_config(_compose("serve", ["server.max_prompt_tokens=512", "server.metrics_require_api_key=false"])).server
+    assert (server.max_prompt_tokens, server.metrics_require_api_key) == (512, False)
 
 
 def test_unknown_key_fails_at_compose():

@@ -3,7 +3,8 @@
 In: Hydra overrides, e.g. `prompt="The capital of France is" sampling.max_tokens=32`, and
 `+sampling.structured_outputs.choice=[yes,no]` (or .json / .regex / .grammar / .json_object) to
 constrain the output.
-Out: the completion on stdout (streamed as it is generated).
+Out: the prompt and its completion on stdout (streamed as it is generated); with `chat=true`
+the assistant's answer alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def run(cfg: SurgeConfig, raw: DictConfig) -> None:
                             seed=s.seed, ignore_eos=s.ignore_eos,
                             structured_outputs=_plain(s.structured_outputs) or None)
     prompt = engine.apply_chat_template([{"role": "user", "content": cfg.prompt}]) if cfg.chat else cfg.prompt
-    print(cfg.prompt, end="", flush=True)
+    if not cfg.chat:  # a completion continues the prompt; a chat answer stands on its own
+        print(cfg.prompt, end="", flush=True)
     for out in engine.stream(prompt, params):
         print(out.delta_text, end="", flush=True)
     print()

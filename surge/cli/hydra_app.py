@@ -2,19 +2,25 @@
 
 In: the app's primary config name (conf/<name>.yaml) and its job function.
 Out: a console-script `main()` that composes the config, validates it into a
-SurgeConfig (a bad key or value exits with a message naming it) and runs the job.
+SurgeConfig and runs the job. A command line that does not compose or validate (a
+typo, '+' on an existing key, a wrong type, a missing group option) exits 2 with
+one line naming the key (surge/cli/overrides.py), never a traceback; `--help`
+prints conf/hydra/help/<app>.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from omegaconf import DictConfig
 
+from surge.cli.help_text import register_help_resolver
 from surge.config import ConfigError, SurgeConfig, register_configs, to_config
 
 
@@ -29,26 +35,74 @@ def conf_dir() -> str:
 
 def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig], object]], Callable[[], None]]:
     """Wrap `job(cfg, raw_cfg)` as a Hydra console script reading conf/<config_name>.yaml."""
+    app = f"surge-{config_name}"
 
     def wrap(job: Callable[[SurgeConfig, DictConfig], object]) -> Callable[[], None]:
         import hydra
 
         register_configs()
+        register_help_resolver()
+        job_failed: list[bool] = []
 
         @hydra.main(version_base=None, config_path=conf_dir(), config_name=config_name)
         def _run(raw: DictConfig) -> None:
             try:
                 cfg = to_config(raw)
             except ConfigError as exc:
-                print(f"surge: {exc}", file=sys.stderr)
+                print(f"{app}: {exc}", file=sys.stderr)
                 sys.exit(2)
             logging.getLogger("surge").setLevel(cfg.engine.log_level.upper())
-            job(cfg, raw)
+            # The job's own errors get Hydra's usual report; only composing is ours to explain.
+            with _hydra_reports_errors():
+                try:
+                    job(cfg, raw)
+                except _user_errors() as exc:  # the config asks for what cannot be: say so, no traceback
+                    print(f"{app}: {exc}", file=sys.stderr)
+                    sys.exit(2)
+                except Exception:
+                    job_failed.append(True)  # a -m sweep re-raises it after the jobs: not a command-line error
+                    raise
 
         @functools.wraps(job)
         def main() -> None:
-            _run()
+            if os.environ.get(_FULL_ERROR):  # the user asked for Hydra's full traceback
+                _run()
+                return
+            os.environ[_FULL_ERROR] = "1"  # Hydra then raises composition errors instead of printing them
+            try:
+                _run()
+            except Exception as exc:
+                if job_failed:
+                    raise
+                from surge.cli.overrides import explain
+
+                print(f"{app}: {explain(exc, app)}", file=sys.stderr)
+                sys.exit(2)
+            finally:
+                os.environ.pop(_FULL_ERROR, None)
 
         return main
 
     return wrap
+
+
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already names the key to change (imported late: they pull in JAX)."""
+    from surge.cache.kv_cache import KVCacheTooSmall
+    from surge.models.catalogue import ModelFetchError, ModelNotFound
+
+    return ConfigError, KVCacheTooSmall, ModelFetchError, ModelNotFound
+
+
+@contextlib.contextmanager
+def _hydra_reports_errors() -> Iterator[None]:
+    """Unset HYDRA_FULL_ERROR while the job runs (its child processes do not inherit it), then restore it."""
+    previous = os.environ.pop(_FULL_ERROR, None)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ[_FULL_ERROR] = previous

