@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from surge.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from surge.server.metrics import ServerMetrics, token_count_buckets
-from surge.server.monitoring import build_table, start_monitoring
+from surge.monitoring.monitor import build_table, start_monitoring
 
 STATS = {"num_total_pages": 200, "num_used_pages": 50, "num_cached_pages": 7, "num_running": 3, "num_waiting": 2,
          "num_preemptions": 4, "num_compiles": 6, "num_steps": 1000, "prefix_cache_hit_rate": 0.25,
@@ -189,6 +189,6 @@ def test_console_that_is_not_a_terminal_gets_summary_lines(monitoring_log_interv
 
 @pytest.fixture
 def monitoring_log_interval(monkeypatch):
-    import surge.server.monitoring as monitoring
+    import surge.monitoring.monitor as monitoring
 
     monkeypatch.setattr(monitoring, "LOG_INTERVAL_S", 0.05)

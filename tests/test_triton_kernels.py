@@ -34,8 +34,8 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 torch = pytest.importorskip("torch", reason="the Triton interpreter tests feed torch CPU tensors")
 import triton.runtime.interpreter as triton_interpreter  # noqa: E402
 
-from triton_kernels import launch  # noqa: E402
-from triton_kernels import paged_attention as kernels  # noqa: E402
+from surge.triton_kernels import launch  # noqa: E402
+from surge.triton_kernels import paged_attention as kernels  # noqa: E402
 
 if not isinstance(kernels.paged_attention_kernel, triton_interpreter.InterpretedFunction):
     kernels = importlib.reload(kernels)  # imported earlier without the interpreter
@@ -349,7 +349,7 @@ _AOT_SCRIPT = textwrap.dedent("""
     import triton
     from triton.backends import backends
     from triton.backends.compiler import GPUTarget
-    from triton_kernels import launch, paged_attention as kernels
+    from surge.triton_kernels import launch, paged_attention as kernels
 
     if "nvidia" not in backends:
         print("AOT-SKIP this triton has no CUDA backend; it has " + ", ".join(sorted(backends)))
@@ -426,3 +426,13 @@ def test_float32_kernels_compile_ahead_of_time_for_sm90():
         dict(kernel="attention", cache_dtype="float32", num_heads=8, num_kv_heads=2, head_dim=64, page_size=16,
              sliding_window=32, logit_soft_cap=None, **_ATTENTION_SIZES),
     ])
+
+
+def test_kernels_live_in_surges_namespace_and_import_without_jax():
+    """Installed as `surge.triton_kernels` (never a top-level `triton_kernels` that would shadow OpenAI's)."""
+    probe = ("import sys, surge.triton_kernels.paged_attention as k, surge.triton_kernels.launch; "
+             "print(k.__name__, 'jax' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["surge.triton_kernels.paged_attention", "False"]

@@ -294,7 +294,7 @@ class Engine:
 
     def start_monitoring(self, prometheus_port: int = 9090, enable_console: bool = False, **kwargs):
         """Serve Prometheus metrics on `prometheus_port` and, optionally, a live console table."""
-        from surge.server.monitoring import start_monitoring
+        from surge.monitoring.monitor import start_monitoring
 
         return start_monitoring(self, prometheus_port=prometheus_port, enable_console=enable_console, **kwargs)
 

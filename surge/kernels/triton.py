@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from surge.kernels.base import AttentionBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
-from triton_kernels import launch
+from surge.triton_kernels import launch
 
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 # Warps and pipeline stages per attention program (64-row tiles; see launch.DEFAULT_BLOCK_ROWS).
@@ -65,7 +65,7 @@ class TritonBackend(AttentionBackend):
         logit_soft_cap: Optional[float] = None,
     ) -> Tuple[jax.Array, KVCache]:
         import jax_triton
-        from triton_kernels import paged_attention as kernels
+        from surge.triton_kernels import paged_attention as kernels
 
         k_pages, v_pages = kv_cache
         _check_shapes(q, k, v, k_pages, v_pages)

@@ -1,7 +1,7 @@
-"""surge's OpenAI-compatible server: FastAPI app, API keys, Prometheus metrics, console monitor.
+"""surge's OpenAI-compatible server: FastAPI app, API keys, Prometheus metrics.
 
-`eSurgeApiServer` is imported lazily, so that `surge.server.monitoring` (which
-`Engine.start_monitoring` uses) does not pull in FastAPI.
+`eSurgeApiServer` is imported lazily, so that importing a server module (e.g. `surge.server.auth`)
+does not pull in FastAPI and the engine.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ class eSurgeApiServer:
         return self.host.build_in_background(self._engine_factory)
 
     def _start_console(self, engine) -> None:
-        from surge.server.monitoring import start_monitoring
+        from surge.monitoring.monitor import start_monitoring
 
         self.monitor = start_monitoring(engine, prometheus_port=None, enable_console=True, metrics=self.metrics,
                                         model_name=self.model_name)

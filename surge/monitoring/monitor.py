@@ -2,8 +2,8 @@
 
 In: an engine (anything with `stats()`), a port for the exporter (loopback by
 default; None for no exporter) and whether to draw the console table; a
-server's `ServerMetrics` when there is one (its registry is exported and its
-token counters give throughput). Out: a `MonitoringHandle` with `.port`,
+server's `ServerMetrics` when there is one (anything with `.registry` and
+`.totals()`: its registry is exported and its token counters give throughput). Out: a `MonitoringHandle` with `.port`,
 `.url`, `.stop()`. On a terminal the console thread redraws a `rich` table
 every `refresh_interval` seconds, in the words of eSurge's page: request
 throughput, token generation rate, memory (KV-cache use), cache hit rate,
@@ -22,7 +22,7 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from surge.server.metrics import EngineStatsCollector, ServerMetrics
+from surge.monitoring.engine_stats import EngineStatsCollector
 
 logger = logging.getLogger("surge")
 
@@ -42,7 +42,7 @@ class _Rates:
         return rates
 
 
-def _counters(engine, metrics: Optional[ServerMetrics], stats: dict) -> dict:
+def _counters(engine, metrics: Optional[object], stats: dict) -> dict:
     counters = {"steps": stats.get("num_steps", 0)}
     if metrics is not None:
         totals = metrics.totals()
@@ -109,7 +109,7 @@ class MonitoringHandle:
 
 
 def start_monitoring(engine, prometheus_port: Optional[int] = 9090, enable_console: bool = True, *,
-                     host: str = "127.0.0.1", refresh_interval: float = 1.0, metrics: Optional[ServerMetrics] = None,
+                     host: str = "127.0.0.1", refresh_interval: float = 1.0, metrics: Optional[object] = None,
                      console=None, model_name: Optional[str] = None) -> MonitoringHandle:
     """Start the exporter (port 0 picks a free one; None starts none) and, if asked, the console table."""
     name = model_name or getattr(engine, "model_name", "surge")
