@@ -3,7 +3,7 @@
 ``make_checkpoint(config_class, directory, **config)`` saves a tiny random-weight transformers
 model (float32, eager attention) with the byte-level test tokenizer and returns a TinyCheckpoint.
 ``check_ragged_logits`` runs a two-request ragged batch (request 0 prefilled in two chunks, padding
-tokens and a padding sequence) through the reference backend over NaN-filled pages and compares every
+tokens and a padding sequence) through a backend (reference or cpu) over NaN-filled pages and compares every
 position's logits with transformers' float32 logits; ``check_greedy`` compares 16 greedy tokens;
 ``check_engine_greedy`` does the same through surge.Engine with a given backend (chunked prefill).
 """
@@ -49,10 +49,11 @@ def assert_logits_close(got, want, what: str) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol, err_msg=what)
 
 
-def check_ragged_logits(ckpt: TinyCheckpoint, what: str):
+def check_ragged_logits(ckpt: TinyCheckpoint, what: str, backend: str = "reference"):
     loaded = load_model(ckpt.path)
     assert num_params(loaded.arch) == sum(p.numel() for p in ckpt.hf_model.parameters())
-    runner = PagedModel(loaded.model)
+    runner = PagedModel(loaded.model, backend=backend)
+    what = f"{what} ({backend} backend)"
     first, second = PROMPTS
     chunk_a, chunk_b = runner.step([(0, first[:5]), (1, second)])
     (chunk_c,) = runner.step([(0, first[5:])])

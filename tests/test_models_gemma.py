@@ -44,9 +44,10 @@ def gemma(request, tmp_path_factory):
     return request.param, ckpt
 
 
-def test_ragged_chunked_logits_match_transformers(gemma):
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_ragged_chunked_logits_match_transformers(backend, gemma):
     family, ckpt = gemma
-    loaded = check_ragged_logits(ckpt, family)
+    loaded = check_ragged_logits(ckpt, family, backend)
     arch = loaded.arch
     assert arch.sandwich_norms and arch.norm_unit_offset and arch.hidden_act == "gelu_tanh"
     want_windows = [4, None, 4, None] if family == "gemma2" else [4, 4, None, 4]

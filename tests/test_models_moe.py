@@ -36,9 +36,10 @@ def moe(request, tmp_path_factory):
     return request.param, make_checkpoint(config_class, tmp_path_factory.mktemp(request.param), **config)
 
 
-def test_ragged_chunked_logits_match_transformers(moe):
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_ragged_chunked_logits_match_transformers(backend, moe):
     family, ckpt = moe
-    arch = check_ragged_logits(ckpt, family).arch
+    arch = check_ragged_logits(ckpt, family, backend).arch
     assert (arch.moe.num_experts, arch.moe.top_k) == (4, 2)
     assert arch.moe.layers == ((True, False, True) if family == "qwen2_moe" else (True, True, True))
     assert arch.moe.normalize_top_k == (family != "qwen2_moe")

@@ -38,9 +38,10 @@ def phi3(request, tmp_path_factory):
     return request.param, ckpt
 
 
-def test_ragged_chunked_logits_match_transformers(phi3):
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_ragged_chunked_logits_match_transformers(backend, phi3):
     name, ckpt = phi3
-    arch = check_ragged_logits(ckpt, f"phi3 {name}").arch
+    arch = check_ragged_logits(ckpt, f"phi3 {name}", backend).arch
     assert arch.fused_checkpoint
     if name == "partial":
         assert (arch.rotary_dim, arch.sliding_window) == (8, 5)
