@@ -10,7 +10,8 @@ the mixture-of-experts grouped projection (`grouped_matmul`: jax.lax.ragged_dot)
 
 A backend writes the new K/V into the pages named by ``slot_mapping`` first, then
 attends: token t of sequence s sees the keys of s at positions <= positions[t]
-(and > positions[t] - sliding_window when a window is set), causal and GQA
+(and > positions[t] - sliding_window when a window is set; and, with an
+attention_chunk, only keys in its own chunk: >= positions[t] // chunk * chunk), causal and GQA
 (query head h reads KV head h // (H // KV)). Scores are ``q.k * scale``, soft-capped
 as ``cap * tanh(s / cap)`` when ``logit_soft_cap`` is set, softmaxed in float32.
 """
@@ -89,5 +90,6 @@ class AttentionBackend(abc.ABC):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
         """Write k/v at md.slot_mapping, then attend; returns (out [T, H, hd], updated cache)."""

@@ -138,7 +138,12 @@ class CpuBackend(AttentionBackend):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
+        if attention_chunk is not None:
+            raise NotImplementedError(
+                f"cpu attention: attention_chunk={attention_chunk} (chunked local attention, Llama 4) has no mask "
+                "in the native kernel yet; run this model with backend=reference")
         k_pages, v_pages = kv_cache
         _check_dtypes(q, k_pages, v_pages)
         call = jax.ffi.ffi_call(

@@ -1,10 +1,10 @@
 """The shape of a decoder-only model, independent of where its weights come from.
 
 In: a Hugging Face ``config.json`` dict (Llama, Qwen2, Qwen3, Mistral, Gemma 2/3,
-Phi-3, Mixtral, Qwen2-MoE, Qwen3-MoE) or, via the GGUF reader, metadata mapped to
-the same keys. Out: a frozen ``ModelArchConfig`` that the decoder, the loader and
-the engine (to size the KV cache) read. What sets each newer family apart is read
-by its own module (surge.models.gemma, .phi3, .moe) into the fields below.
+Phi-3, Mixtral, Qwen2-MoE, Qwen3-MoE, Llama 4 text) or, via the GGUF reader, metadata
+mapped to the same keys. Out: a frozen ``ModelArchConfig`` that the decoder, the loader
+and the engine (to size the KV cache) read. What sets each newer family apart is read
+by its own module (surge.models.gemma, .phi3, .moe_config, .llama4) into the fields below.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "MixtralForCausalLM",
-                           "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+                           "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "Llama4ForCausalLM")
 
 # model_type -> architecture, for configs that carry no `architectures` list.
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                        "mistral": "MistralForCausalLM", "gemma2": "Gemma2ForCausalLM",
                        "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM",
-                       "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+                       "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                       "llama4_text": "Llama4ForCausalLM"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +71,20 @@ class MoEConfig:
     # Width of the always-on shared expert (0: none) and whether a sigmoid gate scales it (Qwen2-MoE).
     shared_intermediate_size: int = 0
     shared_expert_gate: bool = False
-    # Checkpoint tensor naming: "mixtral" (block_sparse_moe.experts.N.w1/w3/w2) or "qwen" (mlp.experts.N.*).
+    # Checkpoint tensor naming: "mixtral" (block_sparse_moe.experts.N.w1/w3/w2), "qwen" (mlp.experts.N.*)
+    # or "llama4" (feed_forward.experts.gate_up_proj / down_proj, stacked [E, in, out]).
     naming: str = "qwen"
+    # "softmax": top-k of the softmax, weighting each expert's output (Mixtral, Qwen); "sigmoid": top-k of
+    # the logits, their sigmoid scaling each expert's input (Llama 4).
+    routing: str = "softmax"
 
     def __post_init__(self) -> None:
         if not 0 < self.top_k <= self.num_experts:
             raise ValueError(f"MoE top_k ({self.top_k}) must be in [1, num_experts={self.num_experts}]")
-        if self.naming not in ("mixtral", "qwen"):
-            raise ValueError(f"MoE naming {self.naming!r} is not mixtral or qwen")
+        if self.naming not in ("mixtral", "qwen", "llama4"):
+            raise ValueError(f"MoE naming {self.naming!r} is not mixtral, qwen or llama4")
+        if self.routing not in ("softmax", "sigmoid"):
+            raise ValueError(f"MoE routing {self.routing!r} is not softmax or sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +133,19 @@ class ModelArchConfig:
     final_logit_soft_cap: Optional[float] = None
     # q/k/v and gate/up stored fused in the checkpoint (Phi-3's qkv_proj and gate_up_proj).
     fused_checkpoint: bool = False
-    # Mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE); None = dense.
+    # Mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, Llama 4); None = dense.
     moe: Optional[MoEConfig] = None
+    # Chunked local attention (Llama 4): the flagged layers see only keys of the token's own chunk.
+    attention_chunk_size: Optional[int] = None
+    chunked_layers: Tuple[bool, ...] = ()
+    # One flag per layer: that layer applies no RoPE (Llama 4's global layers). Empty: every layer rotates.
+    nope_layers: Tuple[bool, ...] = ()
+    # RoPE rotates adjacent pairs (x[2i], x[2i+1]) instead of the two halves (Llama 4).
+    rope_interleaved: bool = False
+    # Weightless RMS norm of q and k after RoPE, on RoPE layers (Llama 4's use_qk_norm).
+    qk_l2_norm: bool = False
+    # (floor_scale, attn_scale): NoPE layers scale q by log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1.
+    attn_temperature: Optional[Tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -141,6 +159,19 @@ class ModelArchConfig:
             raise ValueError(f"rotary_dim {self.rotary_dim} must be even and in (0, head_dim={self.head_dim}]")
         if self.moe is not None and len(self.moe.layers) != self.num_layers:
             raise ValueError(f"moe.layers has {len(self.moe.layers)} entries for {self.num_layers} layers")
+        for name in ("chunked_layers", "nope_layers"):
+            flags = getattr(self, name)
+            if flags and len(flags) != self.num_layers:
+                raise ValueError(f"{name} has {len(flags)} entries for {self.num_layers} layers")
+        if self.chunked_layers and any(self.chunked_layers) and not (self.attention_chunk_size or 0) > 0:
+            raise ValueError(f"chunked layers need a positive attention_chunk_size, not {self.attention_chunk_size}")
+
+    def layer_chunk(self, layer: int) -> Optional[int]:
+        """The attention chunk of `layer`, or None when it is not a chunked layer."""
+        return self.attention_chunk_size if self.chunked_layers and self.chunked_layers[layer] else None
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        return not (self.nope_layers and self.nope_layers[layer])
 
     @property
     def rope_dim(self) -> int:
@@ -291,8 +322,9 @@ def _sliding_window(config: Mapping[str, Any], family: str, num_layers: int) -> 
 
 
 def _family_readers() -> dict:
-    from surge.models import gemma, moe_config, phi3
+    from surge.models import gemma, llama4, moe_config, phi3
 
     return {"gemma2": gemma.arch_fields, "gemma3": gemma.arch_fields, "phi3": phi3.arch_fields,
+            "llama4": llama4.arch_fields,
             "mixtral": moe_config.arch_fields, "qwen2moe": moe_config.arch_fields,
             "qwen3moe": moe_config.arch_fields}

@@ -1,5 +1,6 @@
 """One Flax NNX decoder for every supported family (Llama, Qwen2/3, Mistral, Gemma 2/3, Phi-3, and the
-mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE), its differences read from the ModelArchConfig.
+mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, and Llama 4 text), its differences read from the
+ModelArchConfig.
 
 In: token ids int32[T] of a ragged batch, its AttentionMetadata, one
 ``(k_pages, v_pages)`` cache per layer, the rows whose logits are wanted
@@ -13,8 +14,9 @@ run as a plain Python loop (unrolled under jit). Activations take the backend's
 compute dtype (the weights' dtype, or float32 on the cpu backend); RMSNorm statistics
 and the attention softmax are computed in float32; logits are returned in float32.
 A MoE layer's MLP is surge.models.moe.MoEBlock; everything else a family needs
-(GeGLU, (1 + w) norms, sandwich norms, embedding scale, soft caps, per-layer window
-and RoPE) is a branch on a static arch field, so it costs nothing when unused.
+(GeGLU, (1 + w) norms, sandwich norms, embedding scale, soft caps, per-layer window,
+chunk and RoPE, NoPE layers and their query temperature) is a branch on a static
+arch field, so it costs nothing when unused.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from surge.kernels.base import AttentionBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
 from surge.models.moe import MoEBlock, gated_activation
-from surge.models.rope import apply_rope, rope_inputs
+from surge.models.rope import apply_rope, apply_rope_interleaved, rope_inputs
 
 _INIT_STD = 0.02
 
@@ -62,12 +64,23 @@ def soft_cap(x: jax.Array, cap: Optional[float]) -> jax.Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
+def _weightless_rms_norm(x: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, arch: ModelArchConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         hidden, head_dim = arch.hidden_size, arch.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = arch.num_heads, arch.num_kv_heads, head_dim
         self.sliding_window = arch.layer_window(layer)
         self.rope_index = arch.layer_rope(layer)
+        self.uses_rope = arch.layer_uses_rope(layer)
+        self.rope_interleaved = arch.rope_interleaved
+        self.attention_chunk = arch.layer_chunk(layer)
+        # Llama 4: weightless q/k norms on RoPE layers, a position-dependent query temperature on NoPE layers.
+        self.qk_l2_norm_eps = arch.rms_norm_eps if arch.qk_l2_norm and self.uses_rope else None
+        self.attn_temperature = arch.attn_temperature if not self.uses_rope else None
         self.scale = arch.attention_scale if arch.attention_scale is not None else head_dim ** -0.5
         self.attn_soft_cap = arch.attn_logit_soft_cap
         self.hidden_act = arch.hidden_act
@@ -100,10 +113,20 @@ class DecoderLayer(nnx.Module):
         v = qkv[:, q_size + kv_size:].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope[self.rope_index]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn, kv_cache = attention(q, k, v, kv_cache, md, scale=self.scale, sliding_window=self.sliding_window,
-                                   logit_soft_cap=self.attn_soft_cap)
+        if self.uses_rope:
+            cos, sin = rope[self.rope_index]
+            rotate = apply_rope_interleaved if self.rope_interleaved else apply_rope
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if self.qk_l2_norm_eps is not None:
+            q, k = _weightless_rms_norm(q, self.qk_l2_norm_eps), _weightless_rms_norm(k, self.qk_l2_norm_eps)
+        if self.attn_temperature is not None:
+            floor_scale, attn_scale = self.attn_temperature
+            temp = jnp.log1p(jnp.floor((md.positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            q = (q.astype(jnp.float32) * temp[:, None, None]).astype(q.dtype)
+        attention_options = dict(sliding_window=self.sliding_window, logit_soft_cap=self.attn_soft_cap)
+        if self.attention_chunk is not None:  # only passed where set, so every backend sees its usual call
+            attention_options["attention_chunk"] = self.attention_chunk
+        attn, kv_cache = attention(q, k, v, kv_cache, md, scale=self.scale, **attention_options)
         out = attention.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...])
         if self.o_bias is not None:
             out = out + self.o_bias[...]

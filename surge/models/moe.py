@@ -1,11 +1,12 @@
-"""The mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE) and the gated activations.
+"""The mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, Llama 4) and the gated activations.
 
 In: normed hidden states x [T, hidden] and the backend. Out: [T, hidden], the sum over
-each token's top-k experts of router weight * expert(x), plus the shared expert
-(sigmoid-gated for Qwen2-MoE) when the model has one.
+each token's top-k experts of router weight * expert(x) (Llama 4: expert(weight * x)),
+plus the shared expert (sigmoid-gated for Qwen2-MoE) when the model has one.
 
 Routing is static-shaped and has no loop over tokens or experts: softmax over the
-router logits (float32), top-k, optional renormalisation; the T * k (token, expert)
+router logits (float32), top-k, optional renormalisation (Llama 4: top-k of the logits,
+then their sigmoid); the T * k (token, expert)
 pairs are sorted by expert so that each expert's rows are contiguous, and both expert
 projections are one grouped matmul over the packed weights [E, in, out]
 (``backend.grouped_matmul``, jax.lax.ragged_dot by default) with the per-expert row
@@ -41,6 +42,7 @@ class MoEBlock(nnx.Module):
         moe = arch.moe
         hidden, inter = arch.hidden_size, moe.intermediate_size
         self.num_experts, self.top_k, self.normalize = moe.num_experts, moe.top_k, moe.normalize_top_k
+        self.routing = moe.routing
         self.hidden_act = arch.hidden_act
         self.router = _normal(rngs, (hidden, moe.num_experts), dtype)  # [in, out]
         self.experts_gate_up = _normal(rngs, (moe.num_experts, hidden, 2 * inter), dtype)
@@ -60,6 +62,9 @@ class MoEBlock(nnx.Module):
     def route(self, x: jax.Array, backend) -> tuple:
         """(weights float32[T, k], expert ids int32[T, k]) of each token's top-k experts."""
         logits = backend.matmul(x, self.router[...]).astype(jnp.float32)
+        if self.routing == "sigmoid":
+            top, experts = jax.lax.top_k(logits, self.top_k)
+            return jax.nn.sigmoid(top), experts.astype(jnp.int32)
         probs = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probs, self.top_k)
         if self.normalize:
@@ -73,11 +78,15 @@ class MoEBlock(nnx.Module):
         order = jnp.argsort(flat_experts, stable=True)  # rows grouped by expert
         token_of_row = order // self.top_k
         group_sizes = jnp.bincount(flat_experts, length=self.num_experts).astype(jnp.int32)
+        row_weights = weights.reshape(-1)[order][:, None]
         rows = x[token_of_row]
+        if self.routing == "sigmoid":  # the weight scales the expert's input
+            rows = (rows.astype(jnp.float32) * row_weights).astype(x.dtype)
         gate_up = backend.grouped_matmul(rows, self.experts_gate_up[...], group_sizes)
         out_rows = backend.grouped_matmul(gated_activation(gate_up, self.hidden_act, backend),
-                                          self.experts_down[...], group_sizes)
-        out_rows = out_rows.astype(jnp.float32) * weights.reshape(-1)[order][:, None]
+                                          self.experts_down[...], group_sizes).astype(jnp.float32)
+        if self.routing == "softmax":
+            out_rows = out_rows * row_weights
         out = jnp.zeros((num_tokens, x.shape[1]), jnp.float32).at[token_of_row].add(out_rows)
         if self.shared_gate_up is not None:
             shared_h = gated_activation(backend.matmul(x, self.shared_gate_up[...]), self.hidden_act, backend)

@@ -1,6 +1,7 @@
 """What the mixture-of-experts families put in config.json and in their checkpoints.
 
-In: a transformers config dict of Mixtral, Qwen2-MoE or Qwen3-MoE. Out: the
+In: a transformers config dict of Mixtral, Qwen2-MoE or Qwen3-MoE (Llama 4's is read
+by surge.models.llama4; its tensor names are here too). Out: the
 ModelArchConfig fields (``arch_fields``, the shared ones read by arch.base_fields
 plus a MoEConfig), and the Hugging Face tensor names and shapes of one MoE layer
 (``moe_names``, ``moe_hf_shapes``) that the weight loader reads.
@@ -44,11 +45,19 @@ class MoENames:
 
     @property
     def _block(self) -> str:
-        return self.prefix + ("block_sparse_moe." if self.naming == "mixtral" else "mlp.")
+        return self.prefix + {"mixtral": "block_sparse_moe.", "qwen": "mlp.", "llama4": "feed_forward."}[self.naming]
+
+    @property
+    def fused(self) -> bool:
+        """Experts stored stacked: experts.gate_up_proj [E, hidden, 2 I] and experts.down_proj [E, I, hidden]."""
+        return self.naming == "llama4"
 
     @property
     def router(self) -> str:
-        return self._block + "gate.weight"
+        return self._block + ("router.weight" if self.naming == "llama4" else "gate.weight")
+
+    experts_gate_up = property(lambda self: self._block + "experts.gate_up_proj")
+    experts_down = property(lambda self: self._block + "experts.down_proj")
 
     def _expert(self, e: int, mixtral: str, qwen: str) -> str:
         return f"{self._block}experts.{e}.{mixtral if self.naming == 'mixtral' else qwen}.weight"
@@ -76,7 +85,10 @@ def moe_hf_shapes(arch: ModelArchConfig, prefix: str) -> Dict[str, tuple]:
     moe, hidden = arch.moe, arch.hidden_size
     names = moe_names(arch, prefix)
     shapes = {names.router: (moe.num_experts, hidden)}
-    for e in range(moe.num_experts):
+    if names.fused:
+        shapes.update({names.experts_gate_up: (moe.num_experts, hidden, 2 * moe.intermediate_size),
+                       names.experts_down: (moe.num_experts, moe.intermediate_size, hidden)})
+    for e in range(0 if names.fused else moe.num_experts):
         shapes.update({names.expert_gate(e): (moe.intermediate_size, hidden),
                        names.expert_up(e): (moe.intermediate_size, hidden),
                        names.expert_down(e): (hidden, moe.intermediate_size)})

@@ -105,3 +105,12 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
     return (x32 * cos[:, None, :] + rotated * sin[:, None, :]).astype(x.dtype)
+
+
+def apply_rope_interleaved(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) by frequency i (Llama 4's complex form); same tables."""
+    half = cos.shape[-1] // 2
+    x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], half, 2)
+    c, s = cos[:, None, :half], sin[:, None, :half]
+    even, odd = x32[..., 0], x32[..., 1]
+    return jnp.stack([even * c - odd * s, even * s + odd * c], axis=-1).reshape(x.shape).astype(x.dtype)

@@ -62,8 +62,9 @@ def expected_hf_shapes(arch: ModelArchConfig) -> Dict[str, tuple]:
         elif arch.fused_checkpoint:
             shapes.update({p + "mlp.gate_up_proj.weight": (2 * inter, hidden), p + "mlp.down_proj.weight": (hidden, inter)})
         else:
-            shapes.update({p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-                           p + "mlp.down_proj.weight": (hidden, inter)})
+            m = p + _mlp(arch)
+            shapes.update({m + "gate_proj.weight": (inter, hidden), m + "up_proj.weight": (inter, hidden),
+                           m + "down_proj.weight": (hidden, inter)})
         if arch.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (q_out,), p + "self_attn.k_proj.bias": (kv_out,),
                            p + "self_attn.v_proj.bias": (kv_out,)})
@@ -130,18 +131,28 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
             put(layer.gate_up_proj, read(p + "mlp.gate_up_proj.weight").T)
             put(layer.down_proj, read(p + "mlp.down_proj.weight").T)
         else:
-            put(layer.gate_up_proj, read(p + "mlp.gate_proj.weight").T, read(p + "mlp.up_proj.weight").T, axis=1)
-            put(layer.down_proj, read(p + "mlp.down_proj.weight").T)
+            m = p + _mlp(arch)
+            put(layer.gate_up_proj, read(m + "gate_proj.weight").T, read(m + "up_proj.weight").T, axis=1)
+            put(layer.down_proj, read(m + "down_proj.weight").T)
     return model
+
+
+def _mlp(arch: ModelArchConfig) -> str:
+    """The dense MLP's name within a layer (Llama 4 calls it feed_forward)."""
+    return "feed_forward." if arch.architecture == "Llama4ForCausalLM" else "mlp."
 
 
 def _put_moe(block, arch: ModelArchConfig, prefix: str, read, put) -> None:
     names = moe_names(arch, prefix)
     put(block.router, read(names.router).T)
-    experts = range(arch.moe.num_experts)
-    put(block.experts_gate_up, np.stack([np.concatenate([read(names.expert_gate(e)).T, read(names.expert_up(e)).T],
-                                                        axis=1) for e in experts]))
-    put(block.experts_down, np.stack([read(names.expert_down(e)).T for e in experts]))
+    if names.fused:  # already stacked as [E, in, out], gate before up
+        put(block.experts_gate_up, read(names.experts_gate_up))
+        put(block.experts_down, read(names.experts_down))
+    else:
+        experts = range(arch.moe.num_experts)
+        put(block.experts_gate_up, np.stack([np.concatenate([read(names.expert_gate(e)).T,
+                                                             read(names.expert_up(e)).T], axis=1) for e in experts]))
+        put(block.experts_down, np.stack([read(names.expert_down(e)).T for e in experts]))
     if block.shared_gate_up is not None:
         put(block.shared_gate_up, read(names.shared_gate_proj).T, read(names.shared_up_proj).T, axis=1)
         put(block.shared_down, read(names.shared_down_proj).T)
