@@ -89,3 +89,23 @@ def test_exact_gelu_is_rejected(gemma, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="hidden_activation 'gelu' is not supported"):
         load_model(str(tmp_path))
+
+
+def test_alternating_windows_hold_the_pages_the_global_layers_need(gemma):
+    # Windowed layers could give pages back but the global layers read every token, so over a long
+    # generation a request holds exactly its tokens' pages: no more (nothing per layer), no fewer.
+    import surge
+
+    _, ckpt = gemma
+    engine = surge.Engine.from_pretrained(ckpt.path, backend="reference", max_num_seqs=2, max_model_len=64,
+                                          max_num_batched_tokens=16, token_buckets=[16], num_pages=32,
+                                          page_size=4, progress=False)
+    engine.add_request(prompt_token_ids=PROMPTS[0],
+                       sampling_params=surge.SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True))
+    peak, finished = 0, []
+    while engine.has_unfinished_requests():
+        finished += [o for o in engine.step() if o.finished]
+        peak = max(peak, engine.stats()["num_used_pages"])
+    assert len(finished[0].outputs[0].token_ids) == 40
+    assert peak == -(-(len(PROMPTS[0]) + 40) // 4) == 13
+    assert engine.stats()["num_used_pages"] == 0
