@@ -74,3 +74,20 @@ def test_grouped_routing_matches_a_per_token_loop(moe):
         want += shared / (1 + np.exp(-(x @ np.asarray(block.shared_gate[...]))))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert len(np.unique(experts)) > 1, "every token chose the same experts; routing would go untested"
+
+
+@pytest.mark.parametrize("num_rows,tile", [(13, 16), (64, 16), (200, 32)])
+def test_cpu_grouped_matmul_matches_ragged_dot(num_rows, tile):
+    from surge.kernels.grouped_matmul import grouped_matmul_loops
+
+    rng = np.random.default_rng(num_rows)
+    sizes = np.bincount(rng.integers(0, 6, num_rows), minlength=8)  # experts 6 and 7 get no rows
+    sizes[2] = 0
+    sizes[0] += num_rows - sizes.sum()
+    x = rng.standard_normal((num_rows, 24)).astype(np.float32)
+    w = rng.standard_normal((8, 24, 40)).astype(np.float32)
+    want = np.concatenate([x[a:b] @ w[g] for g, (a, b) in enumerate(zip(np.cumsum(sizes) - sizes, np.cumsum(sizes)))])
+    got = np.asarray(grouped_matmul_loops(jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32), tile))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    ragged = np.asarray(ReferenceBackend().grouped_matmul(jnp.asarray(x), jnp.asarray(w), jnp.asarray(sizes, jnp.int32)))
+    np.testing.assert_allclose(ragged, want, rtol=1e-5, atol=1e-4)

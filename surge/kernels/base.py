@@ -55,7 +55,7 @@ class AttentionBackend(abc.ABC):
         (jax.lax.ragged_dot; rows past sum(group_sizes) come back as zeros). Float32
         accumulation, returned in x's dtype.
         """
-        y = jax.lax.ragged_dot(x, w, group_sizes, preferred_element_type=jnp.float32)
+        y = jax.lax.ragged_dot(x.astype(w.dtype), w, group_sizes, preferred_element_type=jnp.float32)
         return y.astype(x.dtype)
 
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
