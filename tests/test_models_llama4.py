@@ -44,3 +44,34 @@ def test_engine_greedy_tokens_match_transformers(llama4):
 def test_cpu_backend_says_it_lacks_the_chunk_mask(llama4):
     with pytest.raises(NotImplementedError, match="attention_chunk=4.*backend=reference"):
         check_engine_greedy(llama4, "cpu")
+
+
+def test_pages_behind_every_layers_reach_are_released_only_without_global_layers(llama4):
+    import dataclasses
+
+    arch = load_model(llama4.path).arch
+    assert arch.kv_reach() is None  # the NoPE layer reads every token
+    all_local = dataclasses.replace(arch, chunked_layers=(True,) * 4, sliding_window=6,
+                                    sliding_window_layers=(False, True, False, False))
+    assert all_local.kv_reach() == 6  # the widest reach: layer 1's window (6) over the chunks (4)
+
+
+def test_all_chunked_model_gives_pages_back_and_still_matches(tmp_path):
+    import surge
+    from family_oracle import PROMPTS, hf_greedy
+
+    ckpt = make_checkpoint(transformers.Llama4TextConfig, tmp_path, **{**CONFIG, "no_rope_layers": [1, 1, 1, 1]})
+    engine = surge.Engine.from_pretrained(ckpt.path, backend="reference", max_num_seqs=2, max_model_len=64,
+                                          max_num_batched_tokens=16, token_buckets=[16], num_pages=32,
+                                          page_size=4, progress=False)
+    assert engine.scheduler.sliding_window == 4
+    rid = engine.add_request(prompt_token_ids=PROMPTS[0],
+                             sampling_params=surge.SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True))
+    most_held, tokens = 0, []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens = list(out.outputs[0].token_ids)
+        if rid in engine.scheduler.requests:
+            most_held = max(most_held, len([p for p in engine.block_manager.pages(rid) if p]))
+    assert most_held <= 4 // 4 + 2  # the chunk's page, the page being written, one straddling page
+    assert tokens == hf_greedy(ckpt.hf_model, PROMPTS[0], 30)

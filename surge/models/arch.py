@@ -170,6 +170,12 @@ class ModelArchConfig:
         """The attention chunk of `layer`, or None when it is not a chunked layer."""
         return self.attention_chunk_size if self.chunked_layers and self.chunked_layers[layer] else None
 
+    def kv_reach(self) -> Optional[int]:
+        """Trailing tokens the next token may read in any layer (a window, or a chunk: a token sees at most
+        chunk - 1 earlier keys); None when some layer reads the whole sequence. Pages behind it are free."""
+        reaches = [self.layer_window(i) or self.layer_chunk(i) for i in range(self.num_layers)]
+        return None if any(r is None for r in reaches) else max(reaches)
+
     def layer_uses_rope(self, layer: int) -> bool:
         return not (self.nope_layers and self.nope_layers[layer])
 
