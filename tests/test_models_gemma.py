@@ -109,3 +109,19 @@ def test_alternating_windows_hold_the_pages_the_global_layers_need(gemma):
     assert len(finished[0].outputs[0].token_ids) == 40
     assert peak == -(-(len(PROMPTS[0]) + 40) // 4) == 13
     assert engine.stats()["num_used_pages"] == 0
+
+
+def test_gemma3_configs_from_before_layer_types_and_rope_parameters():
+    # The shape of google/gemma-3-4b-it's text config: top-level rope_theta / rope_scaling / local base,
+    # a sliding_window_pattern instead of layer_types, no soft caps.
+    from surge.models import ModelArchConfig
+
+    config = dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", vocab_size=320, hidden_size=64,
+                  intermediate_size=128, num_hidden_layers=12, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16, sliding_window=8,
+                  sliding_window_pattern=6, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+                  rope_scaling={"rope_type": "linear", "factor": 8.0})
+    arch = ModelArchConfig.from_hf_config(config)
+    assert [arch.layer_window(i) for i in range(12)] == ([8] * 5 + [None]) * 2
+    assert (arch.rope_theta, arch.rope_scaling.factor, arch.local_rope_theta) == (1e6, 8.0, 1e4)
+    assert arch.tie_word_embeddings and arch.qk_norm and arch.attn_logit_soft_cap is None
