@@ -111,18 +111,7 @@ class DecoderLayer(nnx.Module):
         q = qkv[:, :q_size].reshape(num_tokens, self.num_heads, self.head_dim)
         k = qkv[:, q_size:q_size + kv_size].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = qkv[:, q_size + kv_size:].reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.uses_rope:
-            cos, sin = rope[self.rope_index]
-            rotate = apply_rope_interleaved if self.rope_interleaved else apply_rope
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        if self.qk_l2_norm_eps is not None:
-            q, k = _weightless_rms_norm(q, self.qk_l2_norm_eps), _weightless_rms_norm(k, self.qk_l2_norm_eps)
-        if self.attn_temperature is not None:
-            floor_scale, attn_scale = self.attn_temperature
-            temp = jnp.log1p(jnp.floor((md.positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
-            q = (q.astype(jnp.float32) * temp[:, None, None]).astype(q.dtype)
+        q, k = self._position(q, k, rope, md.positions)
         attention_options = dict(sliding_window=self.sliding_window, logit_soft_cap=self.attn_soft_cap)
         if self.attention_chunk is not None:  # only passed where set, so every backend sees its usual call
             attention_options["attention_chunk"] = self.attention_chunk
@@ -142,6 +131,23 @@ class DecoderLayer(nnx.Module):
         if self.mlp_out_norm is not None:
             out = self.mlp_out_norm(out)
         return x + out, kv_cache
+
+
+    def _position(self, q: jax.Array, k: jax.Array, rope: tuple, positions: jax.Array) -> Tuple[jax.Array, jax.Array]:
+        """q/k norms, RoPE (or none), then Llama 4's weightless norms or its NoPE query temperature."""
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.uses_rope:
+            cos, sin = rope[self.rope_index]
+            rotate = apply_rope_interleaved if self.rope_interleaved else apply_rope
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if self.qk_l2_norm_eps is not None:
+            q, k = _weightless_rms_norm(q, self.qk_l2_norm_eps), _weightless_rms_norm(k, self.qk_l2_norm_eps)
+        if self.attn_temperature is not None:
+            floor_scale, attn_scale = self.attn_temperature
+            temp = jnp.log1p(jnp.floor((positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            q = (q.astype(jnp.float32) * temp[:, None, None]).astype(q.dtype)
+        return q, k
 
 
 class CausalLM(nnx.Module):
