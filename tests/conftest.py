@@ -5,7 +5,8 @@
   of one family (llama, qwen2, qwen3, mistral) with a byte-level tokenizer to a directory and returns a
   ``TinyCheckpoint`` (path, the torch model in eval mode, its config).
 - ``paged_model(model)``: a ``PagedModel`` that runs a CausalLM over a NaN-filled paged KV cache with the
-  reference backend, building the AttentionMetadata by hand (a test harness, not an engine).
+  reference backend (or ``backend="cpu"``, whose weight packing it applies), building the AttentionMetadata
+  by hand (a test harness, not an engine).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class PagedModel:
     """
 
     def __init__(self, model, *, page_size: int = 4, num_pages: int = 64, pages_per_seq: int = 16,
-                 max_seqs: int = 4, token_buckets: Sequence[int] = (32,)):
+                 max_seqs: int = 4, token_buckets: Sequence[int] = (32,), backend: str = "reference"):
         import jax.numpy as jnp
         from flax import nnx
 
@@ -166,7 +167,10 @@ class PagedModel:
         self.page_size, self.pages_per_seq, self.max_seqs = page_size, pages_per_seq, max_seqs
         self.token_buckets = sorted(token_buckets)
         num_layers, num_kv_heads, head_dim = kv_cache_spec(model.arch)
-        shape = _reference_backend().kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim)
+        self.backend = backend
+        if backend != "reference":
+            _backend(backend).prepare_model(model)
+        shape = _backend(backend).kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim)
         self.caches = [(jnp.full(shape, jnp.nan, model.dtype), jnp.full(shape, jnp.nan, model.dtype))
                        for _ in range(num_layers)]
         self.free_pages = list(range(num_pages - 1, 0, -1))
@@ -216,7 +220,7 @@ class PagedModel:
         # Logits rows are requested for every real token, padded with row 0 to the bucket.
         logits_indices = np.zeros(bucket, np.int32)
         logits_indices[:num_real] = np.arange(num_real)
-        logits, self.caches = _jitted_forward()(self.graphdef, self.state, np.array(ids, np.int32), md, self.caches,
+        logits, self.caches = _jitted_forward(self.backend)(self.graphdef, self.state, np.array(ids, np.int32), md, self.caches,
                                                 logits_indices)
         logits = np.asarray(logits)
         return [logits[cu[s]:cu[s + 1]] for s in range(len(chunks))]
@@ -243,19 +247,19 @@ class PagedModel:
 
 
 @functools.lru_cache(maxsize=None)
-def _reference_backend():
-    from surge.kernels.reference import ReferenceBackend
+def _backend(name: str):
+    from surge.kernels.registry import get_backend
 
-    return ReferenceBackend()
+    return get_backend(name)
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_forward():
+def _jitted_forward(backend: str = "reference"):
     import jax
     from flax import nnx
 
     def forward(graphdef, state, input_ids, md, caches, logits_indices):
-        return nnx.merge(graphdef, state)(input_ids, md, caches, logits_indices, _reference_backend())
+        return nnx.merge(graphdef, state)(input_ids, md, caches, logits_indices, _backend(backend))
 
     # Shared by every PagedModel, so models of the same shape compile once per session.
     return jax.jit(forward, static_argnums=0, donate_argnums=4)

@@ -50,6 +50,7 @@ def attention_launch(
     sliding_window: Optional[int],
     logit_soft_cap: Optional[float],
     cache_dtype: str,
+    attention_chunk: Optional[int] = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     block_keys: int = DEFAULT_BLOCK_KEYS,
 ) -> Launch:
@@ -62,6 +63,8 @@ def attention_launch(
         raise ValueError(f"sliding_window={sliding_window} must be positive or None")
     if logit_soft_cap is not None and logit_soft_cap <= 0:
         raise ValueError(f"logit_soft_cap={logit_soft_cap} must be positive or None")
+    if attention_chunk is not None and attention_chunk <= 0:
+        raise ValueError(f"attention_chunk={attention_chunk} must be positive or None")
     for name, value in (("block_rows", block_rows), ("block_keys", block_keys)):
         if value < 16 or value != next_power_of_2(value):
             raise ValueError(f"{name}={value} must be a power of two >= 16")
@@ -73,6 +76,7 @@ def attention_launch(
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         PAGES_PER_SEQ=pages_per_seq, MAX_SEQS=max_seqs, SCALE=float(scale),
         SOFT_CAP=float(logit_soft_cap or 0.0), WINDOW=int(sliding_window or 0),
+        CHUNK=int(attention_chunk or 0),
         GROUP=group, GROUP_P=group_p, HEAD_DIM_P=max(16, next_power_of_2(head_dim)),
         SEQS_P=next_power_of_2(max_seqs), BLOCK_Q=block_q, BLOCK_N=block_keys,
         DOT_PRECISION="ieee" if cache_dtype == "float32" else "tf32")

@@ -81,6 +81,7 @@ def paged_attention_kernel(
     SCALE: tl.constexpr,
     SOFT_CAP: tl.constexpr,  # 0.0: no soft cap
     WINDOW: tl.constexpr,  # 0: no sliding window
+    CHUNK: tl.constexpr,  # 0: no attention chunk (else a token sees only keys of its own chunk)
     GROUP: tl.constexpr,  # NUM_HEADS // NUM_KV_HEADS
     GROUP_P: tl.constexpr,  # next power of two of GROUP
     HEAD_DIM_P: tl.constexpr,  # next power of two of HEAD_DIM
@@ -124,6 +125,9 @@ def paged_attention_kernel(
     key_start = 0
     if WINDOW > 0:
         key_start = tl.maximum(tl.min(tl.where(row_ok, query_pos, key_end + WINDOW), axis=0) - WINDOW + 1, 0)
+    if CHUNK > 0:
+        lowest_pos = tl.min(tl.where(row_ok, query_pos, key_end), axis=0)
+        key_start = tl.maximum(key_start, lowest_pos // CHUNK * CHUNK)
 
     row_max = tl.full([BLOCK_Q * GROUP_P], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_Q * GROUP_P], tl.float32)
@@ -146,6 +150,8 @@ def paged_attention_kernel(
         visible = row_ok[:, None] & key_ok[None, :] & (key_pos[None, :] <= query_pos[:, None])
         if WINDOW > 0:
             visible = visible & (key_pos[None, :] > query_pos[:, None] - WINDOW)
+        if CHUNK > 0:
+            visible = visible & (key_pos[None, :] >= query_pos[:, None] // CHUNK * CHUNK)
         scores = tl.where(visible, scores, float("-inf"))
 
         new_max = tl.maximum(row_max, tl.max(scores, axis=1))

@@ -89,9 +89,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
-    windowed_everywhere = arch.sliding_window is not None and all(arch.sliding_window_layers or [False])
-    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len,
-                          sliding_window=arch.sliding_window if windowed_everywhere else None)
+    # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
+    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach())
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

@@ -5,11 +5,13 @@ cache (a tuple ``(k_pages, v_pages)`` in the backend's own layout) and the share
 AttentionMetadata. Out: attention output [T, H, hd] and the updated cache.
 
 A backend also supplies the model's projections (`matmul`): jnp.dot by default,
-a native kernel where XLA leaves speed on the table (the cpu backend's GEMM).
+a native kernel where XLA leaves speed on the table (the cpu backend's GEMM), and
+the mixture-of-experts grouped projection (`grouped_matmul`: jax.lax.ragged_dot).
 
 A backend writes the new K/V into the pages named by ``slot_mapping`` first, then
 attends: token t of sequence s sees the keys of s at positions <= positions[t]
-(and > positions[t] - sliding_window when a window is set), causal and GQA
+(and > positions[t] - sliding_window when a window is set; and, with an
+attention_chunk, only keys in its own chunk: >= positions[t] // chunk * chunk), causal and GQA
 (query head h reads KV head h // (H // KV)). Scores are ``q.k * scale``, soft-capped
 as ``cap * tanh(s / cap)`` when ``logit_soft_cap`` is set, softmaxed in float32.
 """
@@ -46,6 +48,16 @@ class AttentionBackend(abc.ABC):
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)
 
+    def grouped_matmul(self, x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Rows of x [M, in] grouped by expert (group g = the next group_sizes[g] rows) times w[g] [in, out].
+
+        The mixture-of-experts projection: each row meets only its own expert's weights
+        (jax.lax.ragged_dot; rows past sum(group_sizes) come back as zeros). Float32
+        accumulation, returned in x's dtype.
+        """
+        y = jax.lax.ragged_dot(x.astype(w.dtype), w, group_sizes, preferred_element_type=jnp.float32)
+        return y.astype(x.dtype)
+
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """[..., 2 I] (gate, then up) -> [..., I] silu(gate) * up: a gated MLP's activation."""
         gate, up = jnp.split(gate_up, 2, axis=-1)
@@ -78,5 +90,6 @@ class AttentionBackend(abc.ABC):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
         """Write k/v at md.slot_mapping, then attend; returns (out [T, H, hd], updated cache)."""

@@ -7,7 +7,8 @@ Out: attention [T, H, hd] in q's dtype (zeros for padding tokens) and the cache 
 step's k, v written at ``slot_mapping``.
 
 The backend also runs the model's projections through surge's C++ GEMM on weights it
-packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the gated
+packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the
+mixture-of-experts projections as loops over each expert's rows (surge.kernels.grouped_matmul), the gated
 MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
 
 One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
@@ -82,6 +83,12 @@ class CpuBackend(AttentionBackend):
 
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
+    def grouped_matmul(self, x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Expert projections as XLA loops over each expert's own rows (XLA:CPU runs ragged_dot densely)."""
+        from surge.kernels.grouped_matmul import grouped_matmul_loops
+
+        return grouped_matmul_loops(x, w, group_sizes).astype(x.dtype)
+
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """The gated MLP's activation in C++ (float32; XLA:CPU's exp is several times slower)."""
         if gate_up.dtype != jnp.float32 or not hasattr(_NATIVE, "cpu_silu_mul_ffi_targets"):
@@ -138,7 +145,12 @@ class CpuBackend(AttentionBackend):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
+        if attention_chunk is not None:
+            raise NotImplementedError(
+                f"cpu attention: attention_chunk={attention_chunk} (chunked local attention, Llama 4) has no mask "
+                "in the native kernel yet; run this model with backend=reference")
         k_pages, v_pages = kv_cache
         _check_dtypes(q, k_pages, v_pages)
         call = jax.ffi.ffi_call(

@@ -77,13 +77,15 @@ class PallasBackend(AttentionBackend):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
         reason = self.unavailable_reason(self.config)
         if reason is not None:
             raise RuntimeError(f"pallas backend cannot run here: {reason}")
         k_pages, v_pages = write_kv(kv_cache, k, v, md.slot_mapping)
         out = ragged_paged_attention(q, k_pages, v_pages, md, scale=scale, sliding_window=sliding_window,
-                                     logit_soft_cap=logit_soft_cap, interpret=self.interpret)
+                                     logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk,
+                                     interpret=self.interpret)
         return out, (k_pages, v_pages)
 
 
@@ -107,6 +109,7 @@ def ragged_paged_attention(
     scale: float,
     sliding_window: Optional[int] = None,
     logit_soft_cap: Optional[float] = None,
+    attention_chunk: Optional[int] = None,
     interpret: bool = False,
     block_tokens: Optional[int] = None,
 ) -> jax.Array:
@@ -124,6 +127,8 @@ def ragged_paged_attention(
         raise ValueError(f"sliding_window={sliding_window} must be positive or None")
     if logit_soft_cap is not None and logit_soft_cap <= 0:
         raise ValueError(f"logit_soft_cap={logit_soft_cap} must be positive or None")
+    if attention_chunk is not None and attention_chunk <= 0:
+        raise ValueError(f"attention_chunk={attention_chunk} must be positive or None")
     group = num_heads // num_kv_heads
     if block_tokens is None:
         block_tokens = _default_block_tokens(num_tokens, max_seqs, group)
@@ -147,7 +152,8 @@ def ragged_paged_attention(
     keys_per_step = pages_per_step * page_size
     kernel = functools.partial(
         _attention_kernel, block_tokens=block_tokens, page_size=page_size, pages_per_seq=pages_per_seq,
-        pages_per_step=pages_per_step, scale=float(scale), window=sliding_window, soft_cap=logit_soft_cap)
+        pages_per_step=pages_per_step, scale=float(scale), window=sliding_window, soft_cap=logit_soft_cap,
+        chunk=attention_chunk)
     row_block = pl.BlockSpec((block_rows, 1), lambda i, h, *_: (i, 0))
     q_block = pl.BlockSpec((None, block_rows, head_dim), lambda i, h, *_: (h, i, 0))
     grid_spec = pltpu.PrefetchScalarGridSpec(
@@ -198,7 +204,7 @@ def _attention_kernel(
     out_ref,
     # scratch
     k_buf, v_buf, sems, row_max_ref, row_sum_ref, acc_ref,
-    *, block_tokens, page_size, pages_per_seq, pages_per_step, scale, window, soft_cap,
+    *, block_tokens, page_size, pages_per_seq, pages_per_step, scale, window, soft_cap, chunk,
 ):
     block = pl.program_id(0)
     kv_head = pl.program_id(1)
@@ -267,6 +273,8 @@ def _attention_kernel(
             visible = is_seq_row & (key_row < key_end) & (key_row <= row_pos)
             if window is not None:
                 visible = visible & (key_row > row_pos - window)
+            if chunk is not None:
+                visible = visible & (key_row >= row_pos // chunk * chunk)
             scores = jnp.where(visible, scores, -jnp.inf)
 
             prev_max = row_max_ref[...]
@@ -293,6 +301,8 @@ def _attention_kernel(
         def _():
             key_end = jnp.minimum(kv_lens_ref[seq], positions_ref[last] + 1)
             key_begin = 0 if window is None else jnp.maximum(positions_ref[first] - window + 1, 0)
+            if chunk is not None:
+                key_begin = jnp.maximum(key_begin, positions_ref[first] // chunk * chunk)
 
             @pl.when(key_begin < key_end)
             def _():

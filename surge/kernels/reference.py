@@ -7,7 +7,7 @@ with this step's K/V written.
 
 Each token gathers the pages of its own sequence (``page_table[token_seq_ids]``)
 and attends over them with a mask built from ``kv_lens``, ``positions`` and the
-optional sliding window; masked scores and values are replaced before they can
+optional sliding window or attention chunk; masked scores and values are replaced before they can
 reach a sum, so whatever the free pages hold (the tests fill them with NaN)
 never reaches the output. Tokens with no visible key (padding) return zeros.
 Long batches are processed in fixed chunks of tokens to bound the size of the
@@ -45,10 +45,11 @@ class ReferenceBackend(AttentionBackend):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
         k_pages, v_pages = write_kv(kv_cache, k, v, md.slot_mapping)
         out = paged_attention(q, k_pages, v_pages, md, scale=scale, sliding_window=sliding_window,
-                              logit_soft_cap=logit_soft_cap)
+                              logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk)
         return out, (k_pages, v_pages)
 
 
@@ -74,17 +75,21 @@ def paged_attention(
     scale: float,
     sliding_window: Optional[int] = None,
     logit_soft_cap: Optional[float] = None,
+    attention_chunk: Optional[int] = None,
 ) -> jax.Array:
     """Attention of each token over its sequence's cached keys (already including this step's)."""
+    if attention_chunk is not None and attention_chunk <= 0:
+        raise ValueError(f"attention_chunk={attention_chunk} must be positive or None")
     num_tokens = q.shape[0]
     if num_tokens <= _TOKEN_CHUNK or num_tokens % _TOKEN_CHUNK:
         return _attend(q, md.positions, md.token_seq_ids, k_pages, v_pages, md, scale, sliding_window,
-                       logit_soft_cap)
+                       logit_soft_cap, attention_chunk)
     num_chunks = num_tokens // _TOKEN_CHUNK
 
     def chunk(args):
         q_c, pos_c, seq_c = args
-        return _attend(q_c, pos_c, seq_c, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap)
+        return _attend(q_c, pos_c, seq_c, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap,
+                       attention_chunk)
 
     out = jax.lax.map(chunk, (q.reshape(num_chunks, _TOKEN_CHUNK, *q.shape[1:]),
                               md.positions.reshape(num_chunks, _TOKEN_CHUNK),
@@ -92,7 +97,8 @@ def paged_attention(
     return out.reshape(q.shape)
 
 
-def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap):
+def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap,
+            attention_chunk=None):
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_pages.shape
     group = num_heads // num_kv_heads
@@ -110,6 +116,8 @@ def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_wi
     visible = is_real_token[:, None] & (key_pos < md.kv_lens[seq][:, None]) & (key_pos <= query_pos)
     if sliding_window is not None:
         visible &= key_pos > query_pos - sliding_window  # [T, C]
+    if attention_chunk is not None:
+        visible &= key_pos >= query_pos // attention_chunk * attention_chunk
 
     # Scores of hidden keys are replaced below, but a hidden value times a zero weight is still
     # NaN when the slot holds NaN, so hidden values are zeroed here.

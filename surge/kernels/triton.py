@@ -63,6 +63,7 @@ class TritonBackend(AttentionBackend):
         scale: float,
         sliding_window: Optional[int] = None,
         logit_soft_cap: Optional[float] = None,
+        attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
         import jax_triton
         from surge.triton_kernels import paged_attention as kernels
@@ -83,7 +84,8 @@ class TritonBackend(AttentionBackend):
         grid, meta = launch.attention_launch(
             num_tokens=num_tokens, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
             page_size=page_size, max_seqs=max_seqs, pages_per_seq=pages_per_seq, scale=scale,
-            sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, cache_dtype=jnp.dtype(k_pages.dtype).name)
+            sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk,
+            cache_dtype=jnp.dtype(k_pages.dtype).name)
         out = jax_triton.triton_call(
             q, k_pages, v_pages, _i32(md.page_table), _i32(md.cu_q_lens), _i32(md.kv_lens), _i32(md.positions),
             _i32(md.num_seqs).reshape(1),

@@ -4,6 +4,11 @@ In: a ModelArchConfig, a checkpoint (safetensors directory or GGUF file) that
 hands out tensors by their Hugging Face names in Hugging Face layout
 ([out, in] projections), and a dtype. Out: a CausalLM whose parameters are those
 tensors, transposed to [in, out], with q/k/v and gate/up fused, cast to dtype.
+Family differences are in the names: Phi-3 stores q/k/v and gate/up already fused,
+Gemma 2/3 have four norms per layer (HF's post_attention_layernorm is then the norm
+on the attention output, pre_feedforward_layernorm the one before the MLP), and a
+mixture-of-experts layer has a router and per-expert MLPs (surge.models.moe_config
+names them) that are stacked into [E, in, out].
 
 Every expected tensor is checked for presence and shape before anything is
 converted; an error names the tensor, the file and the expected and actual shape.
@@ -20,6 +25,7 @@ from flax import nnx
 from surge.models.arch import ModelArchConfig
 from surge.models.decoder import CausalLM
 from surge.models.hf_checkpoint import CheckpointError
+from surge.models.moe_config import moe_hf_shapes, moe_names
 
 
 class Checkpoint(Protocol):
@@ -40,15 +46,25 @@ def expected_hf_shapes(arch: ModelArchConfig) -> Dict[str, tuple]:
         p = f"model.layers.{i}."
         shapes.update({
             p + "input_layernorm.weight": (hidden,),
-            p + "self_attn.q_proj.weight": (q_out, hidden),
-            p + "self_attn.k_proj.weight": (kv_out, hidden),
-            p + "self_attn.v_proj.weight": (kv_out, hidden),
             p + "self_attn.o_proj.weight": (hidden, q_out),
             p + "post_attention_layernorm.weight": (hidden,),
-            p + "mlp.gate_proj.weight": (inter, hidden),
-            p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
         })
+        if arch.fused_checkpoint:
+            shapes[p + "self_attn.qkv_proj.weight"] = (arch.qkv_size, hidden)
+        else:
+            shapes.update({p + "self_attn.q_proj.weight": (q_out, hidden), p + "self_attn.k_proj.weight": (kv_out, hidden),
+                           p + "self_attn.v_proj.weight": (kv_out, hidden)})
+        if arch.sandwich_norms:
+            shapes.update({p + "pre_feedforward_layernorm.weight": (hidden,),
+                           p + "post_feedforward_layernorm.weight": (hidden,)})
+        if arch.layer_is_moe(i):
+            shapes.update(moe_hf_shapes(arch, p))
+        elif arch.fused_checkpoint:
+            shapes.update({p + "mlp.gate_up_proj.weight": (2 * inter, hidden), p + "mlp.down_proj.weight": (hidden, inter)})
+        else:
+            m = p + _mlp(arch)
+            shapes.update({m + "gate_proj.weight": (inter, hidden), m + "up_proj.weight": (inter, hidden),
+                           m + "down_proj.weight": (hidden, inter)})
         if arch.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (q_out,), p + "self_attn.k_proj.bias": (kv_out,),
                            p + "self_attn.v_proj.bias": (kv_out,)})
@@ -91,7 +107,10 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         put(layer.input_norm.weight, read(p + "input_layernorm.weight"))
-        put(layer.qkv_proj, *(read(p + f"self_attn.{n}_proj.weight").T for n in "qkv"), axis=1)
+        if arch.fused_checkpoint:
+            put(layer.qkv_proj, read(p + "self_attn.qkv_proj.weight").T)
+        else:
+            put(layer.qkv_proj, *(read(p + f"self_attn.{n}_proj.weight").T for n in "qkv"), axis=1)
         if layer.qkv_bias is not None:
             put(layer.qkv_bias, *(read(p + f"self_attn.{n}_proj.bias") for n in "qkv"), axis=0)
         if layer.q_norm is not None:
@@ -100,7 +119,42 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
         put(layer.o_proj, read(p + "self_attn.o_proj.weight").T)
         if layer.o_bias is not None:
             put(layer.o_bias, read(p + "self_attn.o_proj.bias"))
-        put(layer.post_attention_norm.weight, read(p + "post_attention_layernorm.weight"))
-        put(layer.gate_up_proj, read(p + "mlp.gate_proj.weight").T, read(p + "mlp.up_proj.weight").T, axis=1)
-        put(layer.down_proj, read(p + "mlp.down_proj.weight").T)
+        if arch.sandwich_norms:
+            put(layer.attn_out_norm.weight, read(p + "post_attention_layernorm.weight"))
+            put(layer.post_attention_norm.weight, read(p + "pre_feedforward_layernorm.weight"))
+            put(layer.mlp_out_norm.weight, read(p + "post_feedforward_layernorm.weight"))
+        else:
+            put(layer.post_attention_norm.weight, read(p + "post_attention_layernorm.weight"))
+        if layer.moe is not None:
+            _put_moe(layer.moe, arch, p, read, put)
+        elif arch.fused_checkpoint:
+            put(layer.gate_up_proj, read(p + "mlp.gate_up_proj.weight").T)
+            put(layer.down_proj, read(p + "mlp.down_proj.weight").T)
+        else:
+            m = p + _mlp(arch)
+            put(layer.gate_up_proj, read(m + "gate_proj.weight").T, read(m + "up_proj.weight").T, axis=1)
+            put(layer.down_proj, read(m + "down_proj.weight").T)
     return model
+
+
+def _mlp(arch: ModelArchConfig) -> str:
+    """The dense MLP's name within a layer (Llama 4 calls it feed_forward)."""
+    return "feed_forward." if arch.architecture == "Llama4ForCausalLM" else "mlp."
+
+
+def _put_moe(block, arch: ModelArchConfig, prefix: str, read, put) -> None:
+    names = moe_names(arch, prefix)
+    put(block.router, read(names.router).T)
+    if names.fused:  # already stacked as [E, in, out], gate before up
+        put(block.experts_gate_up, read(names.experts_gate_up))
+        put(block.experts_down, read(names.experts_down))
+    else:
+        experts = range(arch.moe.num_experts)
+        put(block.experts_gate_up, np.stack([np.concatenate([read(names.expert_gate(e)).T,
+                                                             read(names.expert_up(e)).T], axis=1) for e in experts]))
+        put(block.experts_down, np.stack([read(names.expert_down(e)).T for e in experts]))
+    if block.shared_gate_up is not None:
+        put(block.shared_gate_up, read(names.shared_gate_proj).T, read(names.shared_up_proj).T, axis=1)
+        put(block.shared_down, read(names.shared_down_proj).T)
+    if block.shared_gate is not None:
+        put(block.shared_gate, read(names.shared_expert_gate).T)

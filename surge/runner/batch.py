@@ -27,7 +27,7 @@ class StepInput:
     logits_indices: jax.Array
     # SamplingTensors of surge.sampling (per-sequence parameters, seeds, penalties).
     sampling: object
-    # (cos, sin) float32[T, head_dim] at md.positions (surge.models.rope.rope_tables).
+    # ((cos, sin), ...) float32[T, rope_dim] at md.positions, one pair per RoPE (surge.models.rope.rope_inputs).
     rope: tuple
     # int32[T]: per token row, the prompt token after it when its request wants prompt log-probs, else -1;
     # and bool[]: whether any row has one (build_prompt_targets).

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
-from surge.models.rope import inverse_frequencies, rope_tables
+from surge.models.rope import rope_inputs
 from surge.runner import transfer
 from surge.runner.mesh import shard_state
 from surge.sampling.prompt_logprobs import prompt_logprobs
@@ -58,7 +58,6 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.pages_per_seq = math.ceil(max_model_len / page_size)
         self.num_logprobs = engine_config.max_logprobs
-        self._inv_freq = inverse_frequencies(arch)
         self.buckets = Buckets(engine_config)
         self.mesh = mesh
         self.graphdef, state = nnx.split(model)
@@ -94,7 +93,7 @@ class ModelRunner:
                          *build_prompt_targets(_Empty(), num_tokens))
 
     def _rope(self, positions: np.ndarray) -> tuple:
-        return rope_tables(self._inv_freq, positions, xp=np)
+        return rope_inputs(self.arch, positions, xp=np)
 
     def compile(self, num_tokens: int, num_seqs: int):
         key = (num_tokens, num_seqs)
