@@ -68,7 +68,7 @@ class EngineConfig:
     seed: int = 0
     # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
     tensor_parallel_size: int = 1
-    # Replicas of the model (the `dp` axis of the mesh).
+    # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
     data_parallel_size: int = 1
     # Logging level of the `surge` logger.
     log_level: str = "INFO"
@@ -89,7 +89,13 @@ class EngineConfig:
         _check(all(b > 0 for b in self.seq_buckets), "engine.seq_buckets", "buckets must be positive")
         _check(self.tensor_parallel_size >= 1, "engine.tensor_parallel_size", "must be >= 1")
         _check(self.data_parallel_size >= 1, "engine.data_parallel_size", "must be >= 1")
-        _check(0 <= self.max_logprobs <= 100, "engine.max_logprobs", f"{self.max_logprobs} must be in [0, 100]")
+        # Until replicas exist (each with its own page pool and scheduler), a dp axis would only be unused devices.
+        _check(self.data_parallel_size == 1, "engine.data_parallel_size",
+               f"{self.data_parallel_size}: data-parallel replicas are not built yet; run one surge-serve per replica")
+        from surge.sampling.params import MAX_LOGPROBS
+
+        _check(0 <= self.max_logprobs <= MAX_LOGPROBS, "engine.max_logprobs",
+               f"{self.max_logprobs} must be in [0, {MAX_LOGPROBS}] (what a request's SamplingParams may ask for)")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "engine.log_level",
                f"{self.log_level!r} is not DEBUG|INFO|WARNING|ERROR")
 

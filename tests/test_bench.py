@@ -184,7 +184,7 @@ def test_two_job_sweep_writes_results_and_summaries(tiny, tmp_path):
     command = [sys.executable, "-m", "surge.cli.bench", "-m", "--config-dir", str(tmp_path / "conf"),
                "model=tiny", "backend=reference", "engine.max_num_seqs=2,4", "engine.max_model_len=256",
                "engine.token_buckets=[16,64]", "cache.num_pages=128", "bench.num_prompts=4", "bench.input_len=8",
-               "bench.output_len=4", "bench.concurrency=[]", "bench.dtypes=[]", f"hydra.sweep.dir={sweep_dir}"]
+               "bench.output_len=4", f"hydra.sweep.dir={sweep_dir}"]  # no inner loop: one workload per job
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[sweep 2/2]" in done.stderr
@@ -193,7 +193,7 @@ def test_two_job_sweep_writes_results_and_summaries(tiny, tmp_path):
         record = json.loads((sweep_dir / str(num) / "result.json").read_text())
         assert f"engine.max_num_seqs={seqs}" in record["overrides"]
         assert record["result"]["mode"] == "offline"
-        assert record["result"]["num_output_tokens"] == 4 * 4
+        assert record["result"]["num_output_tokens"] == 4 * 4  # the 4 prompts once, not once per concurrency
         assert record["config"]["engine"]["max_num_seqs"] == seqs
     with (sweep_dir / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -42,8 +42,8 @@ def cli(tmp_path_factory):
       "sampling.seed=null", "chat=false"],
      'surge-generate prompt="The capital of France is" sampling.max_tokens=32 sampling=greedy'),
     ("bench", "measure surge",
-     ["bench.mode=offline", "bench.num_prompts=32", "bench.concurrency=[1,8,32,128]",
-      "bench.dtypes=[float32,bfloat16]", 'bench.url=""'],
+     ["bench.mode=offline", "bench.num_prompts=32", "bench.concurrency=[]",
+      "bench.dtypes=[]", 'bench.url=""'],
      "surge-bench -m backend=reference,cpu engine.max_num_seqs=8,32"),
 ])
 def test_help_says_what_the_app_does(cli, app, says, keys, example):
@@ -82,6 +82,11 @@ def test_help_shows_the_values_the_overrides_give(cli):
     # not an override at all, and deleting a key
     ("generate", "engine.max_num_seqs", "cannot parse the override"),
     ("generate", "~engine.max_num_seqs", "'engine.max_num_seqs' cannot be deleted with '~'"),
+    # a section the app does not read is refused, not silently ignored
+    ("serve", "sampling.temperature=0", "surge-serve does not read 'sampling.temperature' (it reads backend, cache,"),
+    ("generate", "server.port=9000", "surge-generate does not read 'server.port'"),
+    ("serve", "prompt=hi", "surge-serve does not read 'prompt'"),
+    ("bench", "sampling=greedy", "surge-bench does not read 'sampling'"),
     # a free-form dict's new key does need '+'
     ("generate", "sampling.structured_outputs.choice=[yes]",
      "add it with '+sampling.structured_outputs.choice=VALUE'"),

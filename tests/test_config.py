@@ -38,7 +38,10 @@ def test_primary_configs_compose(app):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes(group, option):
-    cfg = to_config(_compose("generate", [f"{group}={option}"]))
+    from surge.cli.hydra_app import app_sections
+
+    app = next(a for a in ("generate", "serve", "bench") if group in app_sections(a))
+    cfg = to_config(_compose(app, [f"{group}={option}"]))
     if group == "backend":
         assert cfg.backend.name == option
     if group == "scheduler":
@@ -113,3 +116,46 @@ def test_cli_prints_the_composed_config():
     assert proc.returncode == 0, proc.stderr
     assert "page_size: 32" in proc.stdout and "policy: priority" in proc.stdout and "name: reference" in proc.stdout
     # A multirun sweep (-m) is exercised end to end in tests/test_bench.py.
+
+
+@pytest.mark.parametrize("app", ["generate", "serve", "bench"])
+def test_every_yaml_default_equals_the_schema_default(app):
+    """A comment and a default live once, in the dataclass: the YAML an app composes with no overrides says the
+    same values (for the groups it lists), so the two never drift."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from surge.cli.help_text import register_help_resolver
+    from surge.cli.hydra_app import app_sections, conf_dir
+    from surge.config import SurgeConfig, register_configs
+
+    register_configs()
+    register_help_resolver()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        composed = OmegaConf.to_container(compose(app), resolve=False)
+    schema_defaults = OmegaConf.to_container(OmegaConf.structured(SurgeConfig))
+    sections = app_sections(app) - {"surge_schema"}
+    assert sections, app
+    for section in sections:
+        assert composed[section] == schema_defaults[section], f"conf/{section}/ differs from surge/config.py"
+
+
+def test_bench_variants_inherit_offline_and_list_only_what_differs():
+    from omegaconf import OmegaConf
+
+    from surge.cli.hydra_app import conf_dir
+
+    for variant in ("serve", "attention", "prefix"):
+        node = OmegaConf.load(f"{conf_dir()}/bench/{variant}.yaml")
+        assert node.defaults == ["offline", "_self_"] and node.mode == variant
+        assert set(node) <= {"defaults", "mode", "input_len", "output_len"}
+
+
+def test_engine_limits_say_what_is_not_built_and_what_requests_accept():
+    from surge.config import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="engine.data_parallel_size.*not built yet"):
+        make_config(**{"engine.data_parallel_size": 2})
+    with pytest.raises(ConfigError, match=r"engine.max_logprobs.*\[0, 20\]"):
+        make_config(max_logprobs=21)
+    assert make_config(max_logprobs=20).engine.max_logprobs == 20

@@ -39,7 +39,7 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-main = hydra_app("generate")(run)
+main = hydra_app("generate", top_level_keys=("prompt", "chat"))(run)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ prints conf/hydra/help/<app>.yaml.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -33,9 +34,36 @@ def conf_dir() -> str:
     raise FileNotFoundError(f"surge's conf/ directory was not found next to {package}")
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig], object]], Callable[[], None]]:
-    """Wrap `job(cfg, raw_cfg)` as a Hydra console script reading conf/<config_name>.yaml."""
+def app_sections(config_name: str, top_level_keys: tuple[str, ...] = ()) -> frozenset[str]:
+    """What an app reads: the groups its primary config's defaults list names, plus its own top-level keys."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / f"{config_name}.yaml")).get("defaults", [])
+    groups = {next(iter(entry)) for entry in defaults if isinstance(entry, dict)}
+    return frozenset(g for g in groups if not g.startswith("override ")) | frozenset(top_level_keys)
+
+
+def unread_override(overrides: list[str], sections: frozenset[str]) -> str | None:
+    """The first command-line override naming a section of surge's schema that the app does not read (None if
+    there is none; keys the schema does not have are left to the unknown-key message)."""
+    schema_sections = {f.name for f in dataclasses.fields(SurgeConfig)}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        top = key.split(".", 1)[0].split("@", 1)[0]
+        if top in schema_sections and top not in sections:
+            return key
+    return None
+
+
+def hydra_app(config_name: str, top_level_keys: tuple[str, ...] = ()
+              ) -> Callable[[Callable[[SurgeConfig, DictConfig], object]], Callable[[], None]]:
+    """Wrap `job(cfg, raw_cfg)` as a Hydra console script reading conf/<config_name>.yaml.
+
+    The app reads the groups conf/<config_name>.yaml lists and `top_level_keys`; an override of any other
+    section (e.g. `surge-serve sampling.temperature=0`) exits 2 naming it, instead of doing nothing.
+    """
     app = f"surge-{config_name}"
+    sections = app_sections(config_name, top_level_keys)
 
     def wrap(job: Callable[[SurgeConfig, DictConfig], object]) -> Callable[[], None]:
         import hydra
@@ -65,6 +93,11 @@ def hydra_app(config_name: str) -> Callable[[Callable[[SurgeConfig, DictConfig],
 
         @functools.wraps(job)
         def main() -> None:
+            unread = unread_override([a for a in sys.argv[1:] if not a.startswith("-")], sections)
+            if unread is not None:
+                print(f"{app}: {app} does not read '{unread}' (it reads {', '.join(sorted(sections))})",
+                      file=sys.stderr)
+                sys.exit(2)
             if os.environ.get(_FULL_ERROR):  # the user asked for Hydra's full traceback
                 _run()
                 return
