@@ -7,8 +7,9 @@ place instead of a transposed copy.
 Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed in
 float32 (bfloat16 weights are widened in registers, never copied whole).
 
-``pack`` rewrites a weight once, at load, into panels of 24 columns stored one after
-another (a 1-D array; see csrc/cpu_matmul.h): a thread then streams one contiguous run
+``pack`` rewrites a weight once, at load, into panels of 48 columns stored one after
+another (a 1-D array; see csrc/cpu_matmul.h; N a multiple of 16, so every instruction
+set's vectors divide a panel): a thread then streams one contiguous run
 of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
 weight as packed and takes N from ``n``.
 
@@ -78,21 +79,22 @@ def set_num_threads(num_threads: int) -> None:
     _C.set_cpu_matmul_threads(int(num_threads))
 
 
-PANEL_COLUMNS = 24
+PANEL_COLUMNS = 48
+PANEL_MULTIPLE = 16
 
 
 def can_pack(w: jax.Array, *, transpose_w: bool = False) -> bool:
-    """Whether ``pack`` takes this weight: 2-D float32/bfloat16 with N a multiple of 8."""
+    """Whether ``pack`` takes this weight: 2-D float32/bfloat16 with N a multiple of 16."""
     if w.ndim != 2 or jnp.dtype(w.dtype) not in _WEIGHT_DTYPES:
         return False
-    return (w.shape[0] if transpose_w else w.shape[1]) % 8 == 0
+    return (w.shape[0] if transpose_w else w.shape[1]) % PANEL_MULTIPLE == 0
 
 
 def pack(w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
-    """w [K, N] (or [N, K] with transpose_w) -> 1-D panels: each run of 24 columns as [K, width]."""
+    """w [K, N] (or [N, K] with transpose_w) -> 1-D panels: each run of 48 columns as [K, width]."""
     if not can_pack(w, transpose_w=transpose_w):
         raise ValueError(f"cpu matmul: cannot pack a weight of shape {w.shape} and dtype {w.dtype} "
-                         "(2-D float32/bfloat16 with N a multiple of 8 only)")
+                         "(2-D float32/bfloat16 with N a multiple of 16 only)")
     kn = w.T if transpose_w else w
     k, n = kn.shape
     full = n - n % PANEL_COLUMNS
@@ -130,8 +132,8 @@ def _matmul_packed(x: jax.Array, w: jax.Array, n: Optional[int]) -> jax.Array:
         raise ValueError(f"cpu matmul: packed w of {w.size} elements does not hold [K={k}, N={n}] "
                          f"for x of shape {x.shape}")
     n = n if n is not None else w.size // k
-    if n % 8:
-        raise ValueError(f"cpu matmul: a packed w holds N a multiple of 8; w of {w.size} elements with "
+    if n % PANEL_MULTIPLE:
+        raise ValueError(f"cpu matmul: a packed w holds N a multiple of 16; w of {w.size} elements with "
                          f"x of shape {x.shape} gives N = {n}")
     reason = unavailable_reason()
     if reason is not None:
