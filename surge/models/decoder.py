@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from surge.kernels import quantized
 from surge.kernels.base import AttentionBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
@@ -107,7 +108,9 @@ class CausalLM(nnx.Module):
         """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
-        x = self.embed_tokens[...][input_ids].astype(attention.compute_dtype(self.dtype))
+        table = self.embed_tokens[...]
+        rows = quantized.take_rows(table, input_ids) if quantized.is_quantized(table) else table[input_ids]
+        x = rows.astype(attention.compute_dtype(self.dtype))
         cos, sin = rope if rope is not None else rope_tables(inverse_frequencies(self.arch), md.positions)
         new_caches = []
         for layer, kv_cache in zip(self.layers, kv_caches):
