@@ -19,7 +19,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 BLOCK = 32
 # block_bytes -> GGUF type name.
@@ -76,7 +75,3 @@ def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     rows = jnp.take(table, ids, axis=0)
     return _dequantize_blocks(rows).reshape(*ids.shape, -1)
 
-
-def dequantize_numpy(blocks: np.ndarray) -> np.ndarray:
-    """The same as ``dequantize`` in NumPy (load-time conversions; tests)."""
-    return np.asarray(dequantize(jnp.asarray(blocks)))
