@@ -16,7 +16,6 @@
 
 #include "cpu_attention_kernel.h"
 #include "cpu_pool.h"
-#include "cpu_attention_simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -197,7 +196,6 @@ void bind_cpu_attention(pybind11::module_& m) {
   m.def(
       "cpu_attention_threads", [] { return CpuPool::global().num_threads(); },
       "Threads the CPU attention kernel uses now.");
-  m.attr("cpu_attention_simd") = SURGE_ATTENTION_AVX2 ? "avx2-fma" : "scalar";
 }
 
 }  // namespace surge

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace surge::attention {
 
@@ -56,8 +57,21 @@ std::string validate_problem(const PagedAttentionProblem& p);
 // Copies k, v of every token (padding included) into its slot of the caches.
 void write_new_kv(const PagedAttentionProblem& p);
 
+// One work item of attend(): (sequence, KV head, block of query tokens).
+struct WorkItem {
+  int32_t seq;
+  int32_t kv_head;
+  int32_t token_begin;
+  int32_t token_end;
+  int64_t cost;  // rows x visible keys, for largest-first ordering
+};
+
+// The items of p's sequences, largest first.
+std::vector<WorkItem> plan_items(const PagedAttentionProblem& p);
+
 // Fills p.out; the work is split into (sequence, KV head, block of query tokens)
-// items that CpuPool::global() (shared with the matmul) runs on its threads.
+// items that CpuPool::global() (shared with the matmul) runs on its threads,
+// through the kernel variant of the instruction set picked at run time (cpu/isa.h).
 void attend(const PagedAttentionProblem& p);
 
 }  // namespace surge::attention

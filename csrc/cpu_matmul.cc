@@ -6,8 +6,8 @@
 // N is then read from y).
 // Out: y [M, N] float32 = x @ w (x @ w^T when transposed). Shapes come from the buffers,
 // so one compiled target serves every M. Python sees surge._C.cpu_matmul_ffi_targets()
-// (name -> PyCapsule), set_cpu_matmul_threads(n), cpu_matmul_threads() and
-// cpu_matmul_simd ("avx2-fma" or "scalar").
+// (name -> PyCapsule), set_cpu_matmul_threads(n) and cpu_matmul_threads(); which
+// instruction set runs is surge._C.cpu_isa() (cpu_isa_bindings.cc).
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
@@ -33,8 +33,8 @@ ffi::Error check_panels(const matmul::MatmulProblem& p, ffi::AnyBuffer::Dimensio
     return ffi::Error::InvalidArgument("surge cpu matmul: packed w must be 1-D [K * N] = [" +
                                        std::to_string(p.k * p.n) + "], got " + shape_string(wd));
   }
-  if (p.n % 8 != 0) {
-    return ffi::Error::InvalidArgument("surge cpu matmul: packed w needs N a multiple of 8, got N = " +
+  if (p.n % matmul::kPanelMultiple != 0) {
+    return ffi::Error::InvalidArgument("surge cpu matmul: packed w needs N a multiple of 16, got N = " +
                                        std::to_string(p.n));
   }
   return ffi::Error::Success();
@@ -127,7 +127,6 @@ void bind_cpu_matmul(pybind11::module_& m) {
   m.def(
       "cpu_matmul_threads", [] { return CpuPool::global().num_threads(); },
       "Threads the CPU matmul uses now.");
-  m.attr("cpu_matmul_simd") = matmul::simd_name();
 }
 
 }  // namespace surge

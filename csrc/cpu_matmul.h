@@ -4,10 +4,11 @@
 // bfloat16, stored [K, N] (a projection as surge stores it), [N, K] (an embedding
 // table read as its own transpose, for a tied lm_head), or packed into panels: the
 // columns of [K, N] cut into panels of kPanelColumns (the last may be narrower, a
-// multiple of 8), each panel stored whole, row after row ([K, width] contiguous), so a
+// multiple of 16, so every variant's vectors divide it), each panel stored whole, row after row ([K, width] contiguous), so a
 // thread owning a run of panels streams one contiguous stretch of memory.
 // Out: y [M, N] float32 = x @ W (or x @ W^T for [N, K]); every product is summed
-// in float32, bfloat16 weights are widened in registers.
+// in float32, bfloat16 weights are widened in registers. The kernel variant of the
+// instruction set picked at run time (cpu/isa.h) does the work.
 // The columns of y are split into blocks that CpuPool::global() runs on its
 // threads; a block is owned by one thread, so no partial sums are combined and the
 // result does not depend on the number of threads.
@@ -18,10 +19,11 @@
 namespace surge::matmul {
 
 enum class WeightType { kFloat32, kBFloat16 };
-// kKN: W[k, n] at k * N + n; kNK: at n * K + k; kPanels: at p * 24 * K + k * width + n % 24,
-// p = n / 24, width = min(24, N - 24 p) (N must be a multiple of 8).
+// kKN: W[k, n] at k * N + n; kNK: at n * K + k; kPanels: at p * 48 * K + k * width + n % 48,
+// p = n / 48, width = min(48, N - 48 p) (N must be a multiple of kPanelMultiple).
 enum class WeightLayout { kKN, kNK, kPanels };
-constexpr int64_t kPanelColumns = 24;
+constexpr int64_t kPanelColumns = 48;
+constexpr int64_t kPanelMultiple = 16;
 
 struct MatmulProblem {
   int64_t m = 0;
@@ -36,8 +38,5 @@ struct MatmulProblem {
 
 // Fills p.y. Any sizes >= 0 work (K = 0 gives zeros); pointers must cover the shapes.
 void matmul(const MatmulProblem& p);
-
-// "avx2-fma" when the micro-kernels were built with AVX2 + FMA, else "scalar".
-const char* simd_name();
 
 }  // namespace surge::matmul

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu_attention_simd.h"
+#include "cpu/isa.h"
 #include "cpu_pool.h"
 
 namespace surge::matmul {
@@ -45,13 +45,7 @@ void matmul(const MatmulProblem& p) {
     std::fill(p.y, p.y + p.m * p.n, 0.0f);
     return;
   }
-  switch (p.layout) {
-    case WeightLayout::kKN: matmul_kn(p); break;
-    case WeightLayout::kNK: matmul_nk(p); break;
-    case WeightLayout::kPanels: matmul_panels(p); break;
-  }
+  cpu::kernels().matmul(p);
 }
-
-const char* simd_name() { return SURGE_ATTENTION_AVX2 ? "avx2-fma" : "scalar"; }
 
 }  // namespace surge::matmul

@@ -3,7 +3,7 @@
 // In: problem sizes. Out: row tiles of x, per-thread scratch buffers, and run_blocks(),
 // which spreads blocks of y's columns over CpuPool::global() (a block belongs to one
 // thread, so no partial sums are ever combined and results do not depend on threads).
-// Also declares the layout paths that matmul() in cpu_matmul_work.cc picks from.
+// Shared by every kernel variant (compiled for the build's baseline).
 #pragma once
 
 #include <algorithm>
@@ -33,9 +33,5 @@ float* scratch(int64_t floats);
 // max_units_per_item units, on the pool; `flops` decides whether helpers are worth waking.
 void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
                 const std::function<void(int64_t, int64_t)>& block);
-
-void matmul_kn(const MatmulProblem& p);  // cpu_matmul_kn.cc
-void matmul_nk(const MatmulProblem& p);  // cpu_matmul_nk.cc
-void matmul_panels(const MatmulProblem& p);  // cpu_matmul_panels.cc
 
 }  // namespace surge::matmul

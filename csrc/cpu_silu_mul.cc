@@ -2,15 +2,16 @@
 //
 // In: x [M, 2 I] float32, the gate in its first I columns and the up projection in the
 // last I. Out: y [M, I] float32 = silu(gate) * up, silu(g) = g / (1 + e^-g).
-// XLA:CPU evaluates this elementwise with a slow exp; here it runs 8 lanes at a time with
-// the attention kernel's exp8, rows spread over the shared CpuPool.
+// XLA:CPU evaluates this elementwise with a slow exp; here it runs a vector at a time with
+// the kernels' exp, in the variant picked at run time (cpu/isa.h), rows spread over the
+// shared CpuPool.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 
-#include "cpu_attention_simd.h"
+#include "cpu/isa.h"
 #include "cpu_pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -21,27 +22,6 @@ namespace {
 
 constexpr int64_t kRowsPerItem = 8;
 constexpr int64_t kMinParallelElements = 1 << 14;  // below this, waking a helper costs more than it saves
-
-inline float silu_mul_scalar(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
-
-void silu_mul_rows(const float* x, int64_t begin, int64_t end, int64_t width, float* y) {
-  for (int64_t r = begin; r < end; ++r) {
-    const float* gate = x + r * 2 * width;
-    const float* up = gate + width;
-    float* out = y + r * width;
-    int64_t c = 0;
-#if SURGE_ATTENTION_AVX2
-    const __m256 one = _mm256_set1_ps(1.0f);
-    for (; c + 8 <= width; c += 8) {
-      __m256 g = _mm256_loadu_ps(gate + c);
-      __m256 e = attention::exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-      __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-      _mm256_storeu_ps(out + c, _mm256_mul_ps(s, _mm256_loadu_ps(up + c)));
-    }
-#endif
-    for (; c < width; ++c) out[c] = silu_mul_scalar(gate[c], up[c]);
-  }
-}
 
 ffi::Error cpu_silu_mul(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   auto xd = x.dimensions();
@@ -57,12 +37,12 @@ ffi::Error cpu_silu_mul(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   const float* in = static_cast<const float*>(x.untyped_data());
   float* out = static_cast<float*>(y->untyped_data());
   if (rows * width < kMinParallelElements) {
-    silu_mul_rows(in, 0, rows, width, out);
+    cpu::kernels().silu_mul_rows(in, 0, rows, width, out);
     return ffi::Error::Success();
   }
   const int64_t items = (rows + kRowsPerItem - 1) / kRowsPerItem;
   CpuPool::global().run(items, [&](int64_t i) {
-    silu_mul_rows(in, i * kRowsPerItem, std::min(rows, (i + 1) * kRowsPerItem), width, out);
+    cpu::kernels().silu_mul_rows(in, i * kRowsPerItem, std::min(rows, (i + 1) * kRowsPerItem), width, out);
   });
   return ffi::Error::Success();
 }

@@ -36,14 +36,17 @@ class ModelConfig:
     path: str = ""
     # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
     tokenizer: str = ""
-    # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32 or bfloat16.
+    # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32, bfloat16, or
+    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 tensors stay quantized, multiplied as such by
+    # the cpu backend; other tensors float32).
     dtype: str = "auto"
     # Name reported by the server in /v1/models; empty means `name`.
     served_name: str = ""
 
     def __post_init__(self) -> None:
         _check(bool(self.name or self.path), "model.name", "give a catalogue name, an HF directory or a .gguf file")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), "model.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "quantized"), "model.dtype",
+               f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,9 @@ class CacheConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16"), "cache.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
 
 
+CPU_ISAS = ("auto", "scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_dotprod")
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     # Attention kernel backend: auto (tpu->pallas, gpu->triton, cpu->cpu, else reference),
@@ -157,6 +163,10 @@ class BackendConfig:
     # cpu backend: threads of its one pool (GEMM, attention, SiLU-and-multiply), the caller
     # included; 0 = all cores.
     num_threads: int = 0
+    # cpu backend: instruction-set variant of its kernels: auto (the best this processor has,
+    # or the SURGE_CPU_ISA environment variable), scalar, avx2, avx512, avx512_bf16 (x86),
+    # neon, neon_dotprod (AArch64). A variant the processor lacks fails at start-up.
+    cpu_isa: str = "auto"
     # Run Pallas kernels in interpret mode (CPU testing of the TPU kernel).
     interpret: bool = False
 
@@ -164,6 +174,7 @@ class BackendConfig:
         _check(self.name in ("auto", "reference", "cpu", "triton", "pallas"), "backend.name",
                f"{self.name!r} is not auto|reference|cpu|triton|pallas")
         _check(self.num_threads >= 0, "backend.num_threads", "must be >= 0")
+        _check(self.cpu_isa in CPU_ISAS, "backend.cpu_isa", f"{self.cpu_isa!r} is not {'|'.join(CPU_ISAS)}")
 
 
 @dataclass(frozen=True)

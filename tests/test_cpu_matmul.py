@@ -155,10 +155,10 @@ def test_shape_mismatch_names_the_inputs():
         matmul(jnp.ones((2, 64)), jnp.ones((64, 3, 1)))
     with pytest.raises(ValueError, match="packed w of 100 elements"):
         matmul(jnp.ones((2, 64)), jnp.ones((100,)))
-    with pytest.raises(ValueError, match="N a multiple of 8"):
-        matmul(jnp.ones((2, 64)), jnp.ones((64 * 12,)))
+    with pytest.raises(ValueError, match="N a multiple of 16"):
+        matmul(jnp.ones((2, 64)), jnp.ones((64 * 24,)))
     with pytest.raises(ValueError, match="cannot pack"):
-        cpu_matmul.pack(jnp.ones((64, 12)))
+        cpu_matmul.pack(jnp.ones((64, 24)))
 
 
 def test_ffi_target_rejects_inconsistent_buffers():
@@ -182,7 +182,7 @@ def test_other_weight_dtypes_fall_back_to_jnp_dot(caplog):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("m,k,n", [(1, 64, 24), (3, 70, 40), (5, 128, 56), (33, 96, 72), (130, 48, 16)])
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (3, 70, 32), (5, 128, 80), (33, 96, 112), (130, 48, 16)])
 @pytest.mark.parametrize("transpose_w", [False, True])
 def test_packed_weights_match_numpy(dtype, m, k, n, transpose_w):
     x, w, w_read, stored = _operands(m, k, n, dtype, transpose_w)
@@ -192,12 +192,12 @@ def test_packed_weights_match_numpy(dtype, m, k, n, transpose_w):
 
 
 def test_packed_panel_layout_is_exact():
-    # Panels of 24 columns, each [K, width] contiguous; the last (N % 24 = 16) narrower.
-    k, n = 3, 40
+    # Panels of 48 columns, each [K, width] contiguous; the last (N % 48 = 16) narrower.
+    k, n = 3, 64
     w = jnp.arange(k * n, dtype=jnp.float32).reshape(k, n)
     packed = np.asarray(cpu_matmul.pack(w))
-    np.testing.assert_array_equal(packed[:24 * k], np.asarray(w)[:, :24].reshape(-1))
-    np.testing.assert_array_equal(packed[24 * k:], np.asarray(w)[:, 24:].reshape(-1))
+    np.testing.assert_array_equal(packed[:48 * k], np.asarray(w)[:, :48].reshape(-1))
+    np.testing.assert_array_equal(packed[48 * k:], np.asarray(w)[:, 48:].reshape(-1))
 
 
 def test_packed_rows_do_not_depend_on_the_batch():

@@ -76,7 +76,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
-    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else dtype)
+    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
     page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=weights_bytes, max_model_len=max_model_len,

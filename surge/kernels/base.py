@@ -24,6 +24,7 @@ from typing import ClassVar, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from surge.kernels import quantized
 from surge.kernels.metadata import AttentionMetadata
 
 KVCache = Tuple[jax.Array, jax.Array]
@@ -43,7 +44,13 @@ class AttentionBackend(abc.ABC):
         return None
 
     def matmul(self, x: jax.Array, w: jax.Array, *, transpose_w: bool = False, out_dtype=None) -> jax.Array:
-        """x @ w (x @ w.T with transpose_w), accumulated in float32, returned in out_dtype (default x's)."""
+        """x @ w (x @ w.T with transpose_w), accumulated in float32, returned in out_dtype (default x's).
+
+        A GGUF-quantized w (surge.kernels.quantized, rows = outputs) is dequantized here and
+        multiplied as x @ rows.T; backends with a quantized kernel override this.
+        """
+        if quantized.is_quantized(w):
+            w, transpose_w = quantized.dequantize(w).astype(x.dtype), True
         dims = (((x.ndim - 1,), (1 if transpose_w else 0,)), ((), ()))
         y = jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
         return y.astype(out_dtype or x.dtype)

@@ -11,6 +11,12 @@ packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the
 mixture-of-experts projections as loops over each expert's rows (surge.kernels.grouped_matmul), the gated
 MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
 
+Every kernel runs in the instruction-set variant surge._C picked at load from the processor
+(scalar, avx2, avx512, avx512_bf16; neon, neon_dotprod on AArch64): ``isa()`` names it,
+``backend.cpu_isa`` (or the SURGE_CPU_ISA environment variable) forces a lower one, and
+the backend logs which runs when it starts. A GGUF-quantized weight (model.dtype=quantized)
+is multiplied in its quantized form (surge.kernels.cpu_matmul).
+
 One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
 The caches are aliased operand -> result, so under ``jit`` with the cache donated XLA
 updates them in place. q and the cache may be float32 or bfloat16 (math in float32);
@@ -20,7 +26,9 @@ inconsistent lengths) raises an error from the call naming the input, never a cr
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import logging
+import os
+from typing import List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +40,8 @@ from surge.kernels.metadata import AttentionMetadata
 TARGET = "surge_cpu_paged_attention"
 SILU_MUL_TARGET = "surge_cpu_silu_mul"
 _STORAGE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+logger = logging.getLogger("surge")
 
 
 def _register_targets() -> Tuple[Optional[object], Optional[str]]:
@@ -59,6 +69,30 @@ def set_num_threads(num_threads: int) -> None:
     _NATIVE.set_cpu_attention_threads(int(num_threads))
 
 
+def isa() -> str:
+    """The instruction-set variant the kernels run now."""
+    if _NATIVE is None:
+        raise RuntimeError(_NATIVE_REASON)
+    return _NATIVE.cpu_isa()
+
+
+def supported_isas() -> List[str]:
+    """Variants this processor runs, lowest first."""
+    if _NATIVE is None:
+        raise RuntimeError(_NATIVE_REASON)
+    return [info["name"] for info in _NATIVE.cpu_isas() if info["supported"]]
+
+
+def set_isa(name: str) -> None:
+    """Switch every CPU kernel to variant `name` ("auto" = the best here), process-wide.
+
+    ValueError names the features the processor lacks, or the variants this build has.
+    """
+    if _NATIVE is None:
+        raise RuntimeError(_NATIVE_REASON)
+    _NATIVE.set_cpu_isa(str(name))
+
+
 class CpuBackend(AttentionBackend):
     name = "cpu"
 
@@ -67,6 +101,12 @@ class CpuBackend(AttentionBackend):
         num_threads = getattr(config, "num_threads", None)
         if num_threads is not None and _NATIVE is not None:
             set_num_threads(num_threads)
+        if _NATIVE is not None:
+            if config is not None:
+                # auto: SURGE_CPU_ISA when set, else the best variant (undoing an earlier engine's choice).
+                cpu_isa = getattr(config, "cpu_isa", "auto")
+                set_isa(os.environ.get("SURGE_CPU_ISA") or "auto" if cpu_isa == "auto" else cpu_isa)
+            logger.info("cpu kernels: %s (this processor runs %s)", isa(), ", ".join(supported_isas()))
 
     @classmethod
     def unavailable_reason(cls, config=None) -> Optional[str]:

@@ -7,10 +7,15 @@ place instead of a transposed copy.
 Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed in
 float32 (bfloat16 weights are widened in registers, never copied whole).
 
-``pack`` rewrites a weight once, at load, into panels of 24 columns stored one after
-another (a 1-D array; see csrc/cpu_matmul.h): a thread then streams one contiguous run
+``pack`` rewrites a weight once, at load, into panels of 48 columns stored one after
+another (a 1-D array; see csrc/cpu_matmul.h; N a multiple of 16, so every instruction
+set's vectors divide a panel): a thread then streams one contiguous run
 of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
 weight as packed and takes N from ``n``.
+
+A GGUF-quantized weight (surge.kernels.quantized: uint8 [N, K / 32, block_bytes], rows =
+outputs, whichever orientation the caller names) goes to ``surge_cpu_quant_matmul``, which
+quantizes x's rows per block of 32 to int8 and sums int32 block dots: nothing is dequantized.
 
 One FFI target, ``surge_cpu_matmul`` in ``surge._C``, takes its shapes from the buffers:
 any number of rows works without recompiling anything on the kernel's side, and the call
@@ -31,10 +36,18 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from surge.kernels import quantized
+
 TARGET = "surge_cpu_matmul"
+QUANT_TARGET = "surge_cpu_quant_matmul"
 _WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 logger = logging.getLogger("surge")
+
+
+def _has_quant_target() -> bool:
+    from surge import _C
+    return hasattr(_C, "cpu_quant_matmul_ffi_targets")
 
 
 def _register_target() -> Optional[str]:
@@ -49,10 +62,14 @@ def _register_target() -> Optional[str]:
                 "call surge::bind_cpu_matmul, then rebuild")
     for name, capsule in targets().items():
         jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    for name, capsule in getattr(_C, "cpu_quant_matmul_ffi_targets", dict)().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
     return None
 
 
 _TARGET_REASON = _register_target()
+_QUANT_REASON = None if _TARGET_REASON is not None or _has_quant_target() else (
+    "surge._C was built without the quantized matmul (no cpu_quant_matmul_ffi_targets); rebuild it")
 _logged_reasons: set = set()
 
 
@@ -78,21 +95,22 @@ def set_num_threads(num_threads: int) -> None:
     _C.set_cpu_matmul_threads(int(num_threads))
 
 
-PANEL_COLUMNS = 24
+PANEL_COLUMNS = 48
+PANEL_MULTIPLE = 16
 
 
 def can_pack(w: jax.Array, *, transpose_w: bool = False) -> bool:
-    """Whether ``pack`` takes this weight: 2-D float32/bfloat16 with N a multiple of 8."""
+    """Whether ``pack`` takes this weight: 2-D float32/bfloat16 with N a multiple of 16."""
     if w.ndim != 2 or jnp.dtype(w.dtype) not in _WEIGHT_DTYPES:
         return False
-    return (w.shape[0] if transpose_w else w.shape[1]) % 8 == 0
+    return (w.shape[0] if transpose_w else w.shape[1]) % PANEL_MULTIPLE == 0
 
 
 def pack(w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
-    """w [K, N] (or [N, K] with transpose_w) -> 1-D panels: each run of 24 columns as [K, width]."""
+    """w [K, N] (or [N, K] with transpose_w) -> 1-D panels: each run of 48 columns as [K, width]."""
     if not can_pack(w, transpose_w=transpose_w):
         raise ValueError(f"cpu matmul: cannot pack a weight of shape {w.shape} and dtype {w.dtype} "
-                         "(2-D float32/bfloat16 with N a multiple of 8 only)")
+                         "(2-D float32/bfloat16 with N a multiple of 16 only)")
     kn = w.T if transpose_w else w
     k, n = kn.shape
     full = n - n % PANEL_COLUMNS
@@ -105,8 +123,11 @@ def pack(w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
 def matmul(x: jax.Array, w: jax.Array, *, transpose_w: bool = False, n: Optional[int] = None) -> jax.Array:
     """y [..., N] float32 = x @ w for w [K, N], or x @ w.T for w [N, K] with transpose_w.
 
-    A 1-D w is a packed weight (``pack``): N is ``n``, or w.size // K when not given.
+    A 1-D w is a packed weight (``pack``): N is ``n``, or w.size // K when not given. A
+    quantized w (surge.kernels.quantized) holds its output rows: y = x @ rows.T either way.
     """
+    if quantized.is_quantized(w):
+        return _matmul_quantized(x, w)
     if w.ndim == 1:
         return _matmul_packed(x, w, n)
     if w.ndim != 2:
@@ -130,13 +151,30 @@ def _matmul_packed(x: jax.Array, w: jax.Array, n: Optional[int]) -> jax.Array:
         raise ValueError(f"cpu matmul: packed w of {w.size} elements does not hold [K={k}, N={n}] "
                          f"for x of shape {x.shape}")
     n = n if n is not None else w.size // k
-    if n % 8:
-        raise ValueError(f"cpu matmul: a packed w holds N a multiple of 8; w of {w.size} elements with "
+    if n % PANEL_MULTIPLE:
+        raise ValueError(f"cpu matmul: a packed w holds N a multiple of 16; w of {w.size} elements with "
                          f"x of shape {x.shape} gives N = {n}")
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"cpu matmul: a packed weight needs the C++ kernel, which is unavailable: {reason}")
     return _call_kernel(x, w, k, n, transpose_w=False, panels=True)
+
+
+def _matmul_quantized(x: jax.Array, w: jax.Array) -> jax.Array:
+    k, n = quantized.in_features(w), int(w.shape[0])
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"cpu matmul: x must be [..., {k}] to match the {quantized.quant_type(w)} weight "
+                         f"{tuple(w.shape)} (K = {w.shape[1]} blocks of 32), got {x.shape}")
+    reason = unavailable_reason()
+    if reason is None and _QUANT_REASON is not None:
+        reason = _QUANT_REASON
+    if reason is not None:
+        _log_fallback(reason)
+        return jnp.dot(x.astype(jnp.float32), quantized.dequantize(w).T, preferred_element_type=jnp.float32)
+    rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)
+    call = jax.ffi.ffi_call(QUANT_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    return call(rows, w).reshape(*x.shape[:-1], n)
 
 
 def _call_kernel(x: jax.Array, w: jax.Array, k: int, n: int, *, transpose_w: bool, panels: bool) -> jax.Array:

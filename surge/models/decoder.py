@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from surge.kernels import quantized
 from surge.kernels.base import AttentionBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
@@ -174,7 +175,8 @@ class CausalLM(nnx.Module):
         """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
-        x = self.embed_tokens[...][input_ids]
+        table = self.embed_tokens[...]
+        x = quantized.take_rows(table, input_ids) if quantized.is_quantized(table) else table[input_ids]
         if self.arch.embed_scale is not None:  # in the weights' dtype, as transformers rounds it
             x = x * jnp.asarray(self.arch.embed_scale, x.dtype)
         x = x.astype(attention.compute_dtype(self.dtype))

@@ -4,7 +4,8 @@ In: a ``.gguf`` file (llama, qwen2 or qwen3 architecture; any tensor type that
 ``gguf.quants.dequantize`` implements). Out: a transformers-style config dict
 built from the GGUF metadata, the embedded chat template, and a
 ``GGUFCheckpoint`` that hands out each tensor under its Hugging Face name,
-dequantized to float32 and in Hugging Face layout.
+dequantized to float32 and in Hugging Face layout — or, for a Q8_0 / Q4_0 / Q4_1 matrix,
+its blocks as stored (``get_quantized``; surge.kernels.quantized describes that form).
 
 llama.cpp stores the q and k projections of llama-architecture models with the
 two halves of every head's rotary dimensions interleaved (it rotates adjacent
@@ -18,6 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from surge.kernels.quantized import TYPE_BLOCK_BYTES
 from surge.models.hf_checkpoint import CheckpointError
 
 # GGUF general.architecture -> (transformers architecture, model_type).
@@ -152,6 +154,23 @@ class GGUFCheckpoint:
             heads = self._meta("attention.head_count_kv", self._required("attention.head_count"))
             array = _unpermute_heads(array, int(heads))
         return array
+
+
+    def get_quantized(self, name: str) -> Optional[np.ndarray]:
+        """A 2-D tensor's GGUF blocks, uint8 [rows, K / 32, block_bytes] in Hugging Face row order;
+        None when its type is not one surge multiplies quantized (then ``get`` dequantizes it)."""
+        tensor = self._tensors[name]
+        block_bytes = TYPE_BLOCK_BYTES.get(tensor.tensor_type.name)
+        shape = self.shape(name)
+        if block_bytes is None or len(shape) != 2:
+            return None
+        blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(shape[0], -1, block_bytes)
+        if self.gguf_arch == "llama" and name.endswith("q_proj.weight"):
+            blocks = _unpermute_heads(blocks, self._required("attention.head_count"))
+        elif self.gguf_arch == "llama" and name.endswith("k_proj.weight"):
+            heads = self._meta("attention.head_count_kv", self._required("attention.head_count"))
+            blocks = _unpermute_heads(blocks, int(heads))
+        return blocks
 
 
 def _unpermute_heads(weight: np.ndarray, num_heads: int) -> np.ndarray:

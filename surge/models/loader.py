@@ -1,8 +1,9 @@
 """Load a model for serving: weights, architecture, tokenizer, chat template.
 
 In: a local Hugging Face directory (config.json + *.safetensors, sharded or
-not, + tokenizer files) or a ``.gguf`` file (dequantized on load), a dtype
-("auto", "float32" or "bfloat16"), and optionally a separate tokenizer source. Out: a
+not, + tokenizer files) or a ``.gguf`` file (dequantized on load, or with dtype
+"quantized" its Q8_0 / Q4_0 / Q4_1 tensors kept as stored), a dtype ("auto", "float32",
+"bfloat16" or "quantized"), and optionally a separate tokenizer source. Out: a
 ``LoadedModel`` with the CausalLM, its ModelArchConfig and its tokenizer.
 Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
 """
@@ -24,7 +25,7 @@ from surge.models.hf_checkpoint import CheckpointError, SafetensorsCheckpoint, r
 from surge.models.tokenizer import load_tokenizer
 from surge.models.weights import build_model
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "quantized": jnp.float32}
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -59,7 +60,10 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Optional[str] = N
         checkpoint = SafetensorsCheckpoint(path)
     else:
         raise CheckpointError(f"{path}: neither a Hugging Face model directory nor a .gguf file")
-    model = build_model(arch, checkpoint, _DTYPES[dtype], path)
+    if dtype == "quantized" and not isinstance(checkpoint, GGUFCheckpoint):
+        raise ValueError(f"model dtype 'quantized' keeps a GGUF file's quantized tensors; {path} is a safetensors "
+                         "checkpoint (use float32 or bfloat16)")
+    model = build_model(arch, checkpoint, _DTYPES[dtype], path, keep_quantized=dtype == "quantized")
     tok = load_tokenizer(resolve_model(tokenizer) if tokenizer else path)
     template = getattr(tok, "chat_template", None)
     if template is None and isinstance(checkpoint, GGUFCheckpoint):

@@ -9,6 +9,9 @@ Gemma 2/3 have four norms per layer (HF's post_attention_layernorm is then the n
 on the attention output, pre_feedforward_layernorm the one before the MLP), and a
 mixture-of-experts layer has a router and per-expert MLPs (surge.models.moe_config
 names them) that are stacked into [E, in, out].
+With ``keep_quantized`` (a GGUF checkpoint), every projection and the embedding whose tensors the
+file stores as Q8_0 / Q4_0 / Q4_1 (one type per fused group) keep those blocks instead, rows
+= outputs (surge.kernels.quantized); the rest is dtype.
 
 Every expected tensor is checked for presence and shape before anything is
 converted; an error names the tensor, the file and the expected and actual shape.
@@ -87,7 +90,8 @@ def check_checkpoint(arch: ModelArchConfig, checkpoint: Checkpoint, source: str)
                                   f"expected {shape}")
 
 
-def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: str) -> CausalLM:
+def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: str,
+                keep_quantized: bool = False) -> CausalLM:
     """A CausalLM holding the checkpoint's weights in `dtype` (checked first; nothing random is drawn)."""
     check_checkpoint(arch, checkpoint, source)
     dtype = jnp.dtype(dtype)
@@ -100,23 +104,36 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         param.set_value(jnp.asarray(np.ascontiguousarray(array.astype(dtype, copy=False))))
 
-    put(model.embed_tokens, read("model.embed_tokens.weight"))
+    def put_projection(param: nnx.Param, *names: str) -> None:
+        """[in, out] from HF [out, in] tensors fused along out, or their quantized blocks stacked by rows."""
+        if keep_quantized:
+            blocks = [checkpoint.get_quantized(name) for name in names]
+            if all(b is not None for b in blocks) and len({b.shape[2] for b in blocks}) == 1:
+                param.set_value(jnp.asarray(np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]))
+                return
+        put(param, *(read(name).T for name in names), axis=1)
+
+    embedding = checkpoint.get_quantized("model.embed_tokens.weight") if keep_quantized else None
+    if embedding is not None:
+        model.embed_tokens.set_value(jnp.asarray(embedding))
+    else:
+        put(model.embed_tokens, read("model.embed_tokens.weight"))
     put(model.norm.weight, read("model.norm.weight"))
     if model.lm_head is not None:
-        put(model.lm_head, read("lm_head.weight").T)
+        put_projection(model.lm_head, "lm_head.weight")
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         put(layer.input_norm.weight, read(p + "input_layernorm.weight"))
         if arch.fused_checkpoint:
-            put(layer.qkv_proj, read(p + "self_attn.qkv_proj.weight").T)
+            put_projection(layer.qkv_proj, p + "self_attn.qkv_proj.weight")
         else:
-            put(layer.qkv_proj, *(read(p + f"self_attn.{n}_proj.weight").T for n in "qkv"), axis=1)
+            put_projection(layer.qkv_proj, *(p + f"self_attn.{n}_proj.weight" for n in "qkv"))
         if layer.qkv_bias is not None:
             put(layer.qkv_bias, *(read(p + f"self_attn.{n}_proj.bias") for n in "qkv"), axis=0)
         if layer.q_norm is not None:
             put(layer.q_norm.weight, read(p + "self_attn.q_norm.weight"))
             put(layer.k_norm.weight, read(p + "self_attn.k_norm.weight"))
-        put(layer.o_proj, read(p + "self_attn.o_proj.weight").T)
+        put_projection(layer.o_proj, p + "self_attn.o_proj.weight")
         if layer.o_bias is not None:
             put(layer.o_bias, read(p + "self_attn.o_proj.bias"))
         if arch.sandwich_norms:
@@ -128,12 +145,12 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
         if layer.moe is not None:
             _put_moe(layer.moe, arch, p, read, put)
         elif arch.fused_checkpoint:
-            put(layer.gate_up_proj, read(p + "mlp.gate_up_proj.weight").T)
-            put(layer.down_proj, read(p + "mlp.down_proj.weight").T)
+            put_projection(layer.gate_up_proj, p + "mlp.gate_up_proj.weight")
+            put_projection(layer.down_proj, p + "mlp.down_proj.weight")
         else:
             m = p + _mlp(arch)
-            put(layer.gate_up_proj, read(m + "gate_proj.weight").T, read(m + "up_proj.weight").T, axis=1)
-            put(layer.down_proj, read(m + "down_proj.weight").T)
+            put_projection(layer.gate_up_proj, m + "gate_proj.weight", m + "up_proj.weight")
+            put_projection(layer.down_proj, m + "down_proj.weight")
     return model
 
 

@@ -1,0 +1,28 @@
+// What every kernel variant's translation unit (cpu/<arch>/<isa>/kernels.cc) includes before
+// cpu/simd/begin.h: the standard headers, the intrinsics, and surge's shared (baseline)
+// headers, so that none of their inline functions is compiled for the variant's target.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#include "cpu/kernels.h"
+#include "cpu/numeric.h"
+#include "cpu_attention_kernel.h"
+#include "cpu_matmul.h"
+#include "cpu_matmul_work.h"
+#include "cpu_pool.h"
