@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surge.server.auth import ApiKeyStore, ApiKeysSpec
@@ -29,7 +29,10 @@ from surge.server.context import ServerContext, invalid_body
 from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError
 from surge.server.metrics import CONTENT_TYPE, ServerMetrics
-from surge.server.protocol import ModelCard, ModelList
+from surge.server import openapi
+from surge.server.openapi import answers, error_responses
+from surge.server.protocol import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, HealthStatus,
+                                   ModelCard, ModelList)
 from surge.server.services import ProtocolServices
 
 logger = logging.getLogger("surge")
@@ -144,7 +147,12 @@ def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = invalid_body(exc.errors())
+        # The key is checked before the body's problems are told (FastAPI validates bodies first).
+        try:
+            ctx.authorize(request)
+            error = invalid_body(exc.errors())
+        except OpenAIError as denied:
+            error = denied
         return services.error_response(request, error) if services is not None else error.response()
 
     @app.exception_handler(Exception)
@@ -152,22 +160,22 @@ def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -
         logger.exception("unexpected error answering %s %s", request.method, request.url.path)
         return OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await create_chat_completion(ctx, request)
+    @app.post("/v1/chat/completions", responses=answers(ChatCompletion, streams=True))
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(ctx, body, request)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await create_completion(ctx, request)
+    @app.post("/v1/completions", responses=answers(Completion, streams=True))
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(ctx, body, request)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=answers(ModelList))
     async def models(request: Request) -> JSONResponse:
         ctx.authorize(request)
         engine = ctx.host.engine
         card = ModelCard(id=ctx.model_name, max_model_len=engine.max_model_len if engine is not None else None)
         return JSONResponse(ModelList(data=[card]).model_dump())
 
-    @app.get("/v1/models/{name:path}")
+    @app.get("/v1/models/{name:path}", responses=answers(ModelCard))
     async def model(name: str, request: Request) -> JSONResponse:
         ctx.authorize(request)
         ctx.check_model(name)
@@ -178,15 +186,16 @@ def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -
     if services is not None:
         services.register(app)
 
-    @app.get("/health")
+    @app.get("/health", responses=answers(HealthStatus))
     async def health() -> JSONResponse:
         ok, message = ctx.host.status()
         if ok:
             return JSONResponse({"status": "ok", "model": ctx.model_name})
         return OpenAIError(503, message, code="draining" if ctx.host.draining else "not_ready").response()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses())
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
+    openapi.install(app)
     return app

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from surge.server.chat import ChatPrompt, render_chat
-from surge.server.context import ServerContext, close_all, merge, parse_body
+from surge.server.context import ServerContext, close_all, merge
 from surge.server.errors import bad_request, stream_error
 from surge.server.logprobs import chat_logprobs, delta_entries, vllm_prompt_logprobs
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
@@ -31,9 +31,8 @@ from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, even
 from surge.server.tool_parser import ParserDelta, ToolCallParser, parse_tool_calls
 
 
-async def create_chat_completion(ctx: ServerContext, request: Request) -> Response:
+async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest, request: Request) -> Response:
     principal = ctx.authorize(request)
-    req = parse_body(ChatCompletionRequest, await request.body())
     ctx.check_model(req.model)
     engine = ctx.require_ready().engine
     prompt = render_chat(engine.tokenizer, req)

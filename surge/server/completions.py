@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.context import ServerContext, close_all, merge, parse_body
+from surge.server.context import ServerContext, close_all, merge
 from surge.server.errors import bad_request, stream_error
 from surge.server.logprobs import (completion_logprobs, delta_entries, join_logprobs, prompt_completion_logprobs,
                                    vllm_prompt_logprobs)
@@ -58,9 +58,8 @@ def _prompts(req: CompletionRequest, tokenizer) -> list[tuple[str, list[int]]]:
     return result
 
 
-async def create_completion(ctx: ServerContext, request: Request) -> Response:
+async def create_completion(ctx: ServerContext, req: CompletionRequest, request: Request) -> Response:
     principal = ctx.authorize(request)
-    req = parse_body(CompletionRequest, await request.body())
     ctx.check_model(req.model)
     engine = ctx.require_ready().engine
     prompts = _prompts(req, engine.tokenizer)

@@ -2,8 +2,8 @@
 
 In: the HTTP request (headers, query, body bytes) and the server's parts —
 the `EngineHost`, the `ApiKeyStore`, the `ServerMetrics`. Out: a `Principal`
-(the caller's key label and prefix-cache salt) or a 401; a parsed request
-model or a 400 naming the field; the served model name or a 404; and, per
+(the caller's key label and prefix-cache salt) or a 401; a 400 naming the field
+of a body that does not validate; the served model name or a 404; and, per
 accepted prompt, a stream of `RequestOutput`s that feeds the metrics and the
 caller's per-key usage, and aborts the request if it is left early.
 """
@@ -14,9 +14,8 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional, Sequence, Type, TypeVar
+from typing import AsyncIterator, Optional, Sequence
 
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from surge.server.auth import ApiKeyStore, presented_key
@@ -27,7 +26,6 @@ from surge.server.request_params import EngineLimits
 from surge.server.structured_request import wait_until_compiled
 
 logger = logging.getLogger("surge")
-M = TypeVar("M", bound=BaseModel)
 _END = object()
 
 # Model names every server answers to besides its own (eSurge's examples use "default").
@@ -41,18 +39,8 @@ class Principal:
     owner: str = "anonymous"  # a hash of the presented key: whose stored responses this caller sees
 
 
-def parse_body(model: Type[M], body: bytes) -> M:
-    """The request model of `body`, or a 400 that names the first offending field."""
-    if not body.strip():
-        raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise invalid_body(exc.errors(include_url=False)) from None
-
-
 def invalid_body(errors: Sequence[dict]) -> OpenAIError:
-    """The 400 for pydantic validation errors (from parse_body or a FastAPI-validated body)."""
+    """The 400 for the pydantic validation errors of a request body (FastAPI-validated or an adapter's)."""
     first = errors[0]
     location = ".".join(str(part) for part in first["loc"] if part != "body")
     if first["type"] == "json_invalid":

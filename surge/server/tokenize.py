@@ -20,6 +20,7 @@ from starlette.requests import Request
 from surge.server.chat_turn import chat_request, render
 from surge.server.context import ServerContext
 from surge.server.errors import bad_request
+from surge.server.openapi import answers
 from surge.server.protocol import ChatMessage, _Lenient
 
 
@@ -43,9 +44,9 @@ class TokenizeService:
         self.ctx = ctx
 
     def register(self, app: FastAPI) -> None:
-        app.post("/tokenize")(self.tokenize)
-        app.post("/detokenize")(self.detokenize)
-        app.get("/version")(self.version)
+        app.post("/tokenize", responses=answers())(self.tokenize)
+        app.post("/detokenize", responses=answers())(self.detokenize)
+        app.get("/version", responses=answers())(self.version)
 
     async def tokenize(self, body: TokenizeRequest, request: Request) -> JSONResponse:
         self.ctx.authorize(request)

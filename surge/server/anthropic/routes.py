@@ -28,6 +28,7 @@ from surge.server.anthropic.protocol import (CountTokensRequest, Message, Messag
 from surge.server.chat_turn import chat_request, open_chat_turn, render
 from surge.server.context import ServerContext, close_all
 from surge.server.errors import OpenAIError, bad_request, stream_error
+from surge.server.openapi import AnthropicErrorResponse, answers
 from surge.server.protocol import new_id
 from surge.server.reasoning import make_parser
 from surge.server.responses.output import OutputBuilder
@@ -43,8 +44,9 @@ class MessagesService:
         self.ctx = ctx
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/messages")(self.create)
-        app.post("/v1/messages/count_tokens")(self.count_tokens)
+        app.post("/v1/messages", responses=answers(streams=True, errors=AnthropicErrorResponse))(self.create)
+        app.post("/v1/messages/count_tokens", responses=answers(errors=AnthropicErrorResponse))(
+            self.count_tokens)
 
     async def create(self, body: MessagesRequest, request: Request) -> Response:
         try:

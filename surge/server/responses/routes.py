@@ -35,6 +35,7 @@ from surge.server.chat import ChatPrompt
 from surge.server.chat_turn import chat_request, open_chat_turn
 from surge.server.context import Principal, ServerContext, close_all
 from surge.server.errors import OpenAIError, bad_request, stream_error
+from surge.server.openapi import answers
 from surge.server.protocol import ChatCompletionRequest
 from surge.server.reasoning import make_parser
 from surge.server.responses.conversation import input_messages, output_messages
@@ -91,10 +92,10 @@ class ResponsesService:
         self._background: dict[str, asyncio.Task] = {}
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/responses")(self.create)
-        app.get("/v1/responses/{response_id}")(self.retrieve)
-        app.delete("/v1/responses/{response_id}")(self.delete)
-        app.post("/v1/responses/{response_id}/cancel")(self.cancel)
+        app.post("/v1/responses", responses=answers(streams=True))(self.create)
+        app.get("/v1/responses/{response_id}", responses=answers())(self.retrieve)
+        app.delete("/v1/responses/{response_id}", responses=answers())(self.delete)
+        app.post("/v1/responses/{response_id}/cancel", responses=answers())(self.cancel)
 
     # ---- routes ---------------------------------------------------------------------------------
     async def create(self, body: ResponsesRequest, request: Request) -> Response:
