@@ -21,6 +21,7 @@ from surge.server.errors import bad_request
 from surge.server.protocol import ChatCompletionRequest
 from surge.server.reasoning import AnswerStops, take_answer_stops
 from surge.server.request_params import chat_sampling_params
+from surge.server.workers import encode
 
 
 @dataclass
@@ -40,10 +41,15 @@ def chat_request(body: dict) -> ChatCompletionRequest:
         raise invalid_body(exc.errors(include_url=False)) from None
 
 
-def render(ctx: ServerContext, chat: ChatCompletionRequest) -> tuple[ChatPrompt, list[int]]:
+async def render(ctx: ServerContext, chat: ChatCompletionRequest) -> tuple[ChatPrompt, list[int]]:
+    """The rendered prompt and its token ids, computed on the worker pool (never on the event loop)."""
     engine = ctx.require_ready().engine
-    prompt = render_chat(engine.tokenizer, chat)
-    prompt_ids = engine.tokenizer.encode(prompt.text, add_special_tokens=False)
+    return await ctx.workers.run(_render, engine.tokenizer, chat)
+
+
+def _render(tokenizer, chat: ChatCompletionRequest) -> tuple[ChatPrompt, list[int]]:
+    prompt = render_chat(tokenizer, chat)
+    prompt_ids = encode(tokenizer, prompt.text, add_special_tokens=False)
     if not prompt_ids:
         raise bad_request("the input renders to an empty prompt", param="messages")
     return prompt, prompt_ids
@@ -51,7 +57,7 @@ def render(ctx: ServerContext, chat: ChatCompletionRequest) -> tuple[ChatPrompt,
 
 async def open_chat_turn(ctx: ServerContext, chat: ChatCompletionRequest, principal: Principal, request_id: str,
                          priority: int = 0) -> ChatTurn:
-    prompt, prompt_ids = render(ctx, chat)
+    prompt, prompt_ids = await render(ctx, chat)
     params = chat_sampling_params(chat, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
     stops = take_answer_stops(ctx.reasoning_parser, params, prompt.text)
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=priority,

@@ -21,9 +21,11 @@ from starlette.requests import Request
 from surge.server.auth import ApiKeyStore, presented_key
 from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError, bad_request, unauthorized
+from surge.server.limits import RequestLimits
 from surge.server.metrics import ServerMetrics
 from surge.server.request_params import EngineLimits
 from surge.server.structured_request import wait_until_compiled
+from surge.server.workers import WorkerPool
 
 logger = logging.getLogger("surge")
 _END = object()
@@ -57,7 +59,8 @@ def invalid_body(errors: Sequence[dict]) -> OpenAIError:
 class ServerContext:
     def __init__(self, host: EngineHost, keys: ApiKeyStore, metrics: ServerMetrics, model_name: str,
                  aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False,
-                 reasoning_parser: str = "none") -> None:
+                 reasoning_parser: str = "none", request_limits: Optional[RequestLimits] = None,
+                 metrics_require_api_key: bool = True) -> None:
         self.host = host
         self.keys = keys
         self.metrics = metrics
@@ -65,6 +68,10 @@ class ServerContext:
         self.accepted_names = {model_name, *aliases, *MODEL_ALIASES}
         self.isolate_prefix_cache_per_key = isolate_prefix_cache_per_key
         self.reasoning_parser = reasoning_parser  # server.reasoning_parser: none | deepseek_r1 | qwen3
+        self.request_limits = request_limits or RequestLimits()
+        # With keys required, /metrics (and /openapi.json, /docs) need one too unless this is false.
+        self.metrics_require_api_key = metrics_require_api_key
+        self.workers = WorkerPool()  # tokenizing and templating, off the event loop
 
     # ---- request checks ------------------------------------------------------------------------
     def authorize(self, request: Request) -> Principal:
@@ -89,7 +96,9 @@ class ServerContext:
         engine = self.host.engine
         vocab = getattr(getattr(engine, "arch", None), "vocab_size", None) or len(engine.tokenizer)
         return EngineLimits(max_model_len=engine.max_model_len, vocab_size=vocab,
-                            max_logprobs=engine.config.engine.max_logprobs)
+                            max_logprobs=engine.config.engine.max_logprobs,
+                            max_prompt_tokens=self.request_limits.max_prompt_tokens,
+                            default_max_tokens=self.request_limits.default_max_tokens)
 
     def require_ready(self):
         try:
@@ -105,6 +114,7 @@ class ServerContext:
         # A salt the client sends narrows sharing further; it never lifts the per-key isolation.
         salts = [s for s in (principal.cache_salt, cache_salt) if s]
         salt = ":".join(salts) if salts else None
+        self.host.check_servable(len(prompts), params.n, max(len(p) for p in prompts), params.max_tokens)
         await wait_until_compiled(self.host.engine, params.structured_outputs)
         opened: list = []
         try:

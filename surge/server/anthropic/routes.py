@@ -36,7 +36,7 @@ from surge.server.sse import ClientDisconnected, EventStreamResponse, run_until_
 
 
 def anthropic_error(exc: OpenAIError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status, headers=exc.headers)
 
 
 class MessagesService:
@@ -58,7 +58,7 @@ class MessagesService:
         try:
             self.ctx.authorize(request)
             self.ctx.check_model(body.model)
-            _, prompt_ids = render(self.ctx, chat_request(_chat_body(body)))
+            _, prompt_ids = await render(self.ctx, chat_request(_chat_body(body)))
             return JSONResponse({"input_tokens": len(prompt_ids)})
         except OpenAIError as exc:
             return anthropic_error(exc)
