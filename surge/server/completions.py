@@ -25,9 +25,9 @@ from surge.server.logprobs import (completion_logprobs, delta_entries, join_logp
                                    vllm_prompt_logprobs)
 from surge.server.protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage,
                                    chunk_json, new_id)
-from surge.server.request_params import EngineLimits, completion_sampling_params
+from surge.server.request_params import EngineLimits, completion_sampling_params, prompt_limit, prompt_too_long
 from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
-from surge.server.workers import encode
+from surge.server.workers import TooManyTokens, encode
 
 MAX_PROMPTS = 256
 
@@ -51,7 +51,10 @@ def _prompts(req: CompletionRequest, tokenizer, limits: EngineLimits) -> list[tu
     result = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            ids = encode(tokenizer, item, add_special_tokens=True)
+            try:
+                ids = encode(tokenizer, item, add_special_tokens=True, limit=prompt_limit(limits))
+            except TooManyTokens as exc:
+                raise prompt_too_long(exc.num_tokens, limits, "prompt") from None
             text = item
         else:
             ids = list(item)

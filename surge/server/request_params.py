@@ -65,6 +65,21 @@ def context_length_error(prompt_len: int, limits: EngineLimits, requested: Optio
     return bad_request(message, param="max_tokens", code="context_length_exceeded")
 
 
+def prompt_limit(limits: EngineLimits) -> int:
+    """The most tokens a prompt may have and still be served (room for one generated token)."""
+    longest = limits.max_model_len - 1
+    return min(longest, limits.max_prompt_tokens) if limits.max_prompt_tokens else longest
+
+
+def prompt_too_long(num_tokens: int, limits: EngineLimits, what: str = "prompt") -> OpenAIError:
+    """The 400 for a prompt of `num_tokens` over `prompt_limit(limits)`."""
+    try:
+        resolve_max_tokens(1, num_tokens, limits, what)
+    except OpenAIError as exc:
+        return exc
+    raise AssertionError(f"a {num_tokens}-token prompt fits {limits}")
+
+
 def resolve_max_tokens(requested: Optional[int], prompt_len: int, limits: EngineLimits, what: str,
                        default: Optional[int] = None) -> int:
     """`requested`, or when it is None `default` (all the room left, when None), never past the context."""

@@ -62,7 +62,7 @@ class TokenizeService:
             chat = chat_request({"messages": [m.model_dump(exclude_none=True) for m in body.messages],
                                  "add_generation_prompt": body.add_generation_prompt,
                                  "chat_template_kwargs": body.chat_template_kwargs})
-            _, tokens = await render(self.ctx, chat)
+            _, tokens = await render(self.ctx, chat, to_generate=False)
         strs = await self.ctx.workers.run(engine.tokenizer.convert_ids_to_tokens, tokens) \
             if body.return_token_strs else None
         return JSONResponse({"count": len(tokens), "max_model_len": engine.max_model_len, "tokens": tokens,

@@ -4,7 +4,8 @@ In: a function of the request (its prompt text, messages, token ids) and the tok
 computed on a small thread pool, so one large prompt never stalls `/health`, other requests' parsing, or
 the token streams of requests in flight. `encode` calls the Rust tokenizer's batch entry point, which
 releases the GIL while it works (`PreTrainedTokenizerFast.encode` holds it while it converts offsets),
-and gives the same ids.
+and gives the same ids. With a `limit`, a prompt longer than it raises `TooManyTokens` with its count
+and its ids are never made into a Python list (a million ints, built while holding the GIL).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -31,9 +32,22 @@ class WorkerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
-    """`tokenizer.encode(text, add_special_tokens=...)`, with the GIL released while the Rust tokenizer runs."""
+class TooManyTokens(Exception):
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__(f"{num_tokens} tokens")
+        self.num_tokens = num_tokens
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool, limit: Optional[int] = None) -> list[int]:
+    """`tokenizer.encode(text, add_special_tokens=...)`, with the GIL released while the Rust tokenizer runs;
+    `TooManyTokens` when the text has more than `limit` tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if limit is not None and len(ids) > limit:
+            raise TooManyTokens(len(ids))
+        return ids
+    encoding = backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+    if limit is not None and len(encoding) > limit:
+        raise TooManyTokens(len(encoding))
+    return encoding.ids

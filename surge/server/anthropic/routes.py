@@ -58,7 +58,7 @@ class MessagesService:
         try:
             self.ctx.authorize(request)
             self.ctx.check_model(body.model)
-            _, prompt_ids = await render(self.ctx, chat_request(_chat_body(body)))
+            _, prompt_ids = await render(self.ctx, chat_request(_chat_body(body)), to_generate=False)
             return JSONResponse({"input_tokens": len(prompt_ids)})
         except OpenAIError as exc:
             return anthropic_error(exc)
