@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from surge.server.chat_turn import chat_request, render
@@ -40,14 +40,29 @@ class DetokenizeRequest(_Lenient):
     tokens: List[int]
 
 
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: List[int]
+    token_strs: Optional[List[str]] = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
 class TokenizeService:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
     def register(self, app: FastAPI) -> None:
-        app.post("/tokenize", responses=answers())(self.tokenize)
-        app.post("/detokenize", responses=answers())(self.detokenize)
-        app.get("/version", responses=answers())(self.version)
+        app.post("/tokenize", responses=answers(TokenizeResponse))(self.tokenize)
+        app.post("/detokenize", responses=answers(DetokenizeResponse))(self.detokenize)
+        app.get("/version", responses=answers(VersionResponse))(self.version)
 
     async def tokenize(self, body: TokenizeRequest, request: Request) -> JSONResponse:
         self.ctx.authorize(request)

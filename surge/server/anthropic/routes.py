@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.anthropic.protocol import (CountTokensRequest, Message, MessagesRequest, TextBlock,
-                                             ThinkingBlock, ToolResultBlock, ToolUseBlock, error_body)
+from surge.server.anthropic.protocol import (CountTokensRequest, CountTokensResponse, Message, MessageResponse,
+                                             MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock,
+                                             ToolUseBlock, error_body)
 from surge.server.chat_turn import chat_request, open_chat_turn, render
 from surge.server.context import ServerContext, close_all
 from surge.server.errors import OpenAIError, bad_request, stream_error
@@ -44,8 +45,9 @@ class MessagesService:
         self.ctx = ctx
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/messages", responses=answers(streams=True, errors=AnthropicErrorResponse))(self.create)
-        app.post("/v1/messages/count_tokens", responses=answers(errors=AnthropicErrorResponse))(
+        app.post("/v1/messages", responses=answers(MessageResponse, streams=True, errors=AnthropicErrorResponse))(
+            self.create)
+        app.post("/v1/messages/count_tokens", responses=answers(CountTokensResponse, errors=AnthropicErrorResponse))(
             self.count_tokens)
 
     async def create(self, body: MessagesRequest, request: Request) -> Response:

@@ -40,7 +40,8 @@ from surge.server.protocol import ChatCompletionRequest
 from surge.server.reasoning import make_parser
 from surge.server.responses.conversation import input_messages, output_messages
 from surge.server.responses.output import OutputBuilder
-from surge.server.responses.protocol import ResponsesRequest, new_item_id, response_object, usage
+from surge.server.responses.protocol import (ResponseDeleted, ResponseObject, ResponsesRequest, new_item_id,
+                                             response_object, usage)
 from surge.server.responses.store import ResponseStore, StoredResponse
 from surge.server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
 
@@ -92,10 +93,10 @@ class ResponsesService:
         self._background: dict[str, asyncio.Task] = {}
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/responses", responses=answers(streams=True))(self.create)
-        app.get("/v1/responses/{response_id}", responses=answers())(self.retrieve)
-        app.delete("/v1/responses/{response_id}", responses=answers())(self.delete)
-        app.post("/v1/responses/{response_id}/cancel", responses=answers())(self.cancel)
+        app.post("/v1/responses", responses=answers(ResponseObject, streams=True))(self.create)
+        app.get("/v1/responses/{response_id}", responses=answers(ResponseObject))(self.retrieve)
+        app.delete("/v1/responses/{response_id}", responses=answers(ResponseDeleted))(self.delete)
+        app.post("/v1/responses/{response_id}/cancel", responses=answers(ResponseObject))(self.cancel)
 
     # ---- routes ---------------------------------------------------------------------------------
     async def create(self, body: ResponsesRequest, request: Request) -> Response:
