@@ -149,13 +149,12 @@ def test_a_prompt_over_max_prompt_tokens_is_400_naming_the_key(served):
 
 def test_requests_that_can_never_be_served_are_400_naming_the_limit(served):
     error = error_of(post(served, "/v1/completions", {"prompt": ["a"] * 9, "n": 128, "max_tokens": 1}), 400)
-    assert "1152 sequences (9 prompts x n=128)" in error["message"] and "engine.max_num_seqs" in error["message"]
-    assert error["param"] == "n"
-    error = error_of(post(served, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
-                                                           "n": 3, "max_tokens": 1}), 400)
-    assert "at most 2 at once (engine.max_num_seqs)" in error["message"]
-    # The server is idle and still serves what fits.
-    assert post(served, "/v1/completions", {"prompt": ["a"] * 2, "max_tokens": 1}).status_code == 200
+    assert "1152 sequences (9 prompts x n=128)" in error["message"], error
+    assert "at most 1026 at once (engine.max_num_seqs=2 running + server.max_queue=1024" in error["message"]
+    assert error["param"] == "n" and error["code"] == "too_many_sequences"
+    # The server is idle and still serves what fits: more prompts than slots wait their turn.
+    reply = post(served, "/v1/completions", {"prompt": ["a"] * 5, "max_tokens": 1})
+    assert reply.status_code == 200 and len(reply.json()["choices"]) == 5
 
 
 def _host(max_num_seqs: int = 4, num_pages: int = 8, page_size: int = 16, max_queue: int = 2):

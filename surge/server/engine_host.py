@@ -7,8 +7,8 @@ cache salt. Out: an `EngineStream` per accepted request (iterate it for
 `RequestOutput`s; closing it aborts the request and frees its pages), 503s
 when the engine is not ready, is draining, or more than `max_queue`
 sequences already wait for a slot, 400s from `check_servable` for requests that
-could never be served (more sequences than engine.max_num_seqs, more KV than
-the pool holds), and `abort_all()` for shutdown.
+could never be served (more sequences than engine.max_num_seqs +
+server.max_queue, more KV than the pool holds), and `abort_all()` for shutdown.
 """
 
 from __future__ import annotations
@@ -150,14 +150,15 @@ class EngineHost:
         return sum(self._in_flight.values())
 
     def check_servable(self, num_prompts: int, n: int, longest_prompt: int, max_tokens: int) -> None:
-        """A 400 for a request no amount of waiting would let in: more sequences than the engine runs at
-        once, or one sequence needing more KV cache than the whole pool."""
+        """A 400 for a request no amount of waiting would let in: more sequences than an idle server admits
+        (the slots plus server.max_queue), or one sequence needing more KV cache than the whole pool."""
         engine = self.engine
         slots = engine.config.engine.max_num_seqs
-        if num_prompts * n > slots:
+        if num_prompts * n > slots + self.max_queue:
             what = f"{num_prompts} prompts x n={n}" if num_prompts > 1 else f"n={n}"
-            raise bad_request(f"this request asks for {num_prompts * n} sequences ({what}); the server runs at "
-                              f"most {slots} at once (engine.max_num_seqs)", param="n", code="too_many_sequences")
+            raise bad_request(f"this request asks for {num_prompts * n} sequences ({what}); the server admits at "
+                              f"most {slots + self.max_queue} at once (engine.max_num_seqs={slots} running + "
+                              f"server.max_queue={self.max_queue} waiting)", param="n", code="too_many_sequences")
         page_size = engine.config.cache.page_size
         pool = engine.stats().get("num_total_pages", 0) * page_size
         need = longest_prompt + max_tokens
