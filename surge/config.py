@@ -18,6 +18,9 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+# Most top log-probabilities a request may ask for (OpenAI's limit); SamplingParams checks requests against it.
+MAX_LOGPROBS = 20
+
 
 class ConfigError(ValueError):
     """A configuration key holds a value surge cannot use."""
@@ -95,8 +98,6 @@ class EngineConfig:
         # Until replicas exist (each with its own page pool and scheduler), a dp axis would only be unused devices.
         _check(self.data_parallel_size == 1, "engine.data_parallel_size",
                f"{self.data_parallel_size}: data-parallel replicas are not built yet; run one surge-serve per replica")
-        from surge.sampling.params import MAX_LOGPROBS
-
         _check(0 <= self.max_logprobs <= MAX_LOGPROBS, "engine.max_logprobs",
                f"{self.max_logprobs} must be in [0, {MAX_LOGPROBS}] (what a request's SamplingParams may ask for)")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "engine.log_level",

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from surge.server import auth
 from surge.server.app import eSurgeApiServer
-from surge.server.auth import ApiKeyStore, default_label, parse_keys_file, presented_key
+from surge.server.auth import ApiKeyStore, parse_keys_file, presented_key
 from surge.server.process import ServerProcess
 
 MODEL = "smollm2-135m-instruct"
@@ -26,7 +26,7 @@ MODEL = "smollm2-135m-instruct"
 
 def test_keys_file_lines_labels_and_comments():
     keys = parse_keys_file("# team keys\nk-alpha notebook\n\n  k-beta  CI runner  \nk-gamma\n")
-    assert keys == {"k-alpha": "notebook", "k-beta": "CI runner", "k-gamma": default_label("k-gamma")}
+    assert keys == {"k-alpha": "notebook", "k-beta": "CI runner", "k-gamma": None}
     with pytest.raises(ValueError, match="keys.txt:2: key is listed twice"):
         parse_keys_file("a x\na y\n", "keys.txt")
 
@@ -34,15 +34,19 @@ def test_keys_file_lines_labels_and_comments():
 def test_store_from_list_dict_and_file(tmp_path):
     path = tmp_path / "keys.txt"
     path.write_text("k3 notebook\n")
+    path.write_text("k3 notebook\nk4\n")
     store = ApiKeyStore(["k1"], keys_file=str(path))
     store.add("k2", "ui")
-    assert store.lookup("k1") == default_label("k1") and default_label("k1").startswith("key-")
-    assert "k1" not in default_label("k1")  # a label never reveals its key
+    # Unlabelled keys are named by their place (k1 first, k4 third), never by anything computed from them.
+    assert store.lookup("k1") == "key-1" and store.lookup("k4") == "key-3"
     assert store.lookup("k2") == "ui" and store.lookup("k3") == "notebook"
+    store.revoke("k4")
     assert store.lookup("k4") is None and store.lookup("") is None and store.lookup(None) is None
     assert ApiKeyStore({"demo-key": {"label": "UI"}}).lookup("demo-key") == "UI"
     with pytest.raises(ValueError, match="without spaces"):
         store.add("has space")
+    with pytest.raises(ValueError, match="does not contain the key"):
+        store.add("sk-secret-1", "team sk-secret-1")
     assert store.revoke("k2") and store.lookup("k2") is None
 
 
@@ -63,7 +67,7 @@ def test_lookup_compares_every_key_in_constant_time(monkeypatch):
 
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     store = ApiKeyStore(["k1", "k2", "k3"])
-    assert store.lookup("k1") == default_label("k1")
+    assert store.lookup("k1") == "key-1"
     assert len(calls) == 3  # no early exit on the first match
     calls.clear()
     assert store.lookup("nope") is None and len(calls) == 3
@@ -102,11 +106,43 @@ def test_every_way_of_presenting_a_key(keyed_app):
     wrong = http.get("/v1/models", headers={"Authorization": "Bearer demo-kez"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     assert "not valid" in wrong.json()["error"]["message"]
-    # Health and metrics stay open for probes and scrapers.
+    # Health stays open for probes; metrics, the schema and the docs need a key (Prometheus sends a bearer).
     assert http.get("/health").status_code == 503  # the engine was never built
-    metrics = http.get("/metrics").text
+    for path in ("/metrics", "/openapi.json", "/docs"):
+        denied = http.get(path)
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key", path
+    metrics = http.get("/metrics", headers={"Authorization": "Bearer demo-key"}).text
     assert f'surge:api_key_prompt_tokens_total{{label="notebook",model_name="{MODEL}"}} 0.0' in metrics
+    assert f'surge:api_key_prompt_tokens_total{{label="UI",model_name="{MODEL}"}} 0.0' in metrics
     assert notebook not in metrics and "demo-key" not in metrics
+    assert "/v1/chat/completions" in http.get("/openapi.json", headers={"X-API-Key": notebook}).json()["paths"]
+    docs = http.get(f"/docs?api_key={notebook}")
+    assert docs.status_code == 200 and f"/openapi.json?api_key={notebook}" in docs.text
+
+
+def test_metrics_can_stay_open_for_a_scraper_without_a_token():
+    server = eSurgeApiServer(engine_factory=_NeverBuilt(), require_api_key=True, api_keys=["k1"],
+                             served_model_name=MODEL, metrics_require_api_key=False)
+    http = TestClient(server.app)
+    assert http.get("/metrics").status_code == 200
+    assert http.get("/v1/models").status_code == 401 and http.get("/openapi.json").status_code == 401
+
+
+def test_no_metric_label_is_a_function_of_a_secret():
+    import re
+
+    def label_values(secrets: list[str]) -> tuple[set, str]:
+        server = eSurgeApiServer(engine_factory=_NeverBuilt(), require_api_key=True, api_keys=secrets[:2],
+                                 served_model_name=MODEL)
+        server.generate_api_key()  # issued at run time, without a label
+        text = TestClient(server.app).get("/metrics", headers={"Authorization": f"Bearer {secrets[0]}"}).text
+        return set(re.findall(r'="([^"]*)"', text)), text
+
+    first, text_first = label_values(["k1-secret", "k2-secret"])
+    second, text_second = label_values(["another-1", "weak"])
+    # Whatever the secrets are, every label value in /metrics is the same: none is computed from a key.
+    assert first == second and {"key-1", "key-2", "key-3"} <= first
+    assert "k1-secret" not in text_first and "weak" not in text_second
 
 
 def test_keys_checked_before_the_body(keyed_app):
@@ -120,7 +156,7 @@ def test_open_server_accepts_any_key_but_bills_only_registered_ones():
     http = TestClient(server.app)
     assert http.get("/v1/models").status_code == 200
     assert http.get("/v1/models", headers={"Authorization": "Bearer whatever"}).status_code == 200
-    assert server.context.authorize(_request({"authorization": "Bearer k1"})).label == default_label("k1")
+    assert server.context.authorize(_request({"authorization": "Bearer k1"})).label == "key-1"
     assert server.context.authorize(_request({"authorization": "Bearer other"})).label is None
 
 
@@ -163,7 +199,8 @@ def keyed_server(tmp_path_factory):
 
 def _metric(server, name: str, label: str) -> float:
     wanted = f'{name}{{label="{label}",model_name="{MODEL}"}} '
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer k1-secret"}, timeout=10).text
+    for line in text.splitlines():
         if line.startswith(wanted):
             return float(line.rsplit(" ", 1)[1])
     raise KeyError(wanted)
@@ -189,8 +226,11 @@ def test_each_key_path_on_a_real_server(keyed_server):
     assert _metric(keyed_server, "surge:api_key_prompt_tokens_total", "notebook") == prompt_tokens
     assert _metric(keyed_server, "surge:api_key_completion_tokens_total", "notebook") == 3
     assert _metric(keyed_server, "surge:api_key_requests_total", "notebook") == 1
-    assert _metric(keyed_server, "surge:api_key_completion_tokens_total", default_label("k1-secret")) == 3
-    assert _metric(keyed_server, "surge:api_key_completion_tokens_total", default_label("k2-secret")) == 3
+    assert _metric(keyed_server, "surge:api_key_completion_tokens_total", "key-1") == 3
+    assert _metric(keyed_server, "surge:api_key_completion_tokens_total", "key-2") == 3
+    # Without a key, /metrics answers 401 like any other route of a server with keys required.
+    denied = httpx.get(f"{keyed_server.url}/metrics", timeout=10)
+    assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
 
 
 @pytest.mark.slow
@@ -199,7 +239,9 @@ def test_prefix_cache_is_not_shared_between_keys(keyed_server):
     prompt = "Shared system preamble. " * 12 + "Question?"  # several full 16-token pages
 
     def hits() -> float:
-        for line in httpx.get(f"{keyed_server.url}/metrics", timeout=10).text.splitlines():
+        text = httpx.get(f"{keyed_server.url}/metrics", headers={"Authorization": "Bearer k1-secret"},
+                         timeout=10).text
+        for line in text.splitlines():
             if line.startswith("surge:prefix_cache_hits_total{"):
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError("surge:prefix_cache_hits_total")

@@ -230,8 +230,10 @@ class TestQuickStartEngine:
                 model="default", prompt="Hello", max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
             assert reply.usage.completion_tokens == 3
 
-            # /metrics carries per-key prompt and completion token totals, by each key's label.
-            metrics = httpx.get(f"{base}/metrics", timeout=5).text
+            # /metrics carries per-key prompt and completion token totals, by each key's label; with keys
+            # required it needs one too (Prometheus sends it as a bearer token).
+            assert httpx.get(f"{base}/metrics", timeout=5).status_code == 401
+            metrics = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer demo-key"}, timeout=5).text
             assert key_total(metrics, "surge:api_key_completion_tokens_total", "UI") >= 1
             assert key_total(metrics, "surge:api_key_prompt_tokens_total", "UI") >= 1
             assert key_total(metrics, "surge:api_key_completion_tokens_total", "notebook") == 3

@@ -59,7 +59,9 @@ def test_python_api_fire_serves_an_in_process_engine(tiny_checkpoint):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base, api_key="demo-kez", max_retries=0).models.list()
         assert openai.OpenAI(base_url=base, api_key="demo-key", max_retries=0).models.list().data[0].id
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 401
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {key}"},
+                            timeout=5).text
         assert f'surge:api_key_completion_tokens_total{{label="notebook",model_name="{engine.model_name}"}} 4.0' \
             in metrics
     finally:

@@ -204,7 +204,8 @@ def test_every_new_route_needs_a_key(server):
         ok = httpx.request(method, f"{server.url}{path}", json=body, headers={"x-api-key": KEY_A}, timeout=60)
         assert ok.status_code in (200, 404), (path, ok.text)
     # Each body is declared in the OpenAPI schema, so the server's fuzz test generates bodies for it.
-    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert httpx.get(f"{server.url}/openapi.json", timeout=10).status_code == 401  # closed, like /metrics
+    paths = httpx.get(f"{server.url}/openapi.json", headers={"x-api-key": KEY_A}, timeout=10).json()["paths"]
     for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize"):
         body_schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body_schema["$ref"].startswith("#/components/schemas/"), path

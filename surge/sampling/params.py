@@ -20,13 +20,13 @@ import functools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
+from surge.config import MAX_LOGPROBS
 from surge.structured.spec import StructuredOutputsParams
 
 # Below this temperature a request is treated as greedy: dividing logits by a
 # near-zero temperature overflows float32, and the result would be argmax anyway.
 MIN_TEMPERATURE = 1e-5
-# OpenAI's limits for logprobs and logit_bias.
-MAX_LOGPROBS = 20
+# OpenAI's limits for logit_bias (MAX_LOGPROBS lives in surge.config, beside engine.max_logprobs).
 MAX_LOGIT_BIAS_ENTRIES = 300
 MAX_LOGIT_BIAS_VALUE = 100.0
 # The sampler masks stop token ids (for min_tokens) in a fixed-width table.

@@ -17,19 +17,28 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional, Sequence
 
+from urllib.parse import urlencode
+
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surge.server.auth import ApiKeyStore, ApiKeysSpec
+from surge.server.body_limit import BodyLimit
 from surge.server.chat_completions import create_chat_completion
 from surge.server.completions import create_completion
 from surge.server.context import ServerContext, invalid_body
 from surge.server.engine_host import EngineHost
-from surge.server.errors import OpenAIError
+from surge.server.errors import OpenAIError, unavailable
+from surge.server.json_body import SafeJsonRoute
+from surge.server.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TOKENS, RequestLimits
 from surge.server.metrics import CONTENT_TYPE, ServerMetrics
-from surge.server.protocol import ModelCard, ModelList
+from surge.server import openapi
+from surge.server.openapi import answers, error_responses
+from surge.server.protocol import (ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, HealthStatus,
+                                   ModelCard, ModelList)
 from surge.server.services import ProtocolServices
 
 logger = logging.getLogger("surge")
@@ -44,7 +53,9 @@ class eSurgeApiServer:
                  engine_factory: Optional[Callable[[], object]] = None, max_model_len: Optional[int] = None,
                  enable_console_monitor: bool = False, responses_store: str = "sqlite",
                  responses_store_path: str = "", responses_store_max: int = 10000,
-                 reasoning_parser: str = "none") -> None:
+                 reasoning_parser: str = "none", max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_prompt_tokens: int = 0, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 metrics_require_api_key: bool = True) -> None:
         if engine is None and engine_factory is None:
             raise ValueError("eSurgeApiServer needs an engine (Engine or AsyncEngine) or an engine_factory")
         self.keys = ApiKeyStore(api_keys, require=require_api_key, keys_file=api_keys_file)
@@ -61,7 +72,10 @@ class eSurgeApiServer:
             self.metrics.register_key_label(label)
         self.context = ServerContext(self.host, self.keys, self.metrics, self.model_name, aliases=model_aliases,
                                      isolate_prefix_cache_per_key=isolate_prefix_cache_per_key,
-                                     reasoning_parser=reasoning_parser)
+                                     reasoning_parser=reasoning_parser,
+                                     request_limits=RequestLimits(max_request_bytes, max_prompt_tokens,
+                                                                  default_max_tokens),
+                                     metrics_require_api_key=metrics_require_api_key)
         self.enable_console_monitor = enable_console_monitor
         self.monitor = None
         self.uvicorn_server = None  # set while fire() serves
@@ -85,7 +99,12 @@ class eSurgeApiServer:
                    max_model_len=cfg.engine.max_model_len or None,
                    enable_console_monitor=server.enable_console_monitor, responses_store=server.responses_store,
                    responses_store_path=server.responses_store_path,
-                   responses_store_max=server.responses_store_max, reasoning_parser=server.reasoning_parser)
+                   responses_store_max=server.responses_store_max, reasoning_parser=server.reasoning_parser,
+                   # Read with their defaults, so a config without these keys still builds a server.
+                   max_request_bytes=getattr(server, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
+                   max_prompt_tokens=getattr(server, "max_prompt_tokens", 0),
+                   default_max_tokens=getattr(server, "default_max_tokens", DEFAULT_MAX_TOKENS),
+                   metrics_require_api_key=getattr(server, "metrics_require_api_key", True))
 
     def _stats(self) -> Optional[dict]:
         return self.host.engine.stats() if self.host.ready else None
@@ -119,6 +138,7 @@ class eSurgeApiServer:
         if self.monitor is not None:
             self.monitor.stop()
         self.host.stop()
+        self.context.workers.shutdown()
 
     def fire(self, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
              access_log: bool = False) -> None:
@@ -129,12 +149,21 @@ class eSurgeApiServer:
 
 
 def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -> FastAPI:
-    app = FastAPI(title="surge", description="OpenAI-compatible API over a surge engine", docs_url=None,
-                  redoc_url=None)
+    from surge import __version__
+
+    app = FastAPI(title="surge", description="OpenAI-compatible API over a surge engine", version=__version__,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = SafeJsonRoute
+
+    def error_for(path: str, error: OpenAIError) -> JSONResponse:
+        return services.error_response_for(path, error) if services is not None else error.response()
+
+    app.add_middleware(BodyLimit, max_bytes=ctx.request_limits.max_request_bytes, respond=error_for)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
         return exc.response()
+
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -144,30 +173,35 @@ def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = invalid_body(exc.errors())
-        return services.error_response(request, error) if services is not None else error.response()
+        # The key is checked before the body's problems are told (FastAPI validates bodies first).
+        try:
+            ctx.authorize(request)
+            error = invalid_body(exc.errors())
+        except OpenAIError as denied:
+            error = denied
+        return error_for(request.url.path, error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error answering %s %s", request.method, request.url.path)
         return OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await create_chat_completion(ctx, request)
+    @app.post("/v1/chat/completions", responses=answers(ChatCompletion, streams=True))
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(ctx, body, request)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await create_completion(ctx, request)
+    @app.post("/v1/completions", responses=answers(Completion, streams=True))
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(ctx, body, request)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=answers(ModelList))
     async def models(request: Request) -> JSONResponse:
         ctx.authorize(request)
         engine = ctx.host.engine
         card = ModelCard(id=ctx.model_name, max_model_len=engine.max_model_len if engine is not None else None)
         return JSONResponse(ModelList(data=[card]).model_dump())
 
-    @app.get("/v1/models/{name:path}")
+    @app.get("/v1/models/{name:path}", responses=answers(ModelCard))
     async def model(name: str, request: Request) -> JSONResponse:
         ctx.authorize(request)
         ctx.check_model(name)
@@ -178,15 +212,31 @@ def build_app(ctx: ServerContext, services: Optional[ProtocolServices] = None) -
     if services is not None:
         services.register(app)
 
-    @app.get("/health")
+    @app.get("/health", responses=answers(HealthStatus))
     async def health() -> JSONResponse:
         ok, message = ctx.host.status()
         if ok:
             return JSONResponse({"status": "ok", "model": ctx.model_name})
-        return OpenAIError(503, message, code="draining" if ctx.host.draining else "not_ready").response()
+        return unavailable(message, code="draining" if ctx.host.draining else "not_ready").response()
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses())
+    async def metrics(request: Request) -> Response:
+        if ctx.metrics_require_api_key:
+            ctx.authorize(request)  # a 401 only when keys are required
         return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(request: Request) -> JSONResponse:
+        ctx.authorize(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        ctx.authorize(request)
+        # The browser fetches the schema without headers: a key given as ?api_key= is passed on to it.
+        key = request.query_params.get("api_key")
+        url = "/openapi.json" + (f"?{urlencode({'api_key': key})}" if key else "")
+        return get_swagger_ui_html(openapi_url=url, title="surge API")
+
+    openapi.install(app)
     return app

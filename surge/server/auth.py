@@ -6,12 +6,14 @@ comments), keys issued at run time by `generate_api_key`, and each HTTP
 request's presented key (`Authorization: Bearer`, `X-API-Key` or `?api_key=`).
 Out: the label of the matching key, or None. Keys are compared with
 `hmac.compare_digest` against every registered key, so the time taken does not
-reveal how much of a guess matched. Labels, never keys, appear in metrics.
+reveal how much of a guess matched. Labels, never keys, appear in metrics: a key
+registered without a label is named by its place, `key-1`, `key-2`, ... in the
+order keys were added — never by anything computed from the secret, which would
+let anyone who reads /metrics check guesses of a weak key offline.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import threading
@@ -27,14 +29,15 @@ def generate_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def default_label(key: str) -> str:
-    """A stable label for a key that came without one; derived by hashing, so it does not reveal the key."""
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+def positional_label(index: int) -> str:
+    """The label of the `index`-th key added (from 1) when it came without one."""
+    return f"key-{index}"
 
 
-def parse_keys_file(text: str, source: str = "api_keys_file") -> dict[str, str]:
-    """Keys and labels from the text of an api-keys file: `KEY [LABEL...]` per line, blank lines and # comments."""
-    keys: dict[str, str] = {}
+def parse_keys_file(text: str, source: str = "api_keys_file") -> dict[str, Optional[str]]:
+    """Keys and labels (None where a line has none) from the text of an api-keys file: `KEY [LABEL...]` per
+    line, blank lines and # comments."""
+    keys: dict[str, Optional[str]] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -43,7 +46,7 @@ def parse_keys_file(text: str, source: str = "api_keys_file") -> dict[str, str]:
         label = label.strip()
         if key in keys:
             raise ValueError(f"{source}:{number}: key is listed twice")
-        keys[key] = label or default_label(key)
+        keys[key] = label or None
     return keys
 
 
@@ -54,6 +57,7 @@ class ApiKeyStore:
         self.require = require
         self._lock = threading.Lock()
         self._labels: dict[str, str] = {}
+        self._num_added = 0
         for key, label in _normalize(keys).items():
             self.add(key, label)
         if keys_file:
@@ -64,8 +68,11 @@ class ApiKeyStore:
     def add(self, key: str, label: Optional[str] = None) -> None:
         if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
             raise ValueError(f"an API key must be a non-empty string without spaces, got {key!r}")
+        if label is not None and (not isinstance(label, str) or key in label):
+            raise ValueError("an API key's label must be a string that does not contain the key")
         with self._lock:
-            self._labels[key] = label or default_label(key)
+            self._num_added += 1
+            self._labels[key] = label or positional_label(self._num_added)
 
     def generate(self, label: Optional[str] = None) -> str:
         key = generate_api_key()

@@ -17,9 +17,10 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.chat import ChatPrompt, render_chat
-from surge.server.context import ServerContext, close_all, merge, parse_body
-from surge.server.errors import bad_request, stream_error
+from surge.server.chat import ChatPrompt
+from surge.server.chat_turn import render
+from surge.server.context import ServerContext, close_all, merge
+from surge.server.errors import stream_error
 from surge.server.logprobs import chat_logprobs, delta_entries, vllm_prompt_logprobs
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
                                    ChatCompletionRequest, ChunkChoice, DeltaFunctionCall, DeltaMessage,
@@ -31,15 +32,11 @@ from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, even
 from surge.server.tool_parser import ParserDelta, ToolCallParser, parse_tool_calls
 
 
-async def create_chat_completion(ctx: ServerContext, request: Request) -> Response:
+async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest, request: Request) -> Response:
     principal = ctx.authorize(request)
-    req = parse_body(ChatCompletionRequest, await request.body())
     ctx.check_model(req.model)
     engine = ctx.require_ready().engine
-    prompt = render_chat(engine.tokenizer, req)
-    prompt_ids = engine.tokenizer.encode(prompt.text, add_special_tokens=False)
-    if not prompt_ids:
-        raise bad_request("the messages render to an empty prompt", param="messages")
+    prompt, prompt_ids = await render(ctx, req)
     params = chat_sampling_params(req, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
     stops = take_answer_stops(ctx.reasoning_parser, params, prompt.text)
     request_id = new_id("chatcmpl")

@@ -20,7 +20,8 @@ from surge.server.context import Principal, ServerContext, invalid_body
 from surge.server.errors import bad_request
 from surge.server.protocol import ChatCompletionRequest
 from surge.server.reasoning import AnswerStops, take_answer_stops
-from surge.server.request_params import chat_sampling_params
+from surge.server.request_params import EngineLimits, chat_sampling_params, prompt_limit, prompt_too_long
+from surge.server.workers import TooManyTokens, encode
 
 
 @dataclass
@@ -40,10 +41,25 @@ def chat_request(body: dict) -> ChatCompletionRequest:
         raise invalid_body(exc.errors(include_url=False)) from None
 
 
-def render(ctx: ServerContext, chat: ChatCompletionRequest) -> tuple[ChatPrompt, list[int]]:
+async def render(ctx: ServerContext, chat: ChatCompletionRequest,
+                 to_generate: bool = True) -> tuple[ChatPrompt, list[int]]:
+    """The rendered prompt and its token ids, computed on the worker pool (never on the event loop).
+
+    `to_generate`: a prompt too long to generate from is a 400 at once (its ids are never listed); false
+    where only the tokens are wanted (/tokenize, count_tokens).
+    """
     engine = ctx.require_ready().engine
-    prompt = render_chat(engine.tokenizer, chat)
-    prompt_ids = engine.tokenizer.encode(prompt.text, add_special_tokens=False)
+    return await ctx.workers.run(_render, engine.tokenizer, chat, ctx.limits() if to_generate else None)
+
+
+def _render(tokenizer, chat: ChatCompletionRequest,
+            limits: Optional[EngineLimits]) -> tuple[ChatPrompt, list[int]]:
+    prompt = render_chat(tokenizer, chat)
+    try:
+        prompt_ids = encode(tokenizer, prompt.text, add_special_tokens=False,
+                            limit=None if limits is None else prompt_limit(limits))
+    except TooManyTokens as exc:
+        raise prompt_too_long(exc.num_tokens, limits, "messages") from None
     if not prompt_ids:
         raise bad_request("the input renders to an empty prompt", param="messages")
     return prompt, prompt_ids
@@ -51,7 +67,7 @@ def render(ctx: ServerContext, chat: ChatCompletionRequest) -> tuple[ChatPrompt,
 
 async def open_chat_turn(ctx: ServerContext, chat: ChatCompletionRequest, principal: Principal, request_id: str,
                          priority: int = 0) -> ChatTurn:
-    prompt, prompt_ids = render(ctx, chat)
+    prompt, prompt_ids = await render(ctx, chat)
     params = chat_sampling_params(chat, len(prompt_ids), ctx.limits(), tool_grammar=prompt.tool_grammar)
     stops = take_answer_stops(ctx.reasoning_parser, params, prompt.text)
     streams = await ctx.open_streams([prompt_ids], params, request_id=request_id, priority=priority,

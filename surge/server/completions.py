@@ -19,20 +19,24 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.context import ServerContext, close_all, merge, parse_body
+from surge.server.context import ServerContext, close_all, merge
 from surge.server.errors import bad_request, stream_error
 from surge.server.logprobs import (completion_logprobs, delta_entries, join_logprobs, prompt_completion_logprobs,
                                    vllm_prompt_logprobs)
 from surge.server.protocol import (Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage,
                                    chunk_json, new_id)
-from surge.server.request_params import completion_sampling_params
+from surge.server.request_params import EngineLimits, completion_sampling_params, prompt_limit, prompt_too_long
 from surge.server.sse import DONE, ClientDisconnected, EventStreamResponse, event, run_until_disconnect
+from surge.server.workers import TooManyTokens, encode
 
 MAX_PROMPTS = 256
 
 
-def _prompts(req: CompletionRequest, tokenizer) -> list[tuple[str, list[int]]]:
-    """(text, token ids) per prompt; text prompts are tokenized as the engine would (special tokens added)."""
+def _prompts(req: CompletionRequest, tokenizer, limits: EngineLimits) -> list[tuple[str, list[int]]]:
+    """(text, token ids) per prompt; text prompts are tokenized as the engine would (special tokens added).
+
+    Runs on the worker pool: a prompt may be megabytes of text or a million token ids.
+    """
     prompt = req.prompt
     if isinstance(prompt, str):
         items: list = [prompt]
@@ -47,33 +51,37 @@ def _prompts(req: CompletionRequest, tokenizer) -> list[tuple[str, list[int]]]:
     result = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            ids = tokenizer.encode(item, add_special_tokens=True)
+            try:
+                ids = encode(tokenizer, item, add_special_tokens=True, limit=prompt_limit(limits))
+            except TooManyTokens as exc:
+                raise prompt_too_long(exc.num_tokens, limits, "prompt") from None
             text = item
         else:
             ids = list(item)
             text = None
         if not ids:
             raise bad_request(f"prompt[{i}] is empty: it must have at least one token", param="prompt")
-        result.append((text, ids))
-    return result
-
-
-async def create_completion(ctx: ServerContext, request: Request) -> Response:
-    principal = ctx.authorize(request)
-    req = parse_body(CompletionRequest, await request.body())
-    ctx.check_model(req.model)
-    engine = ctx.require_ready().engine
-    prompts = _prompts(req, engine.tokenizer)
-    limits = ctx.limits()
-    # The longest prompt decides max_tokens when it is not given (and must leave room for one token).
-    params = completion_sampling_params(req, max(len(ids) for _, ids in prompts), limits)
-    for i, (_, ids) in enumerate(prompts):
         bad = [t for t in ids if not 0 <= t < limits.vocab_size]
         if bad:
             raise bad_request(f"prompt[{i}] holds token ids outside the vocabulary [0, {limits.vocab_size}): "
                               f"{bad[:5]}", param="prompt")
-    echoes = [(text if text is not None else engine.tokenizer.decode(ids)) if req.echo else "" for text, ids in
-              prompts]
+        result.append((text, ids))
+    return result
+
+
+def _echoes(echo: bool, prompts: list[tuple[str, list[int]]], tokenizer) -> list[str]:
+    return [(text if text is not None else tokenizer.decode(ids)) if echo else "" for text, ids in prompts]
+
+
+async def create_completion(ctx: ServerContext, req: CompletionRequest, request: Request) -> Response:
+    principal = ctx.authorize(request)
+    ctx.check_model(req.model)
+    engine = ctx.require_ready().engine
+    limits = ctx.limits()
+    prompts = await ctx.workers.run(_prompts, req, engine.tokenizer, limits)
+    # The longest prompt decides whether max_tokens fits (and must leave room for one token).
+    params = completion_sampling_params(req, max(len(ids) for _, ids in prompts), limits)
+    echoes = await ctx.workers.run(_echoes, req.echo, prompts, engine.tokenizer)
     scoring = _Scoring(score_echo=req.echo and req.logprobs is not None, no_completion=req.max_tokens == 0,
                        vllm_prompt_logprobs=req.prompt_logprobs is not None,
                        decode=lambda t: engine.tokenizer.decode([t], skip_special_tokens=False))

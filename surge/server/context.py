@@ -2,8 +2,8 @@
 
 In: the HTTP request (headers, query, body bytes) and the server's parts —
 the `EngineHost`, the `ApiKeyStore`, the `ServerMetrics`. Out: a `Principal`
-(the caller's key label and prefix-cache salt) or a 401; a parsed request
-model or a 400 naming the field; the served model name or a 404; and, per
+(the caller's key label and prefix-cache salt) or a 401; a 400 naming the field
+of a body that does not validate; the served model name or a 404; and, per
 accepted prompt, a stream of `RequestOutput`s that feeds the metrics and the
 caller's per-key usage, and aborts the request if it is left early.
 """
@@ -14,20 +14,20 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional, Sequence, Type, TypeVar
+from typing import AsyncIterator, Optional, Sequence
 
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from surge.server.auth import ApiKeyStore, presented_key
 from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError, bad_request, unauthorized
+from surge.server.limits import RequestLimits
 from surge.server.metrics import ServerMetrics
 from surge.server.request_params import EngineLimits
 from surge.server.structured_request import wait_until_compiled
+from surge.server.workers import WorkerPool
 
 logger = logging.getLogger("surge")
-M = TypeVar("M", bound=BaseModel)
 _END = object()
 
 # Model names every server answers to besides its own (eSurge's examples use "default").
@@ -41,18 +41,8 @@ class Principal:
     owner: str = "anonymous"  # a hash of the presented key: whose stored responses this caller sees
 
 
-def parse_body(model: Type[M], body: bytes) -> M:
-    """The request model of `body`, or a 400 that names the first offending field."""
-    if not body.strip():
-        raise bad_request("the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise invalid_body(exc.errors(include_url=False)) from None
-
-
 def invalid_body(errors: Sequence[dict]) -> OpenAIError:
-    """The 400 for pydantic validation errors (from parse_body or a FastAPI-validated body)."""
+    """The 400 for the pydantic validation errors of a request body (FastAPI-validated or an adapter's)."""
     first = errors[0]
     location = ".".join(str(part) for part in first["loc"] if part != "body")
     if first["type"] == "json_invalid":
@@ -69,7 +59,8 @@ def invalid_body(errors: Sequence[dict]) -> OpenAIError:
 class ServerContext:
     def __init__(self, host: EngineHost, keys: ApiKeyStore, metrics: ServerMetrics, model_name: str,
                  aliases: Sequence[str] = (), isolate_prefix_cache_per_key: bool = False,
-                 reasoning_parser: str = "none") -> None:
+                 reasoning_parser: str = "none", request_limits: Optional[RequestLimits] = None,
+                 metrics_require_api_key: bool = True) -> None:
         self.host = host
         self.keys = keys
         self.metrics = metrics
@@ -77,6 +68,10 @@ class ServerContext:
         self.accepted_names = {model_name, *aliases, *MODEL_ALIASES}
         self.isolate_prefix_cache_per_key = isolate_prefix_cache_per_key
         self.reasoning_parser = reasoning_parser  # server.reasoning_parser: none | deepseek_r1 | qwen3
+        self.request_limits = request_limits or RequestLimits()
+        # With keys required, /metrics (and /openapi.json, /docs) need one too unless this is false.
+        self.metrics_require_api_key = metrics_require_api_key
+        self.workers = WorkerPool()  # tokenizing and templating, off the event loop
 
     # ---- request checks ------------------------------------------------------------------------
     def authorize(self, request: Request) -> Principal:
@@ -101,7 +96,9 @@ class ServerContext:
         engine = self.host.engine
         vocab = getattr(getattr(engine, "arch", None), "vocab_size", None) or len(engine.tokenizer)
         return EngineLimits(max_model_len=engine.max_model_len, vocab_size=vocab,
-                            max_logprobs=engine.config.engine.max_logprobs)
+                            max_logprobs=engine.config.engine.max_logprobs,
+                            max_prompt_tokens=self.request_limits.max_prompt_tokens,
+                            default_max_tokens=self.request_limits.default_max_tokens)
 
     def require_ready(self):
         try:
@@ -117,6 +114,7 @@ class ServerContext:
         # A salt the client sends narrows sharing further; it never lifts the per-key isolation.
         salts = [s for s in (principal.cache_salt, cache_salt) if s]
         salt = ":".join(salts) if salts else None
+        self.host.check_servable(len(prompts), params.n, max(len(p) for p in prompts), params.max_tokens)
         await wait_until_compiled(self.host.engine, params.structured_outputs)
         opened: list = []
         try:

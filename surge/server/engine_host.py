@@ -6,7 +6,9 @@ requests from the handlers: prompt token ids, `SamplingParams`, id, priority,
 cache salt. Out: an `EngineStream` per accepted request (iterate it for
 `RequestOutput`s; closing it aborts the request and frees its pages), 503s
 when the engine is not ready, is draining, or more than `max_queue`
-sequences already wait for a slot, and `abort_all()` for shutdown.
+sequences already wait for a slot, 400s from `check_servable` for requests that
+could never be served (more sequences than engine.max_num_seqs +
+server.max_queue, more KV than the pool holds), and `abort_all()` for shutdown.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import threading
 from typing import Callable, Optional
 
-from surge.server.errors import unavailable
+from surge.server.errors import bad_request, unavailable
 
 logger = logging.getLogger("surge")
 
@@ -147,13 +149,32 @@ class EngineHost:
     def num_in_flight(self) -> int:
         return sum(self._in_flight.values())
 
+    def check_servable(self, num_prompts: int, n: int, longest_prompt: int, max_tokens: int) -> None:
+        """A 400 for a request no amount of waiting would let in: more sequences than an idle server admits
+        (the slots plus server.max_queue), or one sequence needing more KV cache than the whole pool."""
+        engine = self.engine
+        slots = engine.config.engine.max_num_seqs
+        if num_prompts * n > slots + self.max_queue:
+            what = f"{num_prompts} prompts x n={n}" if num_prompts > 1 else f"n={n}"
+            raise bad_request(f"this request asks for {num_prompts * n} sequences ({what}); the server admits at "
+                              f"most {slots + self.max_queue} at once (engine.max_num_seqs={slots} running + "
+                              f"server.max_queue={self.max_queue} waiting)", param="n", code="too_many_sequences")
+        page_size = engine.config.cache.page_size
+        pool = engine.stats().get("num_total_pages", 0) * page_size
+        need = longest_prompt + max_tokens
+        if pool and need > pool:
+            raise bad_request(f"one sequence of this request needs {need} tokens of KV cache ({longest_prompt} "
+                              f"prompt + {max_tokens} max_tokens); the whole pool holds {pool} (cache.num_pages x "
+                              f"cache.page_size={page_size})", param="max_tokens", code="kv_cache_too_small")
+
     def admit(self, request_id: str, num_seqs: int) -> None:
         """Count a request in, or a 503 when its sequences would push the queue past max_queue."""
         slots = self.engine.config.engine.max_num_seqs
         in_flight = self.num_in_flight
         if in_flight + num_seqs > slots + self.max_queue:
-            raise unavailable(f"the server is overloaded: {in_flight} sequences are in flight for {slots} slots "
-                              f"and server.max_queue={self.max_queue} may wait; retry later", code="overloaded")
+            raise unavailable(f"the server is overloaded: {in_flight} sequences are in flight or waiting (it runs "
+                              f"{slots} at once and server.max_queue={self.max_queue} may wait) and this request "
+                              f"adds {num_seqs}; retry later", code="overloaded")
         self._in_flight[request_id] = num_seqs
 
     def release(self, request_id: str) -> None:

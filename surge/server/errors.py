@@ -33,8 +33,9 @@ class OpenAIError(Exception):
     """A failure to report to the client with an OpenAI error body (never a bare 500)."""
 
     def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 error_type: Optional[str] = None) -> None:
+                 error_type: Optional[str] = None, headers: Optional[dict] = None) -> None:
         super().__init__(message)
+        self.headers = headers or {}  # e.g. Retry-After on a 503
         self.status = status
         self.message = message
         self.param = param
@@ -48,7 +49,7 @@ class OpenAIError(Exception):
         return json.dumps(self.body())
 
     def response(self, headers: Optional[dict] = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **(headers or {})})
 
 
 def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> OpenAIError:
@@ -59,8 +60,13 @@ def unauthorized(message: str) -> OpenAIError:
     return OpenAIError(401, message, code="invalid_api_key")
 
 
+# Seconds a client is told to wait before retrying a 503 (overload, start-up, draining).
+RETRY_AFTER_S = 1
+
+
 def unavailable(message: str, code: str = "server_unavailable") -> OpenAIError:
-    return OpenAIError(503, message, code=code)
+    """A 503: only for conditions that pass (a full queue, an engine still starting), so Retry-After is set."""
+    return OpenAIError(503, message, code=code, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def stream_error(exc: Exception, request_id: str) -> OpenAIError:

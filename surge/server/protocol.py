@@ -313,6 +313,11 @@ class ModelList(BaseModel):
     data: List[ModelCard]
 
 
+class HealthStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+
+
 def chunk_json(chunk: ChatCompletionChunk | Completion) -> str:
     """A streamed chunk as JSON: fields that carry nothing are left out, except each choice's finish_reason."""
     body = chunk.model_dump(exclude_none=True)

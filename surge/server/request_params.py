@@ -4,7 +4,10 @@ In: a parsed `ChatCompletionRequest` or `CompletionRequest`, the prompt's
 token count and the engine's limits (max_model_len, vocabulary size, widest
 logprobs). Out: validated `SamplingParams`, or an `OpenAIError` (400) that
 names the field and the limit. OpenAI's defaults apply: temperature 1,
-top_p 1, and max_tokens = whatever fits in the context after the prompt.
+top_p 1, max_tokens 16 for completions (OpenAI's default) and, for chat, what
+fits in the context after the prompt capped by `server.default_max_tokens`.
+A prompt longer than `server.max_prompt_tokens` (default: the context) is a
+400, and so is a number the float32 sampler cannot hold.
 Structured-output fields map through `structured_request.py`.
 """
 
@@ -21,6 +24,10 @@ from surge.server.protocol import ChatCompletionRequest, CompletionRequest
 from surge.server.structured_request import structured_outputs_of
 
 MAX_N = 128
+# OpenAI's default max_tokens for /v1/completions.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+# The largest float32: a sampling number beyond it would overflow on the device.
+MAX_FLOAT32 = 3.4028234663852886e38
 # Seeds are folded into the range the on-device random streams take.
 SEED_MODULUS = 2**31
 
@@ -30,6 +37,17 @@ class EngineLimits:
     max_model_len: int
     vocab_size: int
     max_logprobs: int
+    max_prompt_tokens: int = 0  # server.max_prompt_tokens; 0 = max_model_len
+    default_max_tokens: int = 0  # server.default_max_tokens: chat's cap when max_tokens is left out; 0 = none
+
+
+def check_prompt_length(prompt_len: int, limits: EngineLimits, what: str = "prompt") -> None:
+    """A 400 when the prompt is longer than server.max_prompt_tokens (set below the context)."""
+    # At or above the context, the context-length 400 below says it better.
+    if 0 < limits.max_prompt_tokens < limits.max_model_len and prompt_len > limits.max_prompt_tokens:
+        raise bad_request(f"the {what} has {prompt_len} tokens; this server takes at most {limits.max_prompt_tokens} "
+                          f"(server.max_prompt_tokens)", param="messages" if what == "messages" else "prompt",
+                          code="context_length_exceeded")
 
 
 def context_length_error(prompt_len: int, limits: EngineLimits, requested: Optional[int] = None,
@@ -47,12 +65,30 @@ def context_length_error(prompt_len: int, limits: EngineLimits, requested: Optio
     return bad_request(message, param="max_tokens", code="context_length_exceeded")
 
 
-def resolve_max_tokens(requested: Optional[int], prompt_len: int, limits: EngineLimits, what: str) -> int:
+def prompt_limit(limits: EngineLimits) -> int:
+    """The most tokens a prompt may have and still be served (room for one generated token)."""
+    longest = limits.max_model_len - 1
+    return min(longest, limits.max_prompt_tokens) if limits.max_prompt_tokens else longest
+
+
+def prompt_too_long(num_tokens: int, limits: EngineLimits, what: str = "prompt") -> OpenAIError:
+    """The 400 for a prompt of `num_tokens` over `prompt_limit(limits)`."""
+    try:
+        resolve_max_tokens(1, num_tokens, limits, what)
+    except OpenAIError as exc:
+        return exc
+    raise AssertionError(f"a {num_tokens}-token prompt fits {limits}")
+
+
+def resolve_max_tokens(requested: Optional[int], prompt_len: int, limits: EngineLimits, what: str,
+                       default: Optional[int] = None) -> int:
+    """`requested`, or when it is None `default` (all the room left, when None), never past the context."""
+    check_prompt_length(prompt_len, limits, what)
     room = limits.max_model_len - prompt_len
     if room < 1:
         raise context_length_error(prompt_len, limits, what=what)
     if requested is None:
-        return room
+        return room if default is None else min(room, default)
     if requested < 1:
         raise bad_request(f"max_tokens={requested}: must be >= 1", param="max_tokens")
     if requested > room:
@@ -71,7 +107,8 @@ def chat_sampling_params(req: ChatCompletionRequest, prompt_len: int, limits: En
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages"), logprobs, limits,
+    default = limits.default_max_tokens or None
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "messages", default), logprobs, limits,
                     logprobs_param="top_logprobs", structured_outputs=structured_outputs_of(req, tool_grammar))
     params.prompt_logprobs = _prompt_logprobs(req.prompt_logprobs, limits)
     return params
@@ -93,7 +130,8 @@ def completion_sampling_params(req: CompletionRequest, prompt_len: int, limits: 
         raise bad_request("max_tokens=0 is only allowed with echo=true (to score the prompt)", param="max_tokens")
     # max_tokens=0 with echo: one token is sampled with the prefill (free) and left out of the answer.
     requested = 1 if req.max_tokens == 0 else req.max_tokens
-    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "prompt"), req.logprobs, limits,
+    params = _build(req, resolve_max_tokens(requested, prompt_len, limits, "prompt",
+                                            COMPLETIONS_DEFAULT_MAX_TOKENS), req.logprobs, limits,
                     logprobs_param="logprobs", structured_outputs=structured_outputs_of(req))
     # echo with logprobs scores the prompt too, as evaluation harnesses expect.
     wanted = [k for k in (_prompt_logprobs(req.prompt_logprobs, limits), req.logprobs if req.echo else None)
@@ -108,8 +146,9 @@ def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int
         raise bad_request(f"n={req.n}: must be between 1 and {MAX_N}", param="n")
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
         value = getattr(req, name)
-        if value is not None and not math.isfinite(value):
-            raise bad_request(f"{name}={value}: must be a finite number", param=name)
+        if value is not None and not (math.isfinite(value) and abs(value) <= MAX_FLOAT32):
+            raise bad_request(f"{name}={value}: must be a finite number within float32 range "
+                              f"(|{name}| <= {MAX_FLOAT32:.4g})", param=name)
     if logprobs is not None and not 0 <= logprobs <= limits.max_logprobs:
         raise bad_request(f"{logprobs_param}={logprobs}: must be between 0 and {limits.max_logprobs} "
                           f"(engine.max_logprobs)", param=logprobs_param)
@@ -118,8 +157,9 @@ def _build(req: Union[ChatCompletionRequest, CompletionRequest], max_tokens: int
         for key, bias in req.logit_bias.items():
             if not re.fullmatch(r"\d+", key.strip()):
                 raise bad_request(f"logit_bias key {key!r} is not a token id", param="logit_bias")
-            if not math.isfinite(bias):
-                raise bad_request(f"logit_bias[{key}]={bias}: must be a finite number", param="logit_bias")
+            if not (math.isfinite(bias) and abs(bias) <= MAX_FLOAT32):
+                raise bad_request(f"logit_bias[{key}]={bias}: must be a finite number within float32 range",
+                                  param="logit_bias")
         _check_token_ids("logit_bias", [int(k) for k in req.logit_bias], limits.vocab_size)
     if req.min_tokens > max_tokens:
         raise bad_request(f"min_tokens={req.min_tokens} is more than max_tokens={max_tokens}", param="min_tokens")

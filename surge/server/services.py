@@ -3,7 +3,7 @@
 In: the `ServerContext` (its `reasoning_parser` included) and the Responses
 store's kind, size and path. Out: `register(app)`
 adds `/v1/responses*` (responses/), `/v1/messages*` (anthropic/), `/tokenize`,
-`/detokenize` and `/version` (tokenize.py); `error_response` answers a
+`/detokenize` and `/version` (tokenize.py); `error_response_for(path, error)` answers a
 failure in the shape of the protocol the request spoke (Anthropic's for
 `/v1/messages`, OpenAI's otherwise).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.requests import Request
 
 from surge.server.anthropic.routes import MessagesService, anthropic_error
 from surge.server.context import ServerContext
@@ -38,7 +37,7 @@ class ProtocolServices:
             service.register(app)
 
     @staticmethod
-    def error_response(request: Request, error: OpenAIError) -> JSONResponse:
-        if request.url.path.startswith("/v1/messages"):
+    def error_response_for(path: str, error: OpenAIError) -> JSONResponse:
+        if path.startswith("/v1/messages"):
             return anthropic_error(error)
         return error.response()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from surge.server.protocol import _Lenient
 
@@ -95,6 +95,30 @@ class MessagesRequest(CountTokensRequest):
     top_k: Optional[int] = None
     stream: bool = False
     metadata: Optional[Dict[str, Any]] = None
+
+
+class MessageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+
+class MessageResponse(BaseModel):
+    """The `message` object answered by /v1/messages (content blocks: text, tool_use, thinking)."""
+
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: List[Dict[str, Any]]
+    stop_reason: Optional[Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]] = None
+    stop_sequence: Optional[str] = None
+    usage: MessageUsage
+
+
+class CountTokensResponse(BaseModel):
+    input_tokens: int
 
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

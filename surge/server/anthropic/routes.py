@@ -23,11 +23,13 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.anthropic.protocol import (CountTokensRequest, Message, MessagesRequest, TextBlock,
-                                             ThinkingBlock, ToolResultBlock, ToolUseBlock, error_body)
+from surge.server.anthropic.protocol import (CountTokensRequest, CountTokensResponse, Message, MessageResponse,
+                                             MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock,
+                                             ToolUseBlock, error_body)
 from surge.server.chat_turn import chat_request, open_chat_turn, render
 from surge.server.context import ServerContext, close_all
 from surge.server.errors import OpenAIError, bad_request, stream_error
+from surge.server.openapi import AnthropicErrorResponse, answers
 from surge.server.protocol import new_id
 from surge.server.reasoning import make_parser
 from surge.server.responses.output import OutputBuilder
@@ -35,7 +37,7 @@ from surge.server.sse import ClientDisconnected, EventStreamResponse, run_until_
 
 
 def anthropic_error(exc: OpenAIError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status)
+    return JSONResponse(error_body(exc.status, exc.message), status_code=exc.status, headers=exc.headers)
 
 
 class MessagesService:
@@ -43,8 +45,10 @@ class MessagesService:
         self.ctx = ctx
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/messages")(self.create)
-        app.post("/v1/messages/count_tokens")(self.count_tokens)
+        app.post("/v1/messages", responses=answers(MessageResponse, streams=True, errors=AnthropicErrorResponse))(
+            self.create)
+        app.post("/v1/messages/count_tokens", responses=answers(CountTokensResponse, errors=AnthropicErrorResponse))(
+            self.count_tokens)
 
     async def create(self, body: MessagesRequest, request: Request) -> Response:
         try:
@@ -56,7 +60,7 @@ class MessagesService:
         try:
             self.ctx.authorize(request)
             self.ctx.check_model(body.model)
-            _, prompt_ids = render(self.ctx, chat_request(_chat_body(body)))
+            _, prompt_ids = await render(self.ctx, chat_request(_chat_body(body)), to_generate=False)
             return JSONResponse({"input_tokens": len(prompt_ids)})
         except OpenAIError as exc:
             return anthropic_error(exc)

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from surge.server.protocol import _Lenient
 
@@ -116,6 +116,40 @@ class ResponsesRequest(_Lenient):
 
 
 # ---- output --------------------------------------------------------------------------------------
+
+class ResponseObject(BaseModel):
+    """A Response as `response_object` builds it (declared for /openapi.json; items stay open objects)."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    model: str
+    status: Literal["queued", "in_progress", "completed", "incomplete", "cancelled", "failed"]
+    output: List[Dict[str, Any]]
+    error: Optional[Dict[str, Any]] = None
+    incomplete_details: Optional[Dict[str, Any]] = None
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[int] = None
+    temperature: float
+    top_p: float
+    tools: List[Dict[str, Any]]
+    tool_choice: Union[str, Dict[str, Any]]
+    parallel_tool_calls: bool
+    previous_response_id: Optional[str] = None
+    background: bool
+    store: bool
+    metadata: Dict[str, str]
+    text: Dict[str, Any]
+    usage: Optional[Dict[str, Any]] = None
+    user: Optional[str] = None
+    completed_at: Optional[int] = None
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool
+
 
 def new_item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"

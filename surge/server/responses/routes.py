@@ -35,11 +35,13 @@ from surge.server.chat import ChatPrompt
 from surge.server.chat_turn import chat_request, open_chat_turn
 from surge.server.context import Principal, ServerContext, close_all
 from surge.server.errors import OpenAIError, bad_request, stream_error
+from surge.server.openapi import answers
 from surge.server.protocol import ChatCompletionRequest
 from surge.server.reasoning import make_parser
 from surge.server.responses.conversation import input_messages, output_messages
 from surge.server.responses.output import OutputBuilder
-from surge.server.responses.protocol import ResponsesRequest, new_item_id, response_object, usage
+from surge.server.responses.protocol import (ResponseDeleted, ResponseObject, ResponsesRequest, new_item_id,
+                                             response_object, usage)
 from surge.server.responses.store import ResponseStore, StoredResponse
 from surge.server.sse import ClientDisconnected, EventStreamResponse, run_until_disconnect
 
@@ -91,10 +93,10 @@ class ResponsesService:
         self._background: dict[str, asyncio.Task] = {}
 
     def register(self, app: FastAPI) -> None:
-        app.post("/v1/responses")(self.create)
-        app.get("/v1/responses/{response_id}")(self.retrieve)
-        app.delete("/v1/responses/{response_id}")(self.delete)
-        app.post("/v1/responses/{response_id}/cancel")(self.cancel)
+        app.post("/v1/responses", responses=answers(ResponseObject, streams=True))(self.create)
+        app.get("/v1/responses/{response_id}", responses=answers(ResponseObject))(self.retrieve)
+        app.delete("/v1/responses/{response_id}", responses=answers(ResponseDeleted))(self.delete)
+        app.post("/v1/responses/{response_id}/cancel", responses=answers(ResponseObject))(self.cancel)
 
     # ---- routes ---------------------------------------------------------------------------------
     async def create(self, body: ResponsesRequest, request: Request) -> Response:
