@@ -10,6 +10,7 @@ waits on a caller.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -249,6 +250,8 @@ class Engine:
         if len(params_list) != len(inputs):
             raise ValueError(f"{len(params_list)} sampling params for {len(inputs)} prompts")
         priorities = list(priority) if isinstance(priority, (list, tuple)) else [priority] * len(inputs)
+        # Only the final outputs are returned: the engine builds nothing for the steps in between.
+        params_list = [dataclasses.replace(sp or SamplingParams(), output_kind="final_only") for sp in params_list]
         ids = [self.add_request(p if isinstance(p, str) else None, sp,
                                 prompt_token_ids=None if isinstance(p, str) else p, priority=pr)
                for p, sp, pr in zip(inputs, params_list, priorities)]
