@@ -183,3 +183,34 @@ def test_random_aborts_leak_nothing_and_agree_on_what_completes(engines):
             assert list(c.token_ids) == full_tokens[i][:len(c.token_ids)]
     assert sum(c.finish_reason == "abort" for c in finals["async"]) > 10
     assert engines["async"].stats()["num_dropped_tokens"] > 0
+
+
+def test_async_engine_registers_the_stream_before_the_request_can_produce(engines, monkeypatch):
+    import asyncio
+
+    engine = engines["async"]
+    async_engine = surge.AsyncEngine(engine)
+    registered_at_add = []
+    original = engine.add_request
+
+    def add_request(*args, request_id=None, **kwargs):
+        registered_at_add.append(request_id in async_engine._queues)
+        return original(*args, request_id=request_id, **kwargs)
+
+    monkeypatch.setattr(engine, "add_request", add_request)
+
+    async def main():
+        outs = [o async for o in async_engine.generate(prompt_token_ids=[5, 6, 7],
+                                                       params=SamplingParams(max_tokens=1, **GREEDY))]
+        assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 1
+        with pytest.raises(ValueError, match="prompt is empty"):
+            async for _ in async_engine.generate(prompt_token_ids=[], params=SamplingParams(max_tokens=1)):
+                pass
+
+    try:
+        asyncio.run(main())
+    finally:
+        async_engine.stop()
+    assert registered_at_add == [True, True]
+    assert not async_engine._queues
+    assert_clean(engine)

@@ -84,7 +84,7 @@ class Engine:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         token_ids = self._tokenize(prompt, prompt_token_ids)
-        request_id = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
+        request_id = str(request_id) if request_id is not None else self.new_request_id()
         arrival = arrival_time if arrival_time is not None else time.time()
         base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
         children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
@@ -104,6 +104,10 @@ class Engine:
                                         priority=priority, cache_salt=cache_salt, arrival_time=arrival))
             self._inbox.append(("add", requests, grammar))
         return request_id
+
+    def new_request_id(self) -> str:
+        """A fresh id of the form add_request gives when none is passed."""
+        return f"req-{next(self._ids)}"
 
     def compile_grammar(self, spec):
         """The future CompiledGrammar of a StructuredOutputsParams (raises GrammarError when it fails)."""
