@@ -83,6 +83,9 @@ class EngineConfig:
     structured_output_fast_forward: bool = True
     # Threads that compile grammars (JSON schema, regex, choice, Lark) off the step loop.
     structured_output_compile_workers: int = 1
+    # Build and dispatch step N+1 before step N's sampled ids reach the host (they feed N+1 on the device);
+    # false = the serial loop (schedule, run, wait, update). Same tokens either way.
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         _check(self.structured_output_compile_workers >= 1, "engine.structured_output_compile_workers",
@@ -348,6 +351,7 @@ SHORT_NAMES = {
     "compilation_cache": "engine.compilation_cache",
     "max_logprobs": "engine.max_logprobs",
     "seed": "engine.seed",
+    "async_scheduling": "engine.async_scheduling",
     "structured_output_fast_forward": "engine.structured_output_fast_forward",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",

@@ -296,3 +296,99 @@ def test_errors_name_the_input(tokenizer):
     with pytest.raises(ValueError, match="index"):
         processor.add_request("c", None, [], SamplingParams(n=2), parent_id="q", index=2)
     assert processor.process("unknown", [1], None) == (None, False)
+
+
+# ---- output kinds and per-report cost -------------------------------------------------------
+
+
+STREAM_TEXT = " world! more text é 🤖 Hello world"
+
+
+def test_delta_kind_reports_only_what_is_new(tokenizer):
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r1", "Hello", tokenizer.encode("Hello"),
+                          SamplingParams(max_tokens=50, logprobs=1, output_kind="delta"))
+    tokens = tokenizer.encode(STREAM_TEXT)
+    outputs = []
+    for step, token in enumerate(tokens):
+        entry = SampledLogprobs(-0.5 - step, 1, [token, 1], [-0.5 - step, -3.0])
+        out, _ = processor.process("r1", [token], "length" if step == len(tokens) - 1 else None, None, [entry])
+        if out is not None:
+            outputs.append(out)
+    completions = [o.outputs[0] for o in outputs]
+    assert "".join(c.text for c in completions) == STREAM_TEXT
+    assert all(c.text == c.delta_text and list(c.token_ids) == list(c.delta_token_ids) for c in completions)
+    assert [t for c in completions for t in c.token_ids] == tokens
+    assert [next(iter(e)) for c in completions for e in c.logprobs] == tokens
+    assert [e[t].logprob for c in completions for t, e in zip(c.token_ids, c.logprobs)] == \
+        [-0.5 - s for s in range(len(tokens))]
+    assert outputs[-1].finished and completions[-1].finish_reason == "length"
+
+
+def test_final_only_kind_reports_once_with_everything(tokenizer):
+    processor = OutputProcessor(tokenizer)
+    for index in range(2):
+        processor.add_request(f"r1#{index}", None, [1], SamplingParams(n=2, max_tokens=50, output_kind="final_only"),
+                              parent_id="r1", index=index)
+    tokens = tokenizer.encode(STREAM_TEXT)
+    reports = []
+    for step, token in enumerate(tokens):
+        last = step == len(tokens) - 1
+        for index in range(2):
+            out, _ = processor.process(f"r1#{index}", [token], "length" if last and index == 0 else None)
+            reports += [out] if out is not None else []
+    assert reports == []  # child 1 still runs
+    final, _ = processor.process("r1#1", [tokenizer.EOS], "stop")
+    assert final.finished and [c.text for c in final.outputs] == [STREAM_TEXT, STREAM_TEXT]
+    assert [list(c.token_ids) for c in final.outputs] == [tokens, tokens + [tokenizer.EOS]]
+    assert final.delta_text == STREAM_TEXT * 2
+    assert not processor.has_unfinished()
+
+
+def test_cumulative_snapshots_keep_their_length_as_the_record_grows(tokenizer):
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r1", None, [1], SamplingParams(max_tokens=50))
+    tokens = tokenizer.encode(STREAM_TEXT)
+    outputs, _ = run_stream(processor, "r1", tokens)
+    texts = [o.outputs[0].text for o in outputs]
+    assert texts == ["".join(o.delta_text for o in outputs[:i + 1]) for i in range(len(outputs))]
+    lengths = [len(o.outputs[0].token_ids) for o in outputs]
+    assert lengths == sorted(lengths) and lengths[-1] == len(tokens) and lengths[0] < lengths[-1]
+    first = outputs[0].outputs[0]
+    assert first.token_ids == tokens[:lengths[0]] and first.token_ids[-1] == tokens[lengths[0] - 1]
+    assert first.token_ids[:5] == tokens[:lengths[0]] and first.token_ids != tokens
+
+
+class CountingTokenizer(PieceTokenizer):
+    """Counts the token ids it is asked to decode (the output side's work per token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_decoded_ids = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        self.num_decoded_ids += len(ids)
+        return super().decode(ids, skip_special_tokens)
+
+
+@pytest.mark.parametrize("kind", ["cumulative", "delta"])
+def test_work_per_token_does_not_grow_with_the_completion(kind):
+    """A 2,000-token stream: decoding work around token 2,000 is within 1.2x of that around token 100,
+    and a cumulative report shares the records instead of copying them."""
+    tokenizer = CountingTokenizer()
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r1", None, [1], SamplingParams(max_tokens=2000, stop=["never-seen"], output_kind=kind))
+    pattern = tokenizer.encode(" world! more text é") + [tokenizer.byte_token(b) for b in "🤖".encode()]
+    tokens = (pattern * (2000 // len(pattern) + 1))[:2000]
+    work, records = [], set()
+    for step, token in enumerate(tokens):
+        before = tokenizer.num_decoded_ids
+        out, _ = processor.process("r1", [token], "length" if step == 1999 else None)
+        work.append(tokenizer.num_decoded_ids - before)
+        if out is not None and kind == "cumulative":
+            records.add(id(out.outputs[0].token_ids._items))
+    early, late = sum(work[100:200]), sum(work[1900:2000])
+    assert 0 < late <= 1.2 * early
+    if kind == "cumulative":
+        assert len(records) == 1  # every report is a view of the same token record
+        assert out.outputs[0].token_ids == tokens and len(out.outputs[0].text) > 2000

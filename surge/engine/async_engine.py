@@ -92,9 +92,18 @@ class AsyncEngine:
         """Yield the request's outputs (each with delta_text) until it finishes."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        request_id = self.engine.add_request(prompt, params, request_id=request_id, **kwargs)
+        request_id = str(request_id) if request_id is not None else self.engine.new_request_id()
+        # The stream is registered before the request can produce anything, so no output is missed.
         with self._queues_lock:
+            if request_id in self._queues:
+                raise ValueError(f"request id {request_id!r} is already in use")
             self._queues[request_id] = (loop, queue)
+        try:
+            self.engine.add_request(prompt, params, request_id=request_id, **kwargs)
+        except BaseException:
+            with self._queues_lock:
+                self._queues.pop(request_id, None)
+            raise
         self._wake.set()
         finished = False
         try:

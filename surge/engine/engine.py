@@ -1,8 +1,12 @@
 """Engine: the synchronous public API over scheduler, runner and output side.
 
 In: prompts (text or token ids) with SamplingParams, via add_request / generate /
-stream. Out: RequestOutput objects (cumulative text, delta_text, token ids,
-finish reasons, metrics). One `step()` = schedule -> execute -> update -> emit.
+stream. Out: RequestOutput objects (shaped by SamplingParams.output_kind: cumulative or
+delta text and token ids, finish reasons, metrics). One `step()` = schedule ->
+dispatch -> reconcile -> emit. With `engine.async_scheduling` the step reconciled
+is the previous one: step N+1 is built and dispatched before step N's ids reach
+the host, so the device runs N+1 while the host updates, detokenizes and emits
+N; off, each step is dispatched and reconciled in turn (the same tokens).
 Requests and aborts may arrive from other threads (the AsyncEngine's event
 loop): they go through an inbox that `step()` drains, so the step itself never
 waits on a caller.
@@ -10,6 +14,7 @@ waits on a caller.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -57,6 +62,9 @@ class Engine:
         self._pending_outputs: list[RequestOutput] = []
         self._deferred_siblings: dict[str, list[Request]] = {}  # first child id -> children waiting for it
         self._num_steps = 0
+        self.async_scheduling = self.config.engine.async_scheduling
+        # The dispatched step not reconciled yet (async scheduling): (SchedulerOutput, PendingStep).
+        self._in_flight: Optional[tuple] = None
         self.grammar_compiler = GrammarCompiler(self.tokenizer, self.arch.vocab_size, self.eos_token_ids,
                                                 num_workers=self.config.engine.structured_output_compile_workers)
         self._waiting_for_grammar = WaitingForGrammar(self.config.engine.structured_output_fast_forward)
@@ -76,7 +84,7 @@ class Engine:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         token_ids = self._tokenize(prompt, prompt_token_ids)
-        request_id = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
+        request_id = str(request_id) if request_id is not None else self.new_request_id()
         arrival = arrival_time if arrival_time is not None else time.time()
         base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
         children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
@@ -96,6 +104,10 @@ class Engine:
                                         priority=priority, cache_salt=cache_salt, arrival_time=arrival))
             self._inbox.append(("add", requests, grammar))
         return request_id
+
+    def new_request_id(self) -> str:
+        """A fresh id of the form add_request gives when none is passed."""
+        return f"req-{next(self._ids)}"
 
     def compile_grammar(self, spec):
         """The future CompiledGrammar of a StructuredOutputsParams (raises GrammarError when it fails)."""
@@ -186,26 +198,48 @@ class Engine:
         self._drain_inbox()
         self._admit_compiled()
         out = self.scheduler.schedule()
-        if out.is_empty and len(self._waiting_for_grammar) and not self._pending_outputs:
+        if (out.is_empty and self._in_flight is None and len(self._waiting_for_grammar)
+                and not self._pending_outputs):
             self._waiting_for_grammar.wait(timeout=0.01)  # nothing to run until a grammar is ready
             return []
         for item in out.scheduled:
             if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
                 self.output_processor.record_scheduled(item.request.request_id,
                                                        num_cached_tokens=item.request.num_cached_tokens)
-        result = self.runner.execute(out) if not out.is_empty else None
-        if result is not None and result.prompt_logprobs is not None:
+        dispatched = (out, self.runner.execute(out)) if not out.is_empty else None
+        if dispatched is not None:
+            self._num_steps += 1
+        if self.async_scheduling:
+            finished_step, self._in_flight = self._in_flight, dispatched
+        else:
+            finished_step = dispatched
+        return self._reconcile(finished_step)
+
+    def _settle(self) -> None:
+        """Reconcile the step in flight now; its outputs are returned by the next `step()`."""
+        if self._in_flight is not None:
+            finished_step, self._in_flight = self._in_flight, None
+            self._pending_outputs = self._reconcile(finished_step)
+
+    def _reconcile(self, finished_step) -> list[RequestOutput]:
+        """Wait for a dispatched step, advance the scheduler by its tokens and build the outputs."""
+        if finished_step is None:
+            return self._emit(None, [], None)
+        out, pending = finished_step
+        result = pending.result()
+        if result.prompt_logprobs is not None:
             for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
                 self.output_processor.record_prompt_logprobs(request_id, position, entries)
-        updates = self.scheduler.update(out, result.token_ids) if result is not None else []
+        updates = self.scheduler.update(out, result.token_ids)
         for update in updates:  # a first child sampled: its prompt pages are registered now
             for sibling in self._deferred_siblings.pop(update.request.request_id, ()):
                 self.scheduler.add_request(sibling)
-        self._num_steps += 1
         return self._emit(out, updates, result)
 
     def _emit(self, out, updates, result) -> list[RequestOutput]:
         outputs, self._pending_outputs = self._pending_outputs, []
+        if out is None:
+            return outputs
         rows = {item.request.request_id: i for i, item in enumerate(out.scheduled)}
         for update in updates:
             request = update.request
@@ -228,7 +262,8 @@ class Engine:
 
     def has_unfinished_requests(self) -> bool:
         with self._inbox_lock:
-            return bool(self._inbox) or bool(self._live) or bool(self._pending_outputs)
+            return (bool(self._inbox) or bool(self._live) or bool(self._pending_outputs)
+                    or self._in_flight is not None)
 
     # ---- convenience APIs ----------------------------------------------------------------
     def generate(self, prompts: Union[PromptLike, Sequence[PromptLike], None] = None,
@@ -249,6 +284,8 @@ class Engine:
         if len(params_list) != len(inputs):
             raise ValueError(f"{len(params_list)} sampling params for {len(inputs)} prompts")
         priorities = list(priority) if isinstance(priority, (list, tuple)) else [priority] * len(inputs)
+        # Only the final outputs are returned: the engine builds nothing for the steps in between.
+        params_list = [dataclasses.replace(sp or SamplingParams(), output_kind="final_only") for sp in params_list]
         ids = [self.add_request(p if isinstance(p, str) else None, sp,
                                 prompt_token_ids=None if isinstance(p, str) else p, priority=pr)
                for p, sp, pr in zip(inputs, params_list, priorities)]
@@ -284,6 +321,7 @@ class Engine:
                 except ValueError:  # it finished in the meantime
                     pass
                 self._drain_inbox()
+                self._settle()
                 # Nobody reads this stream any more: drop its final "abort" output.
                 self._pending_outputs = [o for o in self._pending_outputs if o.request_id != request_id]
 
@@ -319,6 +357,8 @@ class Engine:
             "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
             "num_compiled_buckets": self.runner.num_compiled_buckets,
             "num_steps": self._num_steps,
+            "num_device_fed_tokens": self.runner.num_device_fed_tokens,
+            "num_dropped_tokens": self.scheduler.num_dropped_tokens,
             "prefix_cache_queried_tokens": queried,
             "prefix_cache_hit_tokens": self.scheduler.num_prefix_hit_tokens,
             "prefix_cache_hit_rate": self.scheduler.num_prefix_hit_tokens / queried if queried else 0.0,

@@ -3,8 +3,9 @@
 In: after each engine step, per request (or per child of an n>1 request) the
 new token ids, the finish reason the scheduler decided (EOS, stop token id,
 max_tokens), and the sampler's logprobs when asked for. Out: a
-``RequestOutput`` of the user request with cumulative text and the new
-``delta_text``, plus whether a stop string was hit (the engine must then
+``RequestOutput`` of the user request shaped by SamplingParams.output_kind
+(cumulative text and tokens plus the new ``delta_text``; only the delta; or
+one output at the end), plus whether a stop string was hit (the engine must then
 finish the request with finish_reason "stop"; tokens after the one that
 completed the stop string are dropped).
 
@@ -14,6 +15,11 @@ delta. The token that ended a completion by EOS or a stop token id is kept in
 ``token_ids`` but left out of the text unless ``include_stop_str_in_output``.
 Children of an n>1 request share the parent id; the parent's output lists one
 completion per child and finishes when all of them have.
+
+Cost per report is O(new tokens), however long the completion: the detokenizer
+slides a short window, the stop matcher looks at held-back plus new text only,
+and cumulative fields are O(1) snapshots of append-only records
+(surge.engine.growing), joined only when a caller reads them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from surge.engine.detokenizer import IncrementalDetokenizer
+from surge.engine.growing import ListPrefix, TextLog
 from surge.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampledLogprobs
 from surge.engine.stop_strings import StopStringMatcher
 from surge.sampling.params import SamplingParams
@@ -30,17 +37,26 @@ from surge.sampling.params import SamplingParams
 
 @dataclass
 class _Completion:
-    """One child: its detokenizer, stop matcher and what has been reported so far."""
+    """One child: its detokenizer, stop matcher, append-only records and how much was reported."""
 
     request_id: str
     index: int
     params: SamplingParams
     detokenizer: IncrementalDetokenizer
     matcher: StopStringMatcher
-    output: CompletionOutput
-    # Tokens and text produced since the last report (text not yet emitted stays in the matcher).
-    pending_token_ids: List[int] = field(default_factory=list)
-    pending_text: str = ""
+    token_ids: List[int] = field(default_factory=list)
+    logprobs: Optional[List[Dict[int, Logprob]]] = None
+    cumulative_logprob: Optional[float] = None
+    text: TextLog = field(default_factory=TextLog)
+    finish_reason: Optional[str] = None
+    stop_reason: Union[str, int, None] = None
+    # Tokens and text pieces already handed to the caller (the rest is the next delta).
+    num_reported_tokens: int = 0
+    num_reported_pieces: int = 0
+
+    @property
+    def has_unreported_text(self) -> bool:
+        return self.text.num_pieces > self.num_reported_pieces
 
 
 @dataclass
@@ -55,10 +71,12 @@ class _Parent:
     children: Dict[int, _Completion] = field(default_factory=dict)
     # Per prompt position (the first always None), when prompt log-probs were asked for.
     prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
+    # The copy handed out with outputs, remade only after prompt_logprobs changed.
+    prompt_logprobs_snapshot: Optional[List[Optional[Dict[int, Logprob]]]] = None
 
     def finished(self) -> bool:
         return len(self.children) == self.num_children and all(
-            c.output.finish_reason is not None for c in self.children.values())
+            c.finish_reason is not None for c in self.children.values())
 
 
 class OutputProcessor:
@@ -96,8 +114,7 @@ class OutputProcessor:
             request_id=request_id, index=index, params=params,
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens),
             matcher=StopStringMatcher(params.stop, params.include_stop_str_in_output),
-            output=CompletionOutput(index=index, text="", token_ids=[], logprobs=[] if wants_logprobs else None,
-                                    cumulative_logprob=0.0 if wants_logprobs else None))
+            logprobs=[] if wants_logprobs else None, cumulative_logprob=0.0 if wants_logprobs else None)
         parent.children[index] = completion
         self._completions[request_id] = (parent, completion)
 
@@ -123,6 +140,7 @@ class OutputProcessor:
         for offset, sampled in enumerate(entries):
             index = position + offset
             parent.prompt_logprobs[index] = self._logprob_dict(parent.prompt_token_ids[index], sampled, num_top)
+        parent.prompt_logprobs_snapshot = None
 
     def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[str],
                 stop_reason: Union[str, int, None] = None,
@@ -132,7 +150,7 @@ class OutputProcessor:
         if entry is None:
             return None, False
         parent, child = entry
-        if child.output.finish_reason is not None:
+        if child.finish_reason is not None:
             return None, False
         if finish_reason not in (None, "stop", "length", "abort"):
             raise ValueError(f"finish_reason={finish_reason!r} is not one of None, 'stop', 'length', 'abort'")
@@ -154,7 +172,7 @@ class OutputProcessor:
             if hide_last and position == len(new_token_ids) - 1:
                 break
             emitted, matched = child.matcher.push(child.detokenizer.push([token]))
-            child.pending_text += emitted
+            child.text.append(emitted)
             if matched is not None:
                 stop_string_hit = True
                 finish_reason, stop_reason = "stop", matched
@@ -181,7 +199,7 @@ class OutputProcessor:
         else:
             return None
         now = self.clock()
-        aborted = [child for child in children if child.output.finish_reason is None]
+        aborted = [child for child in children if child.finish_reason is None]
         for child in aborted:
             self._release_held_text(child)
             self._finish(parent, child, "abort", None, now)
@@ -207,11 +225,10 @@ class OutputProcessor:
     # ---- internals ------------------------------------------------------------------------------
 
     def _append_token(self, child: _Completion, token: int, sampled: Optional[SampledLogprobs]) -> None:
-        child.output.token_ids.append(int(token))
-        child.pending_token_ids.append(int(token))
-        if sampled is not None and child.output.logprobs is not None:
-            child.output.logprobs.append(self._logprob_dict(int(token), sampled, child.params.logprobs))
-            child.output.cumulative_logprob += float(sampled.logprob)
+        child.token_ids.append(int(token))
+        if sampled is not None and child.logprobs is not None:
+            child.logprobs.append(self._logprob_dict(int(token), sampled, child.params.logprobs))
+            child.cumulative_logprob += float(sampled.logprob)
 
     def _logprob_dict(self, token: int, sampled: SampledLogprobs, num_top: int) -> Dict[int, Logprob]:
         entries = {token: Logprob(float(sampled.logprob), int(sampled.rank), self._decode_token(token))}
@@ -231,42 +248,59 @@ class OutputProcessor:
 
     def _release_held_text(self, child: _Completion) -> None:
         emitted, _ = child.matcher.push(child.detokenizer.flush())
-        child.pending_text += emitted + (child.matcher.flush() if child.matcher.matched is None else "")
+        child.text.append(emitted + (child.matcher.flush() if child.matcher.matched is None else ""))
 
     def _finish(self, parent: _Parent, child: _Completion, finish_reason: str, stop_reason, now: float) -> None:
-        child.output.finish_reason = finish_reason
-        child.output.stop_reason = stop_reason
+        child.finish_reason = finish_reason
+        child.stop_reason = stop_reason
         if parent.finished():
             parent.metrics.finished_time = now
 
     def _report(self, parent: _Parent, changed: List[_Completion]) -> Optional[RequestOutput]:
-        if not any(c.pending_text or c.output.finish_reason is not None for c in changed):
+        if not any(c.has_unreported_text or c.finish_reason is not None for c in changed):
             return None  # tokens without text yet (held back) are reported with the next text
-        for child in changed:
-            child.output.text += child.pending_text
-            child.output.delta_text = child.pending_text
-            child.output.delta_token_ids = child.pending_token_ids
-            child.pending_text, child.pending_token_ids = "", []
-        parent.metrics.num_generation_tokens = sum(len(c.output.token_ids) for c in parent.children.values())
-        outputs = [self._snapshot(c, any(c is x for x in changed)) for _, c in sorted(parent.children.items())]
         finished = parent.finished()
+        kind = changed[0].params.output_kind
+        if kind == "final_only":
+            if not finished:
+                return None
+            changed = list(parent.children.values())
+        parent.metrics.num_generation_tokens = sum(len(c.token_ids) for c in parent.children.values())
+        deltas = {id(c): self._take_delta(c) for c in changed}
+        outputs = [self._completion_output(c, kind, deltas.get(id(c))) for _, c in sorted(parent.children.items())]
         if finished:
             self._forget(parent)
+        if parent.prompt_logprobs is not None and parent.prompt_logprobs_snapshot is None:
+            parent.prompt_logprobs_snapshot = list(parent.prompt_logprobs)
         return RequestOutput(request_id=parent.request_id, prompt=parent.prompt,
                              prompt_token_ids=parent.prompt_token_ids, outputs=outputs, finished=finished,
                              metrics=RequestMetrics(**vars(parent.metrics)),
-                             delta_text="".join(c.output.delta_text for c in changed),
-                             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs))
+                             delta_text="".join(text for text, _ in deltas.values()),
+                             prompt_logprobs=parent.prompt_logprobs_snapshot)
 
     @staticmethod
-    def _snapshot(child: _Completion, with_delta: bool) -> CompletionOutput:
-        out = child.output
+    def _take_delta(child: _Completion) -> Tuple[str, List[int]]:
+        """The text and token ids not reported yet; they count as reported from now on."""
+        pieces = child.text.num_pieces
+        delta_text = child.text.slice(child.num_reported_pieces, pieces)
+        delta_ids = child.token_ids[child.num_reported_tokens:]
+        child.num_reported_pieces, child.num_reported_tokens = pieces, len(child.token_ids)
+        return delta_text, delta_ids
+
+    @staticmethod
+    def _completion_output(child: _Completion, kind: str, delta: Optional[Tuple[str, List[int]]]) -> CompletionOutput:
+        delta_text, delta_ids = delta if delta is not None else ("", [])
+        if kind == "delta":
+            logprobs = None if child.logprobs is None else child.logprobs[len(child.token_ids) - len(delta_ids):]
+            return CompletionOutput(index=child.index, text=delta_text, token_ids=delta_ids,
+                                    finish_reason=child.finish_reason, stop_reason=child.stop_reason,
+                                    logprobs=logprobs, cumulative_logprob=child.cumulative_logprob,
+                                    delta_text=delta_text, delta_token_ids=delta_ids)
         return CompletionOutput(
-            index=out.index, text=out.text, token_ids=list(out.token_ids), finish_reason=out.finish_reason,
-            stop_reason=out.stop_reason, logprobs=None if out.logprobs is None else list(out.logprobs),
-            cumulative_logprob=out.cumulative_logprob,
-            delta_text=out.delta_text if with_delta else "",
-            delta_token_ids=list(out.delta_token_ids) if with_delta else [])
+            index=child.index, text=child.text.prefix(), token_ids=ListPrefix(child.token_ids, len(child.token_ids)),
+            finish_reason=child.finish_reason, stop_reason=child.stop_reason,
+            logprobs=None if child.logprobs is None else ListPrefix(child.logprobs, len(child.logprobs)),
+            cumulative_logprob=child.cumulative_logprob, delta_text=delta_text, delta_token_ids=delta_ids)
 
     def _forget(self, parent: _Parent) -> None:
         self._parents.pop(parent.request_id, None)

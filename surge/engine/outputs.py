@@ -11,7 +11,7 @@ one generated token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 FINISH_REASONS = ("stop", "length", "abort")
@@ -35,27 +35,62 @@ class SampledLogprobs(NamedTuple):
     top_logprobs: Sequence[float]
 
 
-@dataclass
 class CompletionOutput:
-    """One completion of a request (index 0..n-1)."""
+    """One completion of a request (index 0..n-1).
 
-    index: int
-    text: str
-    token_ids: List[int]
-    # None while running; "stop" (EOS, stop token or stop string), "length" (max_tokens or context) or "abort".
-    finish_reason: Optional[str] = None
-    # The stop string or stop token id that ended it; None for EOS, length and abort.
-    stop_reason: Union[str, int, None] = None
-    # One dict per token of token_ids (sampled token plus the top alternatives), when logprobs were asked for.
-    logprobs: Optional[List[Dict[int, Logprob]]] = None
-    # Sum of the sampled tokens' log-probabilities, when logprobs were asked for.
-    cumulative_logprob: Optional[float] = None
-    # New since this completion was last reported; the last len(delta_token_ids) logprobs entries belong to it.
-    delta_text: str = ""
-    delta_token_ids: List[int] = field(default_factory=list)
+    With SamplingParams.output_kind "cumulative" (and "final_only") ``text``, ``token_ids`` and
+    ``logprobs`` hold everything so far; the engine hands them as O(1) snapshots (surge.engine.growing)
+    and the text is joined when first read. With "delta" they hold only what is new since the last
+    report, like ``delta_text`` / ``delta_token_ids``.
+    """
+
+    def __init__(self, index: int, text="", token_ids: Sequence[int] = (), finish_reason: Optional[str] = None,
+                 stop_reason: Union[str, int, None] = None, logprobs: Optional[Sequence[Dict[int, Logprob]]] = None,
+                 cumulative_logprob: Optional[float] = None, delta_text: str = "",
+                 delta_token_ids: Sequence[int] = ()) -> None:
+        self.index = index
+        self._text = text
+        self.token_ids = token_ids
+        # None while running; "stop" (EOS, stop token or stop string), "length" (max_tokens or context) or "abort".
+        self.finish_reason = finish_reason
+        # The stop string or stop token id that ended it; None for EOS, length and abort.
+        self.stop_reason = stop_reason
+        # One dict per token of token_ids (sampled token plus the top alternatives), when logprobs were asked for.
+        self.logprobs = logprobs
+        # Sum of the sampled tokens' log-probabilities, when logprobs were asked for.
+        self.cumulative_logprob = cumulative_logprob
+        # New since this completion was last reported; the last len(delta_token_ids) logprobs entries belong to it.
+        self.delta_text = delta_text
+        self.delta_token_ids = delta_token_ids
+
+    @property
+    def text(self) -> str:
+        if not isinstance(self._text, str):
+            self._text = str(self._text)
+        return self._text
+
+    @text.setter
+    def text(self, value) -> None:
+        self._text = value
 
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def _fields(self) -> tuple:
+        return (self.index, self.text, list(self.token_ids), self.finish_reason, self.stop_reason,
+                None if self.logprobs is None else list(self.logprobs), self.cumulative_logprob, self.delta_text,
+                list(self.delta_token_ids))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, CompletionOutput):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return (f"CompletionOutput(index={self.index}, text={self.text!r}, token_ids={list(self.token_ids)}, "
+                f"finish_reason={self.finish_reason!r}, stop_reason={self.stop_reason!r})")
 
 
 @dataclass

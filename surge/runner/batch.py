@@ -1,7 +1,8 @@
 """Host-side batch building: SchedulerOutput -> padded numpy arrays for one step.
 
 In: the scheduled requests (tokens to run, their pages) and the bucket (T, S, P).
-Out: a StepInput pytree of numpy arrays (input ids, AttentionMetadata, the rows
+Out: a StepInput pytree of numpy arrays (input ids, where a token comes from the
+previous step's sampled ids on the device instead, AttentionMetadata, the rows
 whose logits are needed, sampling tensors) that the runner moves to the device
 in one transfer. Loops run over sequences (at most max_num_seqs), never tokens.
 """
@@ -9,6 +10,7 @@ in one transfer. Loops run over sequences (at most max_num_seqs), never tokens.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping, Optional
 
 import jax
 import numpy as np
@@ -22,6 +24,8 @@ from surge.scheduler.output import SchedulerOutput
 class StepInput:
     # int32[T]: token ids of the ragged batch (padding 0).
     input_ids: jax.Array
+    # int32[T]: -1, or the row of the previous step whose sampled id (still on the device) is this token.
+    input_src: jax.Array
     md: AttentionMetadata
     # int32[S]: for each sequence, the row of its last token this step (whose logits are sampled).
     logits_indices: jax.Array
@@ -36,8 +40,12 @@ class StepInput:
 
 
 def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int, pages_per_seq: int,
-                           page_size: int) -> tuple[np.ndarray, AttentionMetadata, np.ndarray]:
+                           page_size: int, previous_rows: Optional[Mapping[str, int]] = None
+                           ) -> tuple[np.ndarray, np.ndarray, AttentionMetadata, np.ndarray]:
+    """`previous_rows`: request id -> its row in the previous step, for tokens that step sampled and the
+    host does not have yet (async scheduling); such a token is always the last one scheduled."""
     input_ids = np.zeros(num_tokens, np.int32)
+    input_src = np.full(num_tokens, -1, np.int32)
     positions = np.zeros(num_tokens, np.int32)
     slot_mapping = np.zeros(num_tokens, np.int32)
     token_seq_ids = np.full(num_tokens, num_seqs, np.int32)
@@ -55,7 +63,14 @@ def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int,
         pos = np.arange(first, first + n, dtype=np.int32)
         positions[start:end] = pos
         slot_mapping[start:end] = pages[pos // page_size] * page_size + pos % page_size
-        input_ids[start:end] = item.request.token_ids[first : first + n]
+        known = item.request.token_ids[first : first + n]
+        input_ids[start : start + len(known)] = known
+        if len(known) < n:
+            request_id = item.request.request_id
+            if n - len(known) != 1 or previous_rows is None or request_id not in previous_rows:
+                raise RuntimeError(f"request {request_id}: {n - len(known)} of its scheduled tokens are not on "
+                                   f"the host and the previous step did not sample them")
+            input_src[end - 1] = previous_rows[request_id]
         token_seq_ids[start:end] = i
         kv_lens[i] = first + n
         logits_indices[i] = end - 1
@@ -66,7 +81,7 @@ def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int,
     md = AttentionMetadata(
         positions=positions, slot_mapping=slot_mapping, token_seq_ids=token_seq_ids, page_table=page_table,
         cu_q_lens=cu_q_lens, kv_lens=kv_lens, num_seqs=np.asarray(len(out.scheduled), np.int32))
-    return input_ids, md, logits_indices
+    return input_ids, input_src, md, logits_indices
 
 
 def build_prompt_targets(out: SchedulerOutput, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,14 @@
 """The model runner: one jitted step per engine iteration.
 
-In: a SchedulerOutput. Out: the sampled token id (and log-probs when asked) of
-every scheduled sequence, as numpy. Per step: host arrays are built and padded
-to a compiled (tokens, seqs) bucket, packed into one buffer per dtype (surge.runner.transfer), run
-through one compiled program (model forward + on-device sampling) with the KV
-cache donated and updated in place, and one small result is copied back.
-Every bucket is compiled at start-up; `execute` never triggers a compile.
+In: a SchedulerOutput. Out: a PendingStep, whose `result()` gives the sampled
+token id (and log-probs when asked) of every scheduled sequence, as numpy.
+Per step: host arrays are built and padded to a compiled (tokens, seqs) bucket,
+packed into one buffer per dtype (surge.runner.transfer), run through one
+compiled program (model forward + on-device sampling) with the KV cache donated
+and updated in place. `execute` returns as soon as the step is dispatched; the
+step's sampled ids stay on the device too and feed the next step's tokens that
+the host does not know yet (async scheduling), and their copy to the host
+starts at once. Every bucket is compiled at start-up; `execute` never compiles.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
@@ -65,7 +69,13 @@ class ModelRunner:
         # Variables) on every step would cost the host more than the step's own inputs.
         self._weights, self._weights_treedef = jax.tree_util.tree_flatten(shard_state(state, mesh))
         self.kv_caches = kv_caches
-        self._jitted = jax.jit(self._step, donate_argnums=(1,), static_argnums=(3,))
+        # The previous step's sampled ids, padded to the widest bucket, and each sampling request's row.
+        self._max_seqs = max(s for _, s in self.buckets)
+        self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._last_sampled = jax.device_put(np.zeros(self._max_seqs, np.int32), self._replicated)
+        self._last_rows: dict[str, int] = {}
+        self.num_device_fed_tokens = 0  # scheduled tokens whose ids came from the previous step on the device
+        self._jitted = jax.jit(self._step, donate_argnums=(1,), static_argnums=(4,))
         self._compiled: dict[tuple[int, int], object] = {}
 
     @property
@@ -74,22 +84,25 @@ class ModelRunner:
         return jax.tree_util.tree_unflatten(self._weights_treedef, self._weights)
 
     # ---- the device program ----------------------------------------------------------------
-    def _step(self, weights, kv_caches, buffers, layout: transfer.Layout):
+    def _step(self, weights, kv_caches, buffers, last_sampled, layout: transfer.Layout):
         batch: StepInput = transfer.unpack(layout, buffers)
         model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
-        hidden, kv_caches = model.hidden_states(batch.input_ids, batch.md, kv_caches, self.backend, rope=batch.rope)
+        input_ids = jnp.where(batch.input_src >= 0, last_sampled[jnp.maximum(batch.input_src, 0)], batch.input_ids)
+        hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend, rope=batch.rope)
         logits = model.logits(hidden[batch.logits_indices], self.backend)
         prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
                                  batch.any_prompt_logprobs, self.num_logprobs)
-        return kv_caches, (sample(logits, batch.sampling, self.num_logprobs), prompt)
+        sampled = sample(logits, batch.sampling, self.num_logprobs)
+        padded = jnp.zeros(self._max_seqs, jnp.int32).at[:sampled.token_ids.shape[0]].set(sampled.token_ids)
+        return kv_caches, (sampled, prompt), jax.lax.with_sharding_constraint(padded, self._replicated)
 
     def _dummy_batch(self, num_tokens: int, num_seqs: int) -> StepInput:
         from surge.scheduler.output import SchedulerOutput as _Empty
 
-        input_ids, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs, self.pages_per_seq,
-                                                               self.page_size)
+        input_ids, input_src, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs,
+                                                                          self.pages_per_seq, self.page_size)
         sampling = build_sampling_tensors([], num_seqs, self.arch.vocab_size, self.max_model_len)
-        return StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions),
+        return StepInput(input_ids, input_src, md, logits_indices, sampling, self._rope(md.positions),
                          *build_prompt_targets(_Empty(), num_tokens))
 
     def _rope(self, positions: np.ndarray) -> tuple:
@@ -99,7 +112,8 @@ class ModelRunner:
         key = (num_tokens, num_seqs)
         if key not in self._compiled:
             layout, buffers = transfer.pack(self._dummy_batch(num_tokens, num_seqs))
-            self._compiled[key] = (layout, self._jitted.lower(self._weights, self.kv_caches, buffers, layout).compile())
+            program = self._jitted.lower(self._weights, self.kv_caches, buffers, self._last_sampled, layout).compile()
+            self._compiled[key] = (layout, program)
         return self._compiled[key]
 
     def compile_all(self, progress: bool = True) -> None:
@@ -112,42 +126,71 @@ class ModelRunner:
         return len(self._compiled)
 
     # ---- one step ------------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput) -> StepResult:
+    def execute(self, out: SchedulerOutput) -> "PendingStep":
+        """Dispatch one step and return without waiting for it."""
         num_seqs = len(out.scheduled)
         num_tokens, num_seqs_padded = self.buckets.select(out.num_batched_tokens, num_seqs)
-        input_ids, md, logits_indices = build_attention_inputs(out, num_tokens, num_seqs_padded, self.pages_per_seq,
-                                                               self.page_size)
-        rows = [_sampling_row(item.request) for item in out.scheduled]
+        input_ids, input_src, md, logits_indices = build_attention_inputs(
+            out, num_tokens, num_seqs_padded, self.pages_per_seq, self.page_size, self._last_rows)
+        rows = [_sampling_row(item) for item in out.scheduled]
         bitmask = build_token_bitmask([item.request.grammar if item.samples else None for item in out.scheduled],
                                       num_seqs_padded, self.arch.vocab_size)
         sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len,
                                           token_bitmask=bitmask)
+        self.num_device_fed_tokens += int((input_src >= 0).sum())
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
-        layout, buffers = transfer.pack(StepInput(input_ids, md, logits_indices, sampling, self._rope(md.positions),
-                                                  prompt_targets, any_prompt))
+        layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
+                                                  self._rope(md.positions), prompt_targets, any_prompt))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
                                f"compiled layout: {layout} vs {compiled_layout}")
         # numpy buffers go straight in: the call copies them to the device in its C++ path,
         # where a separate jax.device_put costs the host several times as long.
-        self.kv_caches, (result, prompt) = program(self._weights, self.kv_caches, buffers)
-        prompt_host = None
-        if any_prompt:
-            prompt_host = jax.tree_util.tree_map(lambda a: a[:out.num_batched_tokens], jax.device_get(prompt))
+        self.kv_caches, (result, prompt), self._last_sampled = program(self._weights, self.kv_caches, buffers,
+                                                                       self._last_sampled)
+        self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
-        if wants_logprobs:
-            host = jax.device_get(result)
-            return StepResult(host.token_ids[:num_seqs], host.logprobs[:num_seqs], host.ranks[:num_seqs],
-                              host.top_ids[:num_seqs], host.top_logprobs[:num_seqs], prompt_host)
-        return StepResult(np.asarray(jax.device_get(result.token_ids))[:num_seqs], prompt_logprobs=prompt_host)
+        pending = PendingStep(num_seqs, out.num_batched_tokens, result if wants_logprobs else result.token_ids,
+                              prompt if any_prompt else None)
+        pending.start_copy()
+        return pending
 
 
+@dataclass
+class PendingStep:
+    """A dispatched step: its device outputs, copied to the host by `result()` (which waits for the step)."""
 
-def _sampling_row(request) -> SamplingRow:
+    num_seqs: int
+    num_batched_tokens: int
+    # The whole SamplerOutput when some request asked for log-probs, else only its token ids.
+    sampled: object
+    prompt: Optional[SamplerOutput]
+
+    def start_copy(self) -> None:
+        for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)):
+            leaf.copy_to_host_async()
+
+    def result(self) -> StepResult:
+        n = self.num_seqs
+        prompt_host = None
+        if self.prompt is not None:
+            prompt_host = jax.tree_util.tree_map(lambda a: a[:self.num_batched_tokens], jax.device_get(self.prompt))
+        if isinstance(self.sampled, jax.Array):
+            return StepResult(np.asarray(jax.device_get(self.sampled))[:n], prompt_logprobs=prompt_host)
+        host = jax.device_get(self.sampled)
+        return StepResult(host.token_ids[:n], host.logprobs[:n], host.ranks[:n], host.top_ids[:n],
+                          host.top_logprobs[:n], prompt_host)
+
+
+def _sampling_row(item) -> SamplingRow:
+    request = item.request
     params = request.sampling_params
     uses_history = params.uses_penalties
-    return SamplingRow(params=params, seed=request.seed, step=request.num_output_tokens,
+    # The output index of the token sampled now: tokens on the host plus those still on the device,
+    # less this step's own placeholder (the scheduler counted it already).
+    step = request.num_output_tokens + request.num_output_placeholders - int(item.samples)
+    return SamplingRow(params=params, seed=request.seed, step=step,
                        eos_token_ids=request.eos_token_ids,
                        history=request.token_ids if uses_history else None,
                        num_prompt_tokens=request.num_prompt_tokens)

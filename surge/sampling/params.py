@@ -31,6 +31,7 @@ MAX_LOGIT_BIAS_ENTRIES = 300
 MAX_LOGIT_BIAS_VALUE = 100.0
 # The sampler masks stop token ids (for min_tokens) in a fixed-width table.
 MAX_STOP_TOKEN_IDS = 32
+OUTPUT_KINDS = ("cumulative", "delta", "final_only")
 
 
 @dataclass
@@ -77,6 +78,9 @@ class SamplingParams:
     # Constrain the output (vLLM's spelling): a StructuredOutputsParams or a dict such as {"json": schema},
     # {"regex": ...}, {"choice": [...]}, {"grammar": ...} or {"json_object": True}.
     structured_outputs: Optional[StructuredOutputsParams] = None
+    # What each streamed output holds: "cumulative" (all text and tokens so far, plus the delta),
+    # "delta" (only what is new since the last output) or "final_only" (one output, when it finishes).
+    output_kind: str = "cumulative"
 
     def __post_init__(self) -> None:
         self.n = _as_int("n", self.n)
@@ -106,6 +110,7 @@ class SamplingParams:
 
     def _validate_ranges(self) -> None:
         _require(self.n >= 1, "n", self.n, "must be >= 1")
+        _require(self.output_kind in OUTPUT_KINDS, "output_kind", self.output_kind, f"must be one of {OUTPUT_KINDS}")
         _require(self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be >= 1")
         _require(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
         _require(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
@@ -242,4 +247,4 @@ def _normalize_logit_bias(bias) -> Optional[Dict[int, float]]:
     return normalized
 
 
-__all__ = ["MAX_LOGIT_BIAS_ENTRIES", "MAX_LOGPROBS", "MAX_STOP_TOKEN_IDS", "MIN_TEMPERATURE", "SamplingParams"]
+__all__ = ["MAX_LOGIT_BIAS_ENTRIES", "MAX_LOGPROBS", "MAX_STOP_TOKEN_IDS", "MIN_TEMPERATURE", "OUTPUT_KINDS", "SamplingParams"]

@@ -2,7 +2,9 @@
 
 In: built by Scheduler.schedule(). Out: read by ModelRunner.execute() (which
 tokens of which request to run, on which pages) and handed back to
-Scheduler.update() with the sampled ids.
+Scheduler.update() with the sampled ids. With async scheduling a scheduled
+token may not be on the host yet (it was sampled by the step still running):
+the runner takes it from that step's sampled ids on the device.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ class ScheduledRequest:
     num_new_tokens: int
     # The request's page table (page ids in order) covering every token after this step.
     page_ids: list[int]
-
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the end of the known tokens, so a new token is sampled."""
-        return self.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+    # True when this step reaches the end of the request's tokens (sampled ones still on the device
+    # included), so a new token is sampled; fixed when scheduled.
+    samples: bool = False
 
 
 @dataclass

@@ -42,6 +42,9 @@ class Request:
     # Prompt followed by generated tokens; only the first num_computed_tokens have KV in the cache.
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
+    # Tokens sampled by steps still running (async scheduling): their positions are scheduled and
+    # counted in num_computed_tokens, their ids are not in token_ids yet.
+    num_output_placeholders: int = 0
     # Prompt tokens found in the prefix cache when the request was first scheduled.
     num_cached_tokens: int = -1
     num_preemptions: int = 0
@@ -62,6 +65,20 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        return len(self.token_ids) + self.num_output_placeholders
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Its next step needs every earlier token on the host (grammar masks, penalty history)."""
+        return self.grammar is not None or self.sampling_params.uses_penalties
+
+    @property
+    def will_finish_by_length(self) -> bool:
+        """The tokens in flight reach max_tokens: nothing after them may be scheduled."""
+        return self.num_output_tokens + self.num_output_placeholders >= self.sampling_params.max_tokens
 
     @property
     def num_output_tokens(self) -> int:

@@ -9,6 +9,15 @@ ones, all under one token budget, splitting long prompts into chunks (at most
 `max_num_prefill_seqs` requests computing prompt tokens per step). When pages
 run out, the policy's victim is preempted: its pages are freed and it waits to
 recompute.
+
+Counters advance when a step is scheduled (vLLM's `_update_after_schedule`):
+`num_computed_tokens` covers the scheduled tokens and each sampling request
+gains an output placeholder, so with async scheduling the next step can be
+built before this one's ids arrive; `update` reconciles them. A request found
+finished one step late (EOS, stop string, abort) has the extra step's token
+dropped; one whose tokens in flight reach max_tokens (or the context), or
+whose next step needs its ids on the host (grammar, penalties), is not
+scheduled again until they arrive.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ class Scheduler:
         self.num_finished_requests = 0
         self.num_prefix_queried_tokens = 0
         self.num_prefix_hit_tokens = 0
+        # Tokens sampled for a request that had already finished when they arrived (async scheduling).
+        self.num_dropped_tokens = 0
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -100,10 +111,12 @@ class Scheduler:
                 break
             if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
+            if request.num_output_placeholders and (request.needs_host_tokens or self._ends_in_flight(request)):
+                continue
             num_new = self._num_new_tokens(request, budget)
             if num_new <= 0:
                 continue
-            is_prefill = request.num_tokens - request.num_computed_tokens > 1
+            is_prefill = request.num_tokens_with_placeholders - request.num_computed_tokens > 1
             if is_prefill and num_prefills >= max_prefills:
                 continue
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
@@ -123,7 +136,7 @@ class Scheduler:
         while (budget > 0 and not out.preempted_ids and len(self.running) < self.max_num_seqs
                and num_prefills < max_prefills):
             request = self.waiting.peek()
-            if request is None:
+            if request is None or request.num_output_placeholders:  # preempted with a token still in flight
                 break
             computed_pages: list[int] = []
             # Prompt log-probs come from the prefill's logits, so such a request computes its whole prompt.
@@ -147,22 +160,30 @@ class Scheduler:
             self._add_scheduled(out, request, num_new)
             budget -= num_new
             num_prefills += 1
+        self._update_after_schedule(out)
         return out
 
+    def _update_after_schedule(self, out: SchedulerOutput) -> None:
+        for item in out.scheduled:
+            item.request.num_computed_tokens += item.num_new_tokens
+            item.request.num_output_placeholders += item.samples
+
     def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[RequestUpdate]:
-        """Advance each scheduled request by its tokens; `sampled_token_ids[i]` belongs to out.scheduled[i]."""
+        """Reconcile a finished step: `sampled_token_ids[i]` belongs to out.scheduled[i]."""
         updates: list[RequestUpdate] = []
         for item, token_id in zip(out.scheduled, sampled_token_ids):
             request = item.request
-            if request.status != RequestStatus.RUNNING:  # aborted while the step ran
+            if request.is_finished:  # finished or aborted while the step ran: its token is dropped
+                self.num_dropped_tokens += item.samples
                 continue
-            request.num_computed_tokens = item.num_computed_tokens + item.num_new_tokens
-            self.block_manager.cache_full_pages(request.request_id, request.token_ids,
-                                                request.num_computed_tokens, request.cache_salt)
-            if self.sliding_window is not None:
-                self._release_pages_behind_window(request)
+            if request.status == RequestStatus.RUNNING:  # (not when preempted while the step ran)
+                end = item.num_computed_tokens + item.num_new_tokens
+                self.block_manager.cache_full_pages(request.request_id, request.token_ids, end, request.cache_salt)
+                if self.sliding_window is not None:
+                    self._release_pages_behind_window(request, end)
             if not item.samples:
                 continue
+            request.num_output_placeholders -= 1
             new_token_ids = [int(token_id)]
             request.append_output_token(new_token_ids[0])
             stop = request.check_stop(self.max_model_len)
@@ -180,10 +201,10 @@ class Scheduler:
         return updates
 
     # ---- helpers -------------------------------------------------------------------------
-    def _release_pages_behind_window(self, request: Request) -> None:
-        # The next token (position num_computed_tokens) and every later one attend keys at positions
+    def _release_pages_behind_window(self, request: Request, num_computed: int) -> None:
+        # The next token (position num_computed) and every later one attend keys at positions
         # > position - window, so pages that end before that are never read again.
-        first_needed = request.num_computed_tokens - self.sliding_window + 1
+        first_needed = num_computed - self.sliding_window + 1
         if first_needed >= self.block_manager.page_size:
             self.block_manager.release_leading_pages(request.request_id, first_needed // self.block_manager.page_size)
 
@@ -192,11 +213,15 @@ class Scheduler:
         return min(budget, threshold) if threshold > 0 else budget
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
-        return min(request.num_tokens - request.num_computed_tokens, self._chunk_limit(budget))
+        return min(request.num_tokens_with_placeholders - request.num_computed_tokens, self._chunk_limit(budget))
+
+    def _ends_in_flight(self, request: Request) -> bool:
+        return request.will_finish_by_length or request.num_tokens_with_placeholders >= self.max_model_len
 
     def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+        samples = request.num_computed_tokens + num_new == request.num_tokens_with_placeholders
         out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new,
-                                              self.block_manager.pages(request.request_id)))
+                                              self.block_manager.pages(request.request_id), samples))
         out.num_batched_tokens += num_new
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
