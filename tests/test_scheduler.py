@@ -184,3 +184,30 @@ def test_max_model_len_stops_with_length():
     out, updates = run_step(sched)
     assert updates[0].finished and updates[0].request.finish_reason == "length"
     assert sched.requests.get("a") is None
+
+
+def test_priority_preempts_a_worse_request_scheduled_earlier_in_the_same_step_and_refunds_it():
+    # Running order low (worst), high, mid, tail. At step 3 low is scheduled first, then a later request needs a
+    # page: the victim is low (the policy's worst among *all* running), its page and its token go back, and
+    # tail's chunk takes the refunded token (6 = budget 8 - high 1 - mid 1; 5 without the refund).
+    sched, bm = make_scheduler(num_pages=8, max_num_seqs=4, budget=8, policy="priority")
+    sched.add_request(make_request("low", num_prompt=4, max_tokens=20, priority=9, arrival=0.0, start=100))
+    run_step(sched)
+    for rid, num_prompt, arrival, start in (("high", 3, 1.0, 200), ("mid", 9, 2.0, 300), ("tail", 8, 3.0, 400)):
+        sched.add_request(make_request(rid, num_prompt=num_prompt, max_tokens=20, priority=0, arrival=arrival,
+                                       start=start))
+    run_step(sched)
+    out, _ = run_step(sched)
+    assert [(s.request.request_id, s.num_new_tokens) for s in out.scheduled] == [
+        ("low", 1), ("high", 1), ("mid", 5), ("tail", 1)]
+    out = sched.schedule()
+    assert out.preempted_ids == ["low"]
+    assert [(s.request.request_id, s.num_computed_tokens, s.num_new_tokens) for s in out.scheduled] == [
+        ("high", 4, 1), ("mid", 9, 1), ("tail", 1, 6)]
+    assert out.num_batched_tokens == 8
+    low = sched.requests["low"]
+    assert low.status == RequestStatus.PREEMPTED and low.num_computed_tokens == 0
+    assert bm.num_used_pages == 7  # all 7 usable pages, low's 2 now mid's and tail's
+    with pytest.raises(KeyError, match="holds no pages"):
+        bm.pages("low")
+    bm.check_integrity()

@@ -102,7 +102,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        scheduled_ids: set[str] = set()
+        scheduled_tokens: dict[str, int] = {}  # running requests scheduled so far this step -> their tokens
+        prefill_ids: set[str] = set()
         max_prefills = self.config.max_num_prefill_seqs or self.max_num_seqs
         num_prefills = 0
 
@@ -120,15 +121,22 @@ class Scheduler:
             if is_prefill and num_prefills >= max_prefills:
                 continue
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
-                victim = self.waiting.pick_victim([r for r in self.running if r.request_id not in scheduled_ids]
-                                                  or self.running)
+                # The policy's victim among every running request, even one scheduled earlier in this step
+                # (vLLM's rule): its tokens and prefill slot go back to this step's budget.
+                victim = self.waiting.pick_victim(self.running)
+                refund = scheduled_tokens.pop(victim.request_id, None)
+                if refund is not None:
+                    budget += refund
+                    num_prefills -= victim.request_id in prefill_ids
                 self._preempt(victim, out)
                 if victim is request:
                     break
             if request.status != RequestStatus.RUNNING:
                 continue
             self._add_scheduled(out, request, num_new)
-            scheduled_ids.add(request.request_id)
+            scheduled_tokens[request.request_id] = num_new
+            if is_prefill:
+                prefill_ids.add(request.request_id)
             budget -= num_new
             num_prefills += is_prefill
 
