@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
 SMALL_ENGINE = ["engine.max_num_seqs=8", "engine.max_model_len=512", "engine.max_num_batched_tokens=128",
-                "engine.token_buckets=[8,32,128]", "sampling=greedy", "cache.num_pages=256"]
+                "engine.token_buckets=[8,32,128]", "cache.num_pages=256"]
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

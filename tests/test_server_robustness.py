@@ -19,7 +19,7 @@ from surge.server.process import ServerProcess
 MODEL = "smollm2-135m-instruct"
 SLOTS, MAX_QUEUE = 8, 50
 SMALL_ENGINE = [f"engine.max_num_seqs={SLOTS}", "engine.max_model_len=512", "engine.max_num_batched_tokens=128",
-                "engine.token_buckets=[8,32,128]", "sampling=greedy", "cache.num_pages=256",
+                "engine.token_buckets=[8,32,128]", "cache.num_pages=256",
                 f"server.max_queue={MAX_QUEUE}"]
 
 
