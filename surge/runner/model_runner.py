@@ -188,8 +188,8 @@ def _sampling_row(item) -> SamplingRow:
     params = request.sampling_params
     uses_history = params.uses_penalties
     # The output index of the token sampled now: tokens on the host plus those still on the device,
-    # less this step's own placeholder (the scheduler counted it already).
-    step = request.num_output_tokens + request.num_output_placeholders - int(item.samples)
+    # less this step's own token (the scheduler counted it in flight already).
+    step = request.num_output_tokens + request.num_tokens_in_flight - int(item.samples)
     return SamplingRow(params=params, seed=request.seed, step=step,
                        eos_token_ids=request.eos_token_ids,
                        history=request.token_ids if uses_history else None,

@@ -44,7 +44,7 @@ class Request:
     num_computed_tokens: int = 0
     # Tokens sampled by steps still running (async scheduling): their positions are scheduled and
     # counted in num_computed_tokens, their ids are not in token_ids yet.
-    num_output_placeholders: int = 0
+    num_tokens_in_flight: int = 0
     # Prompt tokens found in the prefix cache when the request was first scheduled.
     num_cached_tokens: int = -1
     num_preemptions: int = 0
@@ -67,8 +67,8 @@ class Request:
         return len(self.token_ids)
 
     @property
-    def num_tokens_with_placeholders(self) -> int:
-        return len(self.token_ids) + self.num_output_placeholders
+    def num_tokens_with_in_flight(self) -> int:
+        return len(self.token_ids) + self.num_tokens_in_flight
 
     @property
     def needs_host_tokens(self) -> bool:
@@ -78,7 +78,7 @@ class Request:
     @property
     def will_finish_by_length(self) -> bool:
         """The tokens in flight reach max_tokens: nothing after them may be scheduled."""
-        return self.num_output_tokens + self.num_output_placeholders >= self.sampling_params.max_tokens
+        return self.num_output_tokens + self.num_tokens_in_flight >= self.sampling_params.max_tokens
 
     @property
     def num_output_tokens(self) -> int:

@@ -12,7 +12,7 @@ recompute.
 
 Counters advance when a step is scheduled (vLLM's `_update_after_schedule`):
 `num_computed_tokens` covers the scheduled tokens and each sampling request
-gains an output placeholder, so with async scheduling the next step can be
+gains a token in flight (sampled on the device, id not yet on the host), so with async scheduling the next step can be
 built before this one's ids arrive; `update` reconciles them. A request found
 finished one step late (EOS, stop string, abort) has the extra step's token
 dropped; one whose tokens in flight reach max_tokens (or the context), or
@@ -112,12 +112,12 @@ class Scheduler:
                 break
             if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            if request.num_output_placeholders and (request.needs_host_tokens or self._ends_in_flight(request)):
+            if request.num_tokens_in_flight and (request.needs_host_tokens or self._ends_in_flight(request)):
                 continue
             num_new = self._num_new_tokens(request, budget)
             if num_new <= 0:
                 continue
-            is_prefill = request.num_tokens_with_placeholders - request.num_computed_tokens > 1
+            is_prefill = request.num_tokens_with_in_flight - request.num_computed_tokens > 1
             if is_prefill and num_prefills >= max_prefills:
                 continue
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
@@ -144,7 +144,7 @@ class Scheduler:
         while (budget > 0 and not out.preempted_ids and len(self.running) < self.max_num_seqs
                and num_prefills < max_prefills):
             request = self.waiting.peek()
-            if request is None or request.num_output_placeholders:  # preempted with a token still in flight
+            if request is None or request.num_tokens_in_flight:  # preempted with a token still in flight
                 break
             computed_pages: list[int] = []
             # Prompt log-probs come from the prefill's logits, so such a request computes its whole prompt.
@@ -174,7 +174,7 @@ class Scheduler:
     def _update_after_schedule(self, out: SchedulerOutput) -> None:
         for item in out.scheduled:
             item.request.num_computed_tokens += item.num_new_tokens
-            item.request.num_output_placeholders += item.samples
+            item.request.num_tokens_in_flight += item.samples
 
     def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[RequestUpdate]:
         """Reconcile a finished step: `sampled_token_ids[i]` belongs to out.scheduled[i]."""
@@ -191,7 +191,7 @@ class Scheduler:
                     self._release_pages_behind_window(request, end)
             if not item.samples:
                 continue
-            request.num_output_placeholders -= 1
+            request.num_tokens_in_flight -= 1
             new_token_ids = [int(token_id)]
             request.append_output_token(new_token_ids[0])
             stop = request.check_stop(self.max_model_len)
@@ -221,13 +221,13 @@ class Scheduler:
         return min(budget, threshold) if threshold > 0 else budget
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
-        return min(request.num_tokens_with_placeholders - request.num_computed_tokens, self._chunk_limit(budget))
+        return min(request.num_tokens_with_in_flight - request.num_computed_tokens, self._chunk_limit(budget))
 
     def _ends_in_flight(self, request: Request) -> bool:
-        return request.will_finish_by_length or request.num_tokens_with_placeholders >= self.max_model_len
+        return request.will_finish_by_length or request.num_tokens_with_in_flight >= self.max_model_len
 
     def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
-        samples = request.num_computed_tokens + num_new == request.num_tokens_with_placeholders
+        samples = request.num_computed_tokens + num_new == request.num_tokens_with_in_flight
         out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new,
                                               self.block_manager.pages(request.request_id), samples))
         out.num_batched_tokens += num_new
