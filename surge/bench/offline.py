@@ -90,6 +90,9 @@ def _run_one(cfg: SurgeConfig, engine=None) -> dict:
         "num_preemptions": engine.stats()["num_preemptions"],
         "warmup": f"{len(warmup)} request(s) x 4 tokens run before timing, excluded; compile time excluded",
     }
+    spec = {k: v for k, v in engine.stats().items() if k.startswith("spec_decode_")}
+    if spec:  # speculative decoding: acceptance over the warm-up and the run
+        result.update(spec)
     if bench.compare == "transformers":
         from surge.bench.transformers_baseline import run_transformers
 
@@ -125,6 +128,12 @@ def format_offline(result: dict) -> str:
         f"TTFT ms p50/p90/p99: {_p(result['ttft_ms'])}   TPOT ms: {_p(result['tpot_ms'])}",
         f"compiles during run: {result['num_compiles_during_run']}   preemptions: {result['num_preemptions']}",
     ]
+    if "spec_decode_method" in result:
+        lines.append(f"speculative {result['spec_decode_method']}: {result['spec_decode_num_accepted_tokens']} of "
+                     f"{result['spec_decode_num_draft_tokens']} draft tokens accepted "
+                     f"({100 * result['spec_decode_acceptance_rate']:.1f}%), "
+                     f"{result['spec_decode_mean_acceptance_length']:.2f} tokens per verification, "
+                     f"accepted-length histogram {result['spec_decode_acceptance_lengths']}")
     if "speedup_vs_transformers" in result:
         lines.append(f"transformers: {result['transformers_output_tokens_per_s']:.1f} tok/s   "
                      f"surge/transformers: {result['speedup_vs_transformers']:.2f}x")
