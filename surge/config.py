@@ -52,6 +52,42 @@ class ModelConfig:
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
+SPECULATIVE_METHODS = ("none", "ngram")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    # Who proposes draft tokens: none (no speculation) | ngram (prompt lookup: the tokens that followed the
+    # latest earlier occurrence of the request's last n tokens, in its prompt and output).
+    method: str = "none"
+    # Most draft tokens a request proposes per step (k); it then runs 1 + k tokens, verified in one step.
+    num_speculative_tokens: int = 4
+    # ngram: the shortest and longest suffix n-gram searched for (the longest match wins).
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    # Adaptive k: a request whose mean accepted tokens per verification falls below this stops proposing
+    # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
+    adaptive_min_accepted: float = 0.5
+    adaptive_backoff_steps: int = 16
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def __post_init__(self) -> None:
+        _check(self.method in SPECULATIVE_METHODS, "engine.speculative.method",
+               f"{self.method!r} is not {'|'.join(SPECULATIVE_METHODS)}")
+        _check(1 <= self.num_speculative_tokens <= 16, "engine.speculative.num_speculative_tokens",
+               f"{self.num_speculative_tokens} must be in [1, 16]")
+        _check(self.prompt_lookup_min >= 1, "engine.speculative.prompt_lookup_min",
+               f"{self.prompt_lookup_min} must be >= 1")
+        _check(self.prompt_lookup_max >= self.prompt_lookup_min, "engine.speculative.prompt_lookup_max",
+               f"{self.prompt_lookup_max} must be >= engine.speculative.prompt_lookup_min "
+               f"({self.prompt_lookup_min})")
+        _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
+        _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     # Longest sequence (prompt + generated tokens) a request may reach; 0 = the model's own limit.
@@ -86,6 +122,8 @@ class EngineConfig:
     # Build and dispatch step N+1 before step N's sampled ids reach the host (they feed N+1 on the device);
     # false = the serial loop (schedule, run, wait, update). Same tokens either way.
     async_scheduling: bool = True
+    # Speculative decoding (surge.spec_decode): draft tokens verified in the target's one ragged step.
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
     def __post_init__(self) -> None:
         _check(self.structured_output_compile_workers >= 1, "engine.structured_output_compile_workers",
@@ -353,6 +391,8 @@ SHORT_NAMES = {
     "seed": "engine.seed",
     "async_scheduling": "engine.async_scheduling",
     "structured_output_fast_forward": "engine.structured_output_fast_forward",
+    "speculative_method": "engine.speculative.method",
+    "num_speculative_tokens": "engine.speculative.num_speculative_tokens",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",
@@ -488,6 +528,6 @@ def replace(cfg: SurgeConfig, **sections: Any) -> SurgeConfig:
 
 __all__ = [
     "BackendConfig", "BenchConfig", "CacheConfig", "ConfigError", "EngineConfig", "MISSING", "ModelConfig",
-    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
+    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SpeculativeConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
     "register_configs", "to_config", "unknown_key_message",
 ]

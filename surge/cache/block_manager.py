@@ -168,6 +168,26 @@ class BlockManager:
         table[:num_pages] = [NULL_PAGE] * num_pages
         return len(released)
 
+    def release_trailing_pages(self, request_id: str, num_tokens: int) -> int:
+        """Free the pages past the first ceil(num_tokens / page_size) (rejected speculative tokens' slots).
+
+        Those pages hold no full hashed page of the request (hashing stops at its computed tokens), so
+        they go back to the free queue as plain pages. Returns how many were freed.
+        """
+        table = self._table(request_id)
+        keep = -(-num_tokens // self.page_size)
+        if not 0 <= keep <= len(table):
+            raise ValueError(f"request {request_id!r}: num_tokens={num_tokens} needs {keep} pages but it holds "
+                             f"{len(table)}")
+        num_hashed, _ = self._hash_progress[request_id]
+        if keep < num_hashed:
+            raise ValueError(f"request {request_id!r}: cannot release hashed pages (keeping {keep} of "
+                             f"{num_hashed} hashed)")
+        released = [page for page in table[keep:] if page != NULL_PAGE]
+        self._allocator.free(released[::-1])
+        del table[keep:]
+        return len(released)
+
     def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix; refused (False) while any request holds a page."""
         return self._allocator.reset_prefix_cache()

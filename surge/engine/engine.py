@@ -240,15 +240,18 @@ class Engine:
         outputs, self._pending_outputs = self._pending_outputs, []
         if out is None:
             return outputs
-        rows = {item.request.request_id: i for i, item in enumerate(out.scheduled)}
+        rows = {item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
         for update in updates:
             request = update.request
             logprobs = None
             if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
-                i = rows[request.request_id]
                 k = request.sampling_params.logprobs
+                # One entry per emitted token: a speculating request's rows are its positions in order.
+                request_rows = rows[request.request_id]
+                request_rows = request_rows[:len(update.new_token_ids)] if len(request_rows) > 1 else request_rows
                 logprobs = [SampledLogprobs(float(result.logprobs[i]), int(result.ranks[i]),
-                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())]
+                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())
+                            for i in request_rows]
             output, stop_hit = self.output_processor.process(
                 request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
@@ -362,6 +365,7 @@ class Engine:
             "prefix_cache_queried_tokens": queried,
             "prefix_cache_hit_tokens": self.scheduler.num_prefix_hit_tokens,
             "prefix_cache_hit_rate": self.scheduler.num_prefix_hit_tokens / queried if queried else 0.0,
+            **(self.scheduler.speculator.stats() if self.scheduler.speculator is not None else {}),
             "backend": self.backend_name,
             "max_model_len": self.max_model_len,
         }

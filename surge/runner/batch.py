@@ -27,7 +27,9 @@ class StepInput:
     # int32[T]: -1, or the row of the previous step whose sampled id (still on the device) is this token.
     input_src: jax.Array
     md: AttentionMetadata
-    # int32[S]: for each sequence, the row of its last token this step (whose logits are sampled).
+    # int32[R]: the token row whose logits each sampling row reads: rows [0, S) are each sequence's last
+    # token; with speculative decoding rows after the last sequence are draft positions
+    # (SchedulerOutput.sample_rows), R = S otherwise.
     logits_indices: jax.Array
     # SamplingTensors of surge.sampling (per-sequence parameters, seeds, penalties).
     sampling: object
@@ -37,13 +39,18 @@ class StepInput:
     # and bool[]: whether any row has one (build_prompt_targets).
     prompt_targets: jax.Array
     any_prompt_logprobs: jax.Array
+    # bool[]: whether any sequence carries draft tokens (else only rows [0, S) are sampled).
+    any_drafts: jax.Array
 
 
 def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int, pages_per_seq: int,
-                           page_size: int, previous_rows: Optional[Mapping[str, int]] = None
+                           page_size: int, previous_rows: Optional[Mapping[str, int]] = None,
+                           num_rows: Optional[int] = None
                            ) -> tuple[np.ndarray, np.ndarray, AttentionMetadata, np.ndarray]:
     """`previous_rows`: request id -> its row in the previous step, for tokens that step sampled and the
-    host does not have yet (async scheduling); such a token is always the last one scheduled."""
+    host does not have yet (async scheduling); such a token is always the last one scheduled.
+    `num_rows`: the sampling rows of the bucket (default num_seqs); draft positions take rows after
+    the last sequence's."""
     input_ids = np.zeros(num_tokens, np.int32)
     input_src = np.full(num_tokens, -1, np.int32)
     positions = np.zeros(num_tokens, np.int32)
@@ -52,20 +59,29 @@ def build_attention_inputs(out: SchedulerOutput, num_tokens: int, num_seqs: int,
     page_table = np.zeros((num_seqs, pages_per_seq), np.int32)
     cu_q_lens = np.zeros(num_seqs + 1, np.int32)
     kv_lens = np.zeros(num_seqs, np.int32)
-    logits_indices = np.zeros(num_seqs, np.int32)
+    logits_indices = np.zeros(num_seqs if num_rows is None else num_rows, np.int32)
 
     start = 0
+    next_row = len(out.scheduled)
     for i, item in enumerate(out.scheduled):
         n, first = item.num_new_tokens, item.num_computed_tokens
+        drafts = item.draft_token_ids
         end = start + n
         pages = np.asarray(item.page_ids, np.int32)
         page_table[i, : len(pages)] = pages
         pos = np.arange(first, first + n, dtype=np.int32)
         positions[start:end] = pos
         slot_mapping[start:end] = pages[pos // page_size] * page_size + pos % page_size
-        known = item.request.token_ids[first : first + n]
+        known = item.request.token_ids[first : first + n - len(drafts)]
         input_ids[start : start + len(known)] = known
-        if len(known) < n:
+        if drafts:
+            if len(known) != n - len(drafts):
+                raise RuntimeError(f"request {item.request.request_id}: draft tokens scheduled while its own "
+                                   f"tokens are not all on the host")
+            input_ids[end - len(drafts) : end] = drafts
+            logits_indices[next_row : next_row + len(drafts)] = np.arange(end - 1 - len(drafts), end - 1)
+            next_row += len(drafts)
+        elif len(known) < n:
             request_id = item.request.request_id
             if n - len(known) != 1 or previous_rows is None or request_id not in previous_rows:
                 raise RuntimeError(f"request {request_id}: {n - len(known)} of its scheduled tokens are not on "

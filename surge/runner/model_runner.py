@@ -13,6 +13,7 @@ starts at once. Every bucket is compiled at start-up; `execute` never compiles.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.pages_per_seq = math.ceil(max_model_len / page_size)
         self.num_logprobs = engine_config.max_logprobs
+        # Sampling rows per sequence: 1, or 1 + k with speculative decoding (its draft positions).
+        spec = engine_config.speculative
+        self.rows_per_seq = 1 + spec.num_speculative_tokens if spec.enabled else 1
         self.buckets = Buckets(engine_config)
         self.mesh = mesh
         self.graphdef, state = nnx.split(model)
@@ -89,21 +93,40 @@ class ModelRunner:
         model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
         input_ids = jnp.where(batch.input_src >= 0, last_sampled[jnp.maximum(batch.input_src, 0)], batch.input_ids)
         hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend, rope=batch.rope)
-        logits = model.logits(hidden[batch.logits_indices], self.backend)
         prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
                                  batch.any_prompt_logprobs, self.num_logprobs)
-        sampled = sample(logits, batch.sampling, self.num_logprobs)
-        padded = jnp.zeros(self._max_seqs, jnp.int32).at[:sampled.token_ids.shape[0]].set(sampled.token_ids)
+
+        def sample_rows(indices, sampling):
+            return sample(model.logits(hidden[indices], self.backend), sampling, self.num_logprobs)
+
+        num_seqs, num_rows = batch.md.page_table.shape[0], batch.logits_indices.shape[0]
+        if num_rows == num_seqs:
+            sampled = sample_rows(batch.logits_indices, batch.sampling)
+        else:  # draft rows cost logits and sampling only in steps that carry drafts
+            def seq_rows_only():
+                part = sample_rows(batch.logits_indices[:num_seqs],
+                                   jax.tree_util.tree_map(lambda a: a[:num_seqs] if a.ndim else a, batch.sampling))
+                return jax.tree_util.tree_map(
+                    lambda a: jnp.zeros((num_rows,) + a.shape[1:], a.dtype).at[:num_seqs].set(a), part)
+
+            sampled = jax.lax.cond(batch.any_drafts, lambda: sample_rows(batch.logits_indices, batch.sampling),
+                                   seq_rows_only)
+        padded = jnp.zeros(self._max_seqs, jnp.int32).at[:num_seqs].set(sampled.token_ids[:num_seqs])
         return kv_caches, (sampled, prompt), jax.lax.with_sharding_constraint(padded, self._replicated)
+
+    def num_rows(self, num_tokens: int, num_seqs: int) -> int:
+        """Sampling rows of a bucket: its sequences, plus room for draft positions when speculating."""
+        return min(num_tokens, num_seqs * self.rows_per_seq) if self.rows_per_seq > 1 else num_seqs
 
     def _dummy_batch(self, num_tokens: int, num_seqs: int) -> StepInput:
         from surge.scheduler.output import SchedulerOutput as _Empty
 
-        input_ids, input_src, md, logits_indices = build_attention_inputs(_Empty(), num_tokens, num_seqs,
-                                                                          self.pages_per_seq, self.page_size)
-        sampling = build_sampling_tensors([], num_seqs, self.arch.vocab_size, self.max_model_len)
+        num_rows = self.num_rows(num_tokens, num_seqs)
+        input_ids, input_src, md, logits_indices = build_attention_inputs(
+            _Empty(), num_tokens, num_seqs, self.pages_per_seq, self.page_size, num_rows=num_rows)
+        sampling = build_sampling_tensors([], num_rows, self.arch.vocab_size, self.max_model_len)
         return StepInput(input_ids, input_src, md, logits_indices, sampling, self._rope(md.positions),
-                         *build_prompt_targets(_Empty(), num_tokens))
+                         *build_prompt_targets(_Empty(), num_tokens), np.bool_(False))
 
     def _rope(self, positions: np.ndarray) -> tuple:
         return rope_inputs(self.arch, positions, xp=np)
@@ -130,17 +153,21 @@ class ModelRunner:
         """Dispatch one step and return without waiting for it."""
         num_seqs = len(out.scheduled)
         num_tokens, num_seqs_padded = self.buckets.select(out.num_batched_tokens, num_seqs)
+        num_rows = self.num_rows(num_tokens, num_seqs_padded)
         input_ids, input_src, md, logits_indices = build_attention_inputs(
-            out, num_tokens, num_seqs_padded, self.pages_per_seq, self.page_size, self._last_rows)
+            out, num_tokens, num_seqs_padded, self.pages_per_seq, self.page_size, self._last_rows, num_rows)
         rows = [_sampling_row(item) for item in out.scheduled]
+        rows += [row for item in out.scheduled for row in _draft_sampling_rows(item)]
         bitmask = build_token_bitmask([item.request.grammar if item.samples else None for item in out.scheduled],
-                                      num_seqs_padded, self.arch.vocab_size)
-        sampling = build_sampling_tensors(rows, num_seqs_padded, self.arch.vocab_size, self.max_model_len,
+                                      num_rows, self.arch.vocab_size)
+        sampling = build_sampling_tensors(rows, num_rows, self.arch.vocab_size, self.max_model_len,
                                           token_bitmask=bitmask)
         self.num_device_fed_tokens += int((input_src >= 0).sum())
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
+        num_drafts = out.num_draft_tokens
         layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
-                                                  self._rope(md.positions), prompt_targets, any_prompt))
+                                                  self._rope(md.positions), prompt_targets, any_prompt,
+                                                  np.bool_(num_drafts > 0)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
@@ -151,7 +178,7 @@ class ModelRunner:
                                                                        self._last_sampled)
         self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
-        pending = PendingStep(num_seqs, out.num_batched_tokens, result if wants_logprobs else result.token_ids,
+        pending = PendingStep(num_seqs + num_drafts, out.num_batched_tokens, result if wants_logprobs else result.token_ids,
                               prompt if any_prompt else None)
         pending.start_copy()
         return pending
@@ -161,6 +188,7 @@ class ModelRunner:
 class PendingStep:
     """A dispatched step: its device outputs, copied to the host by `result()` (which waits for the step)."""
 
+    # Sampling rows in use: one per scheduled sequence plus one per draft token (SchedulerOutput.sample_rows).
     num_seqs: int
     num_batched_tokens: int
     # The whole SamplerOutput when some request asked for log-probs, else only its token ids.
@@ -183,13 +211,21 @@ class PendingStep:
                           host.top_logprobs[:n], prompt_host)
 
 
-def _sampling_row(item) -> SamplingRow:
+def _draft_sampling_rows(item) -> list[SamplingRow]:
+    """The rows of a speculating request's positions before its last: output indices one after another."""
+    base = _sampling_row(item, 0).step
+    return [dataclasses.replace(_sampling_row(item, 0), step=base + j) for j in range(len(item.draft_token_ids))]
+
+
+def _sampling_row(item, offset: Optional[int] = None) -> SamplingRow:
+    """The row of the request's last position; `offset` overrides how many drafts precede it."""
     request = item.request
     params = request.sampling_params
     uses_history = params.uses_penalties
     # The output index of the token sampled now: tokens on the host plus those still on the device,
-    # less this step's own token (the scheduler counted it in flight already).
-    step = request.num_output_tokens + request.num_tokens_in_flight - int(item.samples)
+    # less this step's own token (the scheduler counted it in flight already); after d drafts, d more.
+    drafts = len(item.draft_token_ids) if offset is None else offset
+    step = request.num_output_tokens + request.num_tokens_in_flight - int(item.samples) + drafts
     return SamplingRow(params=params, seed=request.seed, step=step,
                        eos_token_ids=request.eos_token_ids,
                        history=request.token_ids if uses_history else None,

@@ -81,6 +81,9 @@ class SamplingParams:
     # What each streamed output holds: "cumulative" (all text and tokens so far, plus the delta),
     # "delta" (only what is new since the last output) or "final_only" (one output, when it finishes).
     output_kind: str = "cumulative"
+    # False: this request never proposes draft tokens, even when engine.speculative.method is set
+    # (its tokens are the same either way; only the speed differs).
+    speculate: bool = True
 
     def __post_init__(self) -> None:
         self.n = _as_int("n", self.n)
@@ -110,6 +113,7 @@ class SamplingParams:
 
     def _validate_ranges(self) -> None:
         _require(self.n >= 1, "n", self.n, "must be >= 1")
+        _require(isinstance(self.speculate, bool), "speculate", self.speculate, "must be a bool")
         _require(self.output_kind in OUTPUT_KINDS, "output_kind", self.output_kind, f"must be one of {OUTPUT_KINDS}")
         _require(self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be >= 1")
         _require(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")

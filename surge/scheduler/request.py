@@ -54,6 +54,8 @@ class Request:
     # Where the request stands in its grammar (surge.structured.GrammarState) when its output is
     # constrained: accept(token, max_forced) consumes each sampled token and returns the tokens it forces.
     grammar: Optional[object] = None
+    # Speculative decoding's per-request state (surge.spec_decode.adaptive.AdaptiveK), made on first use.
+    spec_state: Optional[object] = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -16,8 +16,14 @@ gains a token in flight (sampled on the device, id not yet on the host), so with
 built before this one's ids arrive; `update` reconciles them. A request found
 finished one step late (EOS, stop string, abort) has the extra step's token
 dropped; one whose tokens in flight reach max_tokens (or the context), or
-whose next step needs its ids on the host (grammar, penalties), is not
-scheduled again until they arrive.
+whose next step needs its ids on the host (grammar, penalties, draft
+proposals), is not scheduled again until they arrive.
+
+Speculative decoding (engine.speculative): a running request in decode may
+carry draft tokens from the Speculator; it is scheduled for 1 + len(drafts)
+tokens. `update` keeps the accepted drafts plus the target's next token,
+finishes at the first stop among them (nothing after it is kept), and rolls
+back the rejected positions: num_computed_tokens and the pages past them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from surge.config import EngineConfig, SchedulerConfig
 from surge.scheduler.output import ScheduledRequest, SchedulerOutput
 from surge.scheduler.queues import make_queue
 from surge.scheduler.request import Request, RequestStatus
+from surge.spec_decode import Speculator, num_accepted
 
 logger = logging.getLogger("surge")
 
@@ -65,6 +72,7 @@ class Scheduler:
         self.num_prefix_hit_tokens = 0
         # Tokens sampled for a request that had already finished when they arrived (async scheduling).
         self.num_dropped_tokens = 0
+        self.speculator = Speculator(engine.speculative) if engine.speculative.enabled else None
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -112,7 +120,8 @@ class Scheduler:
                 break
             if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            if request.num_tokens_in_flight and (request.needs_host_tokens or self._ends_in_flight(request)):
+            if request.num_tokens_in_flight and (request.needs_host_tokens or self._ends_in_flight(request)
+                                                 or self._wants_drafts(request)):
                 continue
             num_new = self._num_new_tokens(request, budget)
             if num_new <= 0:
@@ -120,6 +129,8 @@ class Scheduler:
             is_prefill = request.num_tokens_with_in_flight - request.num_computed_tokens > 1
             if is_prefill and num_prefills >= max_prefills:
                 continue
+            drafts = self._drafts(request, budget - num_new)
+            num_new += len(drafts)
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
                 # The policy's victim among every running request, even one scheduled earlier in this step
                 # (vLLM's rule): its tokens and prefill slot go back to this step's budget.
@@ -133,7 +144,7 @@ class Scheduler:
                     break
             if request.status != RequestStatus.RUNNING:
                 continue
-            self._add_scheduled(out, request, num_new)
+            self._add_scheduled(out, request, num_new, drafts)
             scheduled_tokens[request.request_id] = num_new
             if is_prefill:
                 prefill_ids.add(request.request_id)
@@ -176,13 +187,18 @@ class Scheduler:
             item.request.num_computed_tokens += item.num_new_tokens
             item.request.num_tokens_in_flight += item.samples
 
-    def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[RequestUpdate]:
-        """Reconcile a finished step: `sampled_token_ids[i]` belongs to out.scheduled[i]."""
+    def update(self, out: SchedulerOutput, sampled_token_ids) -> list[RequestUpdate]:
+        """Reconcile a finished step: the rows `out.sample_rows()[i]` of `sampled_token_ids` are request i's."""
         updates: list[RequestUpdate] = []
-        for item, token_id in zip(out.scheduled, sampled_token_ids):
+        for item, rows in zip(out.scheduled, out.sample_rows()):
             request = item.request
             if request.is_finished:  # finished or aborted while the step ran: its token is dropped
                 self.num_dropped_tokens += item.samples
+                continue
+            if item.draft_token_ids:
+                update = self._update_speculated(item, [int(sampled_token_ids[r]) for r in rows])
+                if update is not None:
+                    updates.append(update)
                 continue
             if request.status == RequestStatus.RUNNING:  # (not when preempted while the step ran)
                 end = item.num_computed_tokens + item.num_new_tokens
@@ -192,7 +208,7 @@ class Scheduler:
             if not item.samples:
                 continue
             request.num_tokens_in_flight -= 1
-            new_token_ids = [int(token_id)]
+            new_token_ids = [int(sampled_token_ids[rows[-1]])]
             request.append_output_token(new_token_ids[0])
             stop = request.check_stop(self.max_model_len)
             if stop is None and request.grammar is not None:
@@ -208,7 +224,45 @@ class Scheduler:
             updates.append(RequestUpdate(request, new_token_ids, stop is not None))
         return updates
 
+    def _update_speculated(self, item, sampled: list[int]) -> Optional[RequestUpdate]:
+        """Keep the accepted drafts and the target's token after them, up to the first stop; roll back the rest."""
+        request, drafts = item.request, item.draft_token_ids
+        accepted = num_accepted(drafts, sampled)
+        request.num_tokens_in_flight -= 1
+        new_token_ids: list[int] = []
+        stop = None
+        for token_id in sampled[:accepted + 1]:
+            request.append_output_token(token_id)
+            new_token_ids.append(token_id)
+            stop = request.check_stop(self.max_model_len)
+            if stop is not None:
+                break
+        self.speculator.record(request, len(drafts), accepted)
+        self.num_generation_tokens += len(new_token_ids)
+        if request.status == RequestStatus.RUNNING:  # (not when preempted while the step ran)
+            request.num_computed_tokens -= len(drafts) - accepted
+            end = min(request.num_computed_tokens, request.num_tokens)
+            self.block_manager.cache_full_pages(request.request_id, request.token_ids, end, request.cache_salt)
+            self.block_manager.release_trailing_pages(request.request_id, request.num_computed_tokens)
+            if self.sliding_window is not None:
+                self._release_pages_behind_window(request, end)
+        if stop is not None:
+            self.finish(request.request_id, stop)
+        return RequestUpdate(request, new_token_ids, stop is not None)
+
     # ---- helpers -------------------------------------------------------------------------
+    def _wants_drafts(self, request: Request) -> bool:
+        return self.speculator is not None and self.speculator.wants_host_tokens(request)
+
+    def _drafts(self, request: Request, budget_left: int) -> list[int]:
+        """Draft tokens for a request in decode with every token on the host; [] otherwise."""
+        if (self.speculator is None or request.num_tokens_in_flight
+                or request.num_tokens - request.num_computed_tokens != 1):
+            return []
+        # Every emitted token (accepted drafts + one) must fit max_tokens and the context.
+        limit = min(budget_left, request.num_tokens_left(self.max_model_len) - 1)
+        return self.speculator.propose(request, limit)
+
     def _release_pages_behind_window(self, request: Request, num_computed: int) -> None:
         # The next token (position num_computed) and every later one attend keys at positions
         # > position - window, so pages that end before that are never read again.
@@ -226,10 +280,11 @@ class Scheduler:
     def _ends_in_flight(self, request: Request) -> bool:
         return request.will_finish_by_length or request.num_tokens_with_in_flight >= self.max_model_len
 
-    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
-        samples = request.num_computed_tokens + num_new == request.num_tokens_with_in_flight
+    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int, drafts: list[int] = ()) -> None:
+        samples = request.num_computed_tokens + num_new - len(drafts) == request.num_tokens_with_in_flight
         out.scheduled.append(ScheduledRequest(request, request.num_computed_tokens, num_new,
-                                              self.block_manager.pages(request.request_id), samples))
+                                              self.block_manager.pages(request.request_id), samples,
+                                              list(drafts)))
         out.num_batched_tokens += num_new
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:

@@ -1,0 +1,57 @@
+"""The speculator the scheduler consults: which requests propose, their drafts, and what was accepted.
+
+In: the engine's SpeculativeConfig; per running request in decode, its token ids and the most drafts
+that fit (budget, max_tokens, context). Out: draft token ids (at most k), whether a request needs its
+tokens on the host before its next step (it will propose), and the metrics. A request speculates when
+its SamplingParams allow it (`speculate`) and it has no grammar and no penalties (their masks and
+histories are per sampled position, which verification rows do not carry).
+"""
+
+from __future__ import annotations
+
+from surge.config import SpeculativeConfig
+from surge.spec_decode.adaptive import AdaptiveK
+from surge.spec_decode.metrics import SpecDecodeMetrics
+from surge.spec_decode.ngram import propose_ngram
+
+
+class Speculator:
+    def __init__(self, config: SpeculativeConfig) -> None:
+        if not config.enabled:
+            raise ValueError("Speculator needs engine.speculative.method other than 'none'")
+        self.config = config
+        self.k = config.num_speculative_tokens
+        self.metrics = SpecDecodeMetrics(config.method, self.k)
+
+    def applies_to(self, request) -> bool:
+        params = request.sampling_params
+        return params.speculate and request.grammar is None and not params.uses_penalties
+
+    def _state(self, request) -> AdaptiveK:
+        if request.spec_state is None:
+            request.spec_state = AdaptiveK(self.config.adaptive_min_accepted, self.config.adaptive_backoff_steps)
+        return request.spec_state
+
+    def wants_host_tokens(self, request) -> bool:
+        """Whether the request would propose at its next step (so its last token must be on the host)."""
+        return self.applies_to(request) and self._state(request).proposes(request.num_output_tokens)
+
+    def propose(self, request, max_drafts: int) -> list[int]:
+        """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
+        if max_drafts <= 0 or not self.wants_host_tokens(request):
+            return []
+        drafts = propose_ngram(request.token_ids, min(self.k, max_drafts), self.config.prompt_lookup_min,
+                               self.config.prompt_lookup_max)
+        if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
+            self._state(request).record(request.num_output_tokens, 0, 0)
+        return drafts
+
+    def record(self, request, num_drafts: int, num_accepted: int) -> None:
+        self.metrics.record(num_drafts, num_accepted)
+        self._state(request).record(request.num_output_tokens, num_drafts, num_accepted)
+
+    def stats(self) -> dict:
+        return self.metrics.as_dict()
+
+
+__all__ = ["Speculator"]

@@ -1,0 +1,219 @@
+"""Speculative decoding end to end on a tiny random Llama: the tokens of method=none, pages all returned.
+
+The drafts change how many steps a request takes, never its tokens: at temperature 0 acceptance is
+exact greedy, and at temperature > 0 each position is sampled with the request's seed at its output
+index (surge.spec_decode.acceptance), so a seeded request gives the same tokens too. The chi-square test
+checks the distribution with disjoint seeds, so it tests the accept rule, not the seeding.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import surge
+from surge import SamplingParams
+
+GREEDY = dict(temperature=0.0, ignore_eos=True)
+
+
+def make_engine(path, method, async_scheduling=False, **overrides):
+    options = dict(backend="reference", max_num_seqs=16, max_model_len=256, max_num_batched_tokens=64,
+                   token_buckets=[16, 64], num_pages=400, page_size=4, progress=False,
+                   async_scheduling=async_scheduling, speculative_method=method)
+    options.update(overrides)
+    return surge.Engine.from_pretrained(path, **options)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return tiny_checkpoint("llama")
+
+
+@pytest.fixture(scope="module")
+def engines(tiny):
+    return {"none": make_engine(tiny.path, "none"), "ngram": make_engine(tiny.path, "ngram"),
+            "ngram-async": make_engine(tiny.path, "ngram", async_scheduling=True)}
+
+
+def copy_prompts(n, seed=0, low=4, high=30):
+    """Prompts that repeat a random piece: the model's continuation often copies, so drafts get accepted."""
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for _ in range(n):
+        piece = rng.integers(3, 320, int(rng.integers(low, high))).tolist()
+        prompts.append(piece * 2 + piece[: len(piece) // 2])
+    return prompts
+
+
+def assert_clean(engine):
+    stats = engine.stats()
+    assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0, stats
+    assert stats["num_free_pages"] == stats["num_total_pages"], stats
+    assert not engine.has_unfinished_requests()
+    engine.block_manager.check_integrity()
+
+
+def completions(outputs):
+    return [[(c.text, list(c.token_ids), c.finish_reason, c.stop_reason) for c in o.outputs] for o in outputs]
+
+
+def run_all(engines, **kwargs):
+    """Generate with every engine; all must match method=none. Returns none's outputs and ngram's stats moved."""
+    results, moved = {}, {}
+    for name, engine in engines.items():
+        before = engine.stats()
+        results[name] = engine.generate(use_tqdm=False, **kwargs)
+        after = engine.stats()
+        moved[name] = {k: after[k] - before.get(k, 0) for k in ("spec_decode_num_draft_tokens",
+                                                                 "spec_decode_num_accepted_tokens") if k in after}
+        assert_clean(engine)
+    for name in engines:
+        assert completions(results[name]) == completions(results["none"]), name
+    return results["none"], moved
+
+
+def test_stops_and_max_tokens_inside_accepted_runs(engines):
+    prompts = copy_prompts(16, seed=1)
+    free = engines["none"].generate(prompt_token_ids=prompts, use_tqdm=False,
+                                    sampling_params=SamplingParams(max_tokens=40, **GREEDY))
+    params = []
+    for i, out in enumerate(free):
+        tokens, text = out.outputs[0].token_ids, out.outputs[0].text
+        kind = i % 4
+        if kind == 0:
+            params.append(SamplingParams(max_tokens=[1, 3, 7, 22][i // 4], **GREEDY))
+        elif kind == 1:
+            params.append(SamplingParams(max_tokens=40, stop_token_ids=[tokens[6 + i % 5]], **GREEDY))
+        elif kind == 2 and len(text) > 14:
+            params.append(SamplingParams(max_tokens=40, stop=[text[9:12]], **GREEDY))
+        else:
+            params.append(SamplingParams(max_tokens=5 + i, logprobs=2, **GREEDY))
+    serial, moved = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
+    for name in ("ngram", "ngram-async"):
+        assert moved[name]["spec_decode_num_accepted_tokens"] >= 8, moved
+    assert [len(o.outputs[0].token_ids) for o in serial][0::4] == [1, 3, 7, 22]
+    for out, p in zip(serial, params):
+        if p.stop:
+            assert p.stop[0] not in out.outputs[0].text and out.outputs[0].finish_reason == "stop"
+
+
+def test_logprobs_of_speculated_tokens_match(engines):
+    prompts = copy_prompts(4, seed=2)
+    params = SamplingParams(max_tokens=24, logprobs=3, **GREEDY)
+    outs = {name: engines[name].generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
+            for name in ("none", "ngram")}
+    assert engines["ngram"].stats()["spec_decode_num_accepted_tokens"] > 0
+    for a, b in zip(outs["none"], outs["ngram"]):
+        ca, cb = a.outputs[0], b.outputs[0]
+        assert ca.token_ids == cb.token_ids and len(cb.logprobs) == len(cb.token_ids)
+        for la, lb in zip(ca.logprobs, cb.logprobs):
+            assert la.keys() == lb.keys()
+            for t in la:
+                assert abs(la[t].logprob - lb[t].logprob) < 1e-5 and la[t].rank == lb[t].rank
+        assert abs(ca.cumulative_logprob - cb.cumulative_logprob) < 1e-4
+
+
+def test_chunked_prefill_prefix_cache_seeds_and_n(engines):
+    long_prompt = copy_prompts(1, seed=3, low=70, high=71)[0]  # ~175 tokens: chunks of the 64 budget
+    prompts = [long_prompt, long_prompt] + copy_prompts(3, seed=4)  # the second finds the first's pages
+    params = [SamplingParams(max_tokens=30, **GREEDY), SamplingParams(max_tokens=20, **GREEDY),
+              SamplingParams(n=3, max_tokens=12, temperature=0.8, seed=11),
+              SamplingParams(max_tokens=14, temperature=1.0, top_p=0.9, seed=5),
+              SamplingParams(max_tokens=9, temperature=0.7, top_k=20, seed=7, speculate=False)]
+    serial, _ = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
+    assert engines["ngram"].stats()["prefix_cache_hit_tokens"] > 100
+
+
+def test_preemptions(tiny):
+    pool = {name: make_engine(tiny.path, name.split("-")[0], name.endswith("async"), num_pages=120)
+            for name in ("none", "ngram", "ngram-async")}
+    prompts = copy_prompts(24, seed=5, low=15, high=25)
+    run_all(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
+    assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
+
+
+def test_aborts_leak_nothing(engines):
+    prompts = copy_prompts(40, seed=7)
+    to_abort = set(random.Random(0).sample(range(40), 12))
+    for name in ("none", "ngram", "ngram-async"):
+        engine = engines[name]
+        ids = [engine.add_request(prompt_token_ids=p, sampling_params=SamplingParams(max_tokens=20, **GREEDY))
+               for p in prompts]
+        done, num_steps = {}, 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+            num_steps += 1
+            if num_steps == 4:
+                for i in to_abort:
+                    if ids[i] not in done:
+                        engine.abort(ids[i])
+        assert len(done) == 40
+        assert_clean(engine)
+        kept = [list(done[ids[i]].outputs[0].token_ids) for i in range(40) if i not in to_abort]
+        if name == "none":
+            expected = kept
+        assert kept == expected, name
+
+
+@pytest.fixture(scope="module")
+def peaked(tiny_checkpoint, tmp_path_factory):
+    """Larger random weights: sharper next-token distributions (a few dozen likely 3-token starts)."""
+    return tiny_checkpoint("llama", str(tmp_path_factory.mktemp("peaked")), initializer_range=1.0)
+
+
+def test_first_three_tokens_have_the_target_distribution(peaked, monkeypatch):
+    """5,000 seeded samples per method at temperature 1, seeds disjoint between the methods; chi-square
+    over the joint of the first 3 tokens (cells seen < 10 times pooled). Fixed seeds: the same p every run.
+
+    A random tiny model does not copy its prompt, so prompt lookup would rarely propose; the proposer is
+    replaced by a fixed table (after the prompt and a first token t1: the two tokens that most often
+    followed t1 under method=none), a deterministic proposer like n-gram lookup that is often right,
+    so the accept/resample rule is exercised on most requests.
+    """
+    from scipy.stats import chi2_contingency
+
+    import surge.spec_decode.speculator as speculator_module
+
+    num = 5000
+    prompt = [17, 40, 99, 5, 61, 17, 40]
+
+    def run(method, seed_base):
+        engine = make_engine(peaked.path, method, max_num_seqs=64, max_num_batched_tokens=256,
+                             token_buckets=[64, 256], num_pages=800)
+        params = [SamplingParams(max_tokens=3, temperature=1.0, seed=seed_base + i, ignore_eos=True)
+                  for i in range(num)]
+        outs = engine.generate(prompt_token_ids=[prompt] * num, sampling_params=params, use_tqdm=False)
+        assert_clean(engine)
+        return [tuple(o.outputs[0].token_ids) for o in outs], engine.stats()
+
+    none, _ = run("none", 0)
+    table: dict = {}
+    for t1, *rest in none:
+        table.setdefault(t1, {}).setdefault(tuple(rest), 0)
+        table[t1][tuple(rest)] += 1
+    best = {t1: max(options, key=options.get) for t1, options in table.items()}
+
+    def propose(token_ids, k, min_n, max_n):
+        if len(token_ids) == len(prompt) + 1 and token_ids[-1] in best:
+            return list(best[token_ids[-1]][:k])
+        return []
+
+    monkeypatch.setattr(speculator_module, "propose_ngram", propose)
+    speculated, stats = run("ngram", num)
+    assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
+    counts = {m: {} for m in ("none", "ngram")}
+    for method, samples in (("none", none), ("ngram", speculated)):
+        for key in samples:
+            counts[method][key] = counts[method].get(key, 0) + 1
+    cells = sorted(set(counts["none"]) | set(counts["ngram"]))
+    observed = np.array([[counts[m].get(c, 0) for c in cells] for m in ("none", "ngram")], dtype=float)
+    big = observed.sum(axis=0) >= 10
+    pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
+    assert pooled.shape[1] > 10
+    _, p_value, _, _ = chi2_contingency(pooled)
+    assert p_value > 0.01, p_value
