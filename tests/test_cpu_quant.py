@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from surge.kernels import cpu, quantized
-from surge.kernels.base import AttentionBackend
+from surge.kernels.base import KernelBackend
 from surge.kernels.cpu import CpuBackend
 from surge.kernels.cpu_matmul import matmul
 
@@ -109,7 +109,7 @@ def test_reference_backend_and_embedding_rows_dequantize(file_tensors):
     w = _blocks(file_tensors["blk.1.attn_v.weight"])
     x = np.random.default_rng(1).standard_normal((3, 576)).astype(np.float32)
     dense = np.asarray(quantized.dequantize(jnp.asarray(w)))
-    y = AttentionBackend.matmul(CpuBackend(), jnp.asarray(x), jnp.asarray(w))
+    y = KernelBackend.matmul(CpuBackend(), jnp.asarray(x), jnp.asarray(w))
     np.testing.assert_allclose(np.asarray(y), x @ dense.T, rtol=1e-4, atol=1e-4)
     table = _blocks(file_tensors["token_embd.weight"])
     full = np.asarray(quantized.dequantize(jnp.asarray(table[:100])))

@@ -27,7 +27,7 @@ def test_auto_resolves_by_platform_and_lists_availability():
 
 
 def test_unknown_and_unavailable_backends_fail_loudly():
-    with pytest.raises(registry.BackendUnavailable, match="unknown attention backend 'cuda'"):
+    with pytest.raises(registry.BackendUnavailable, match="unknown kernel backend 'cuda'"):
         registry.resolve("cuda")
     with pytest.raises(registry.BackendUnavailable, match="triton"):
         registry.get_backend(BackendConfig(name="triton"))

@@ -1,7 +1,7 @@
 """Start-up: from a SurgeConfig to the live parts of an engine.
 
 In: a validated SurgeConfig. Out: EngineParts — the loaded model and tokenizer,
-the resolved attention backend, the KV cache (sized and logged), the block
+the resolved kernel backend, the KV cache (sized and logged), the block
 manager, scheduler, model runner (all buckets compiled) and output processor.
 Start-up fails early, with the knob to turn, when max_model_len cannot fit.
 """
@@ -81,7 +81,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=weights_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
-    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); attention backend %s",
+    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
                 cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
     logger.info(plan.describe(max_model_len))
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,

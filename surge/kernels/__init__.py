@@ -1,4 +1,4 @@
-"""Attention kernels behind one registry (see registry.py)."""
+"""Kernel backends (the ops layer: projections, activation, attention) behind one registry (see registry.py)."""
 
 from surge.kernels.registry import BackendUnavailable, available, get_backend, resolve
 

@@ -1,4 +1,4 @@
-"""The contract of an attention backend.
+"""The contract of a kernel backend: the ops layer every model runs on.
 
 In: per layer, the new tokens' q [T, H, hd], k and v [T, KV, hd], that layer's KV
 cache (a tuple ``(k_pages, v_pages)`` in the backend's own layout) and the shared
@@ -30,7 +30,7 @@ from surge.kernels.metadata import AttentionMetadata
 KVCache = Tuple[jax.Array, jax.Array]
 
 
-class AttentionBackend(abc.ABC):
+class KernelBackend(abc.ABC):
     """Base class; subclasses set ``name`` and implement kv_cache_shape and __call__."""
 
     name: ClassVar[str] = ""

@@ -1,4 +1,4 @@
-"""The ``cpu`` attention backend: surge's C++ ragged paged-attention kernel, called through XLA FFI.
+"""The ``cpu`` kernel backend: surge's C++ ragged paged-attention kernel, called through XLA FFI.
 
 In: per layer, q [T, H, hd], k and v [T, KV, hd], the layer's cache ``(k_pages, v_pages)``
 each [num_pages, KV, page_size, hd] (a page holds each KV head's rows contiguously, so the
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.base import KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 
 TARGET = "surge_cpu_paged_attention"
@@ -93,7 +93,7 @@ def set_isa(name: str) -> None:
     _NATIVE.set_cpu_isa(str(name))
 
 
-class CpuBackend(AttentionBackend):
+class CpuBackend(KernelBackend):
     name = "cpu"
 
     def __init__(self, config=None) -> None:

@@ -2,7 +2,7 @@
 
 In: built on the host by the ModelRunner from a SchedulerOutput, padded to a
 (num_tokens, num_seqs, num_pages_per_seq) bucket, and moved to the device once.
-Out: read by the model (positions for RoPE) and by the attention backend
+Out: read by the model (positions for RoPE) and by the kernel backend's attention
 (where to write the new K/V, which pages to read for each query token).
 
 The batch is ragged: the new tokens of several sequences are concatenated, the

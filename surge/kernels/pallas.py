@@ -1,4 +1,4 @@
-"""Pallas attention backend: a TPU ragged paged-attention kernel (interpretable on CPU).
+"""Pallas kernel backend: a TPU ragged paged-attention kernel (interpretable on CPU).
 
 In: per layer, q [T, H, hd], k and v [T, KV, hd], the layer's cache
 ``(k_pages, v_pages)`` each [num_pages, KV, page_size, hd] (this backend's
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.base import KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 
 # Keys per inner step (rounded down to whole pages): a 128-lane score tile.
@@ -46,7 +46,7 @@ _ROWS_PER_BLOCK = 128
 _TOKEN_ALIGN = 16
 
 
-class PallasBackend(AttentionBackend):
+class PallasBackend(KernelBackend):
     name = "pallas"
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Reference attention backend: paged attention in plain JAX, the oracle for every kernel.
+"""Reference kernel backend: paged attention in plain JAX, the oracle for every kernel.
 
 In: per layer, q [T, H, hd], k and v [T, KV, hd], the layer's cache
 ``(k_pages, v_pages)`` each [num_pages, page_size, KV, hd], and the shared
@@ -21,14 +21,14 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.base import KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 
 # Tokens attended together; the gathered K/V of a chunk is [chunk, pages_per_seq * page_size, KV, hd].
 _TOKEN_CHUNK = 64
 
 
-class ReferenceBackend(AttentionBackend):
+class ReferenceBackend(KernelBackend):
     name = "reference"
 
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:

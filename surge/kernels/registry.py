@@ -1,7 +1,7 @@
-"""One registry for the attention backends.
+"""One registry for the kernel backends.
 
 In: a backend name from ``backend.name`` (auto | reference | cpu | triton | pallas).
-Out: an AttentionBackend instance. Entries are imported lazily, so a backend whose
+Out: a KernelBackend instance. Entries are imported lazily, so a backend whose
 package is missing (jax_triton on a CPU machine) costs nothing until named.
 
 ``auto`` is resolved here and only here: tpu -> pallas, gpu -> triton, cpu -> cpu,
@@ -17,7 +17,7 @@ from typing import Dict, Optional
 
 import jax
 
-from surge.kernels.base import AttentionBackend
+from surge.kernels.base import KernelBackend
 
 logger = logging.getLogger("surge")
 
@@ -40,14 +40,14 @@ def names() -> list[str]:
     return list(_ENTRIES)
 
 
-def _load(name: str) -> type[AttentionBackend]:
+def _load(name: str) -> type[KernelBackend]:
     if name not in _ENTRIES:
-        raise BackendUnavailable(f"unknown attention backend {name!r}; choose auto or one of {names()}")
+        raise BackendUnavailable(f"unknown kernel backend {name!r}; choose auto or one of {names()}")
     module_name, class_name = _ENTRIES[name].split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise BackendUnavailable(f"attention backend {name!r} cannot be imported: {exc}") from exc
+        raise BackendUnavailable(f"kernel backend {name!r} cannot be imported: {exc}") from exc
     return getattr(module, class_name)
 
 
@@ -69,7 +69,7 @@ def resolve(name: str, config=None) -> str:
     if name != "auto":
         reason = unavailable_reason(name, config)
         if reason is not None:
-            raise BackendUnavailable(f"attention backend {name!r} is unavailable here: {reason}")
+            raise BackendUnavailable(f"kernel backend {name!r} is unavailable here: {reason}")
         return name
     platform = jax.default_backend()
     preferred = _AUTO_BY_PLATFORM.get(platform, "reference")
@@ -80,7 +80,7 @@ def resolve(name: str, config=None) -> str:
     return "reference"
 
 
-def get_backend(config) -> AttentionBackend:
+def get_backend(config) -> KernelBackend:
     """Instantiate the backend for a BackendConfig (or a bare name)."""
     name = config if isinstance(config, str) else config.name
     resolved = resolve(name, None if isinstance(config, str) else config)

@@ -1,4 +1,4 @@
-"""Triton attention backend: the kernels of ``triton_kernels`` called through jax-triton on a GPU.
+"""Triton kernel backend: the kernels of ``triton_kernels`` called through jax-triton on a GPU.
 
 In: per layer, q [T, H, hd], k and v [T, KV, hd], the layer's cache
 ``(k_pages, v_pages)`` each [num_pages, KV, page_size, hd] (this backend's
@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.base import KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.triton_kernels import launch
 
@@ -34,7 +34,7 @@ _NUM_WARPS = 4
 _NUM_STAGES = 2
 
 
-class TritonBackend(AttentionBackend):
+class TritonBackend(KernelBackend):
     name = "triton"
 
     @classmethod

@@ -4,7 +4,7 @@ ModelArchConfig.
 
 In: token ids int32[T] of a ragged batch, its AttentionMetadata, one
 ``(k_pages, v_pages)`` cache per layer, the rows whose logits are wanted
-int32[S], and the attention backend. Out: float32 logits [S, vocab] and the
+int32[S], and the kernel backend. Out: float32 logits [S, vocab] and the
 per-layer caches with this step's K/V written.
 
 Projections go through the backend's `matmul` (jnp.dot, or a native GEMM on CPU).
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from surge.kernels import quantized
-from surge.kernels.base import AttentionBackend, KVCache
+from surge.kernels.base import KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
 from surge.models.moe import MoEBlock, gated_activation
@@ -103,7 +103,7 @@ class DecoderLayer(nnx.Module):
         self.down_proj = _normal(rngs, (arch.intermediate_size, hidden), dtype) if dense else None
 
     def __call__(self, x: jax.Array, rope: tuple, md: AttentionMetadata,
-                 kv_cache: KVCache, attention: AttentionBackend) -> Tuple[jax.Array, KVCache]:
+                 kv_cache: KVCache, attention: KernelBackend) -> Tuple[jax.Array, KVCache]:
         num_tokens = x.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         qkv = attention.matmul(self.input_norm(x), self.qkv_proj[...])
@@ -163,14 +163,14 @@ class CausalLM(nnx.Module):
             None if arch.tie_word_embeddings else _normal(rngs, (arch.hidden_size, arch.vocab_size), dtype))
 
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
-                 logits_indices: jax.Array, attention: AttentionBackend,
+                 logits_indices: jax.Array, attention: KernelBackend,
                  rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
         """``rope``: rope.rope_inputs(arch, md.positions), built on the host; computed here when None."""
         x, new_caches = self.hidden_states(input_ids, md, kv_caches, attention, rope)
         return self.logits(x[logits_indices], attention), new_caches
 
     def hidden_states(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
-                      attention: AttentionBackend,
+                      attention: KernelBackend,
                       rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
         """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
@@ -187,7 +187,7 @@ class CausalLM(nnx.Module):
             new_caches.append(kv_cache)
         return x, new_caches
 
-    def logits(self, x: jax.Array, attention: AttentionBackend) -> jax.Array:
+    def logits(self, x: jax.Array, attention: KernelBackend) -> jax.Array:
         """float32 logits [rows, vocab] of hidden states [rows, hidden] (final norm, then the LM head)."""
         h = self.norm(x)
         if self.lm_head is None:
