@@ -54,7 +54,7 @@ def completions(outputs):
     return [[(c.text, list(c.token_ids), c.finish_reason, c.stop_reason) for c in o.outputs] for o in outputs]
 
 
-COUNTERS = ("num_generation_tokens", "num_device_fed_tokens", "num_dropped_tokens")
+COUNTERS = ("num_generation_tokens", "num_device_fed_tokens", "num_dropped_tokens", "prefix_cache_hit_tokens")
 
 
 def run_both(engines, **generate_kwargs):
@@ -66,6 +66,8 @@ def run_both(engines, **generate_kwargs):
         after = engine.stats()
         moved[mode] = {name: after[name] - before[name] for name in COUNTERS}
         assert moved[mode]["num_generation_tokens"] == sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        # Usage per request counts exactly the tokens handed out: none past a stop, none dropped late.
+        assert all(o.metrics.num_generation_tokens == sum(len(c.token_ids) for c in o.outputs) for o in outputs)
         assert_clean(engine)
         results[mode] = outputs
     assert completions(results["async"]) == completions(results["serial"])
@@ -144,6 +146,18 @@ def test_seeded_sampling_and_n4_with_prefix_caching(engines):
               SamplingParams(n=2, max_tokens=8, **GREEDY)]
     serial, _ = run_both(engines, prompt_token_ids=prompts, sampling_params=params)
     assert len({tuple(c.token_ids) for c in serial[0].outputs}) > 1
+
+
+def test_greedy_n4_siblings_reuse_the_first_childs_prompt_pages(engines):
+    """n = 4, greedy, prefix caching on: the 3 siblings of each request wait for the first child's prompt
+    pages and find every full one in the prefix cache; both loops give 4 identical completions per prompt."""
+    prompts = prompts_of(3, seed=9, low=21, high=34)
+    serial, moved = run_both(engines, prompt_token_ids=prompts,
+                             sampling_params=SamplingParams(n=4, max_tokens=12, **GREEDY))
+    for out in serial:
+        assert len(out.outputs) == 4 and len({tuple(c.token_ids) for c in out.outputs}) == 1
+    page_size = engines["async"].block_manager.page_size
+    assert moved["prefix_cache_hit_tokens"] >= sum(3 * ((len(p) - 1) // page_size) * page_size for p in prompts)
 
 
 def test_random_aborts_leak_nothing_and_agree_on_what_completes(engines):
