@@ -244,3 +244,46 @@ def test_the_loop_reports_host_time_and_the_device_idle_gap(engines):
         assert moved[mode]["num_steps"] >= 8 and moved[mode]["step_host_seconds"] > 0
         assert moved[mode]["step_device_wait_seconds"] > 0 and moved[mode]["device_idle_seconds"] >= 0
     assert moved["serial"]["device_idle_seconds"] > 0
+
+
+def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before_reading(engines):
+    """AsyncEngine.generate adds the request when called: bad input raises there, before any iteration.
+    A request whose only output is made before its caller reads (max_tokens 1, finished in the step that
+    admitted it) still delivers it; a stream closed unread aborts its request."""
+    import asyncio
+
+    engine = engines["async"]
+    async_engine = surge.AsyncEngine(engine)
+
+    async def main():
+        with pytest.raises(ValueError, match="prompt is empty"):
+            async_engine.generate(prompt_token_ids=[], params=SamplingParams(max_tokens=1))
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            async_engine.generate(prompt_token_ids=[10**9], params=SamplingParams(max_tokens=1))
+        assert not async_engine._queues
+        streams = [async_engine.generate(prompt_token_ids=p, params=SamplingParams(max_tokens=1, **GREEDY))
+                   for p in prompts_of(3, seed=13)]
+        with pytest.raises(ValueError, match="already in use"):
+            async_engine.generate(prompt_token_ids=[5, 6], request_id=streams[0].request_id)
+        for _ in range(2000):  # let the loop thread finish all three before anyone reads
+            if not engine.has_unfinished_requests():
+                break
+            await asyncio.sleep(0.005)
+        assert not engine.has_unfinished_requests()
+        for stream in streams:
+            outs = [o async for o in stream]
+            assert len(outs) == 1 and outs[0].finished and len(outs[0].outputs[0].token_ids) == 1
+        unread = async_engine.generate(prompt_token_ids=prompts_of(1, seed=14)[0],
+                                       params=SamplingParams(max_tokens=500, **GREEDY))
+        await unread.aclose()
+        for _ in range(2000):
+            if not engine.has_unfinished_requests():
+                break
+            await asyncio.sleep(0.005)
+
+    try:
+        asyncio.run(main())
+    finally:
+        async_engine.stop()
+    assert not async_engine._queues
+    assert_clean(engine)
