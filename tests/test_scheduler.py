@@ -211,3 +211,46 @@ def test_priority_preempts_a_worse_request_scheduled_earlier_in_the_same_step_an
     with pytest.raises(KeyError, match="holds no pages"):
         bm.pages("low")
     bm.check_integrity()
+
+
+# ---- n > 1 siblings ------------------------------------------------------------------------------
+
+def siblings(n=3, num_prompt=9, **params):
+    return [make_request(f"s#{i}", num_prompt=num_prompt, max_tokens=4, n=n, **params) for i in range(n)]
+
+
+def test_siblings_wait_off_the_queue_until_the_first_child_samples_then_hit_its_pages():
+    sched, bm = make_scheduler()
+    sched.add_siblings(siblings())
+    assert sched.num_waiting == 3 and sched.has_unfinished_requests()
+    out = sched.schedule()
+    assert [item.request.request_id for item in out.scheduled] == ["s#0"]  # the prompt is computed once
+    sched.update(out, [7])  # s#0 sampled: its two full prompt pages are cached, the siblings are queued
+    out = sched.schedule()
+    by_id = {item.request.request_id: item for item in out.scheduled}
+    assert sorted(by_id) == ["s#0", "s#1", "s#2"]
+    assert by_id["s#1"].num_computed_tokens == 8 and by_id["s#1"].num_new_tokens == 1
+    assert sched.num_prefix_hit_tokens == 16 and sched.num_prefix_queried_tokens == 27
+    assert by_id["s#1"].page_ids[:2] == by_id["s#0"].page_ids[:2]
+    bm.check_integrity()
+
+
+def test_siblings_are_queued_at_once_without_prefix_caching():
+    sched, _ = make_scheduler(prefix=False, budget=32)
+    sched.add_siblings(siblings())
+    out = sched.schedule()
+    assert sorted(item.request.request_id for item in out.scheduled) == ["s#0", "s#1", "s#2"]
+
+
+def test_a_held_sibling_can_finish_and_a_first_child_finishing_early_releases_the_rest():
+    sched, bm = make_scheduler()
+    sched.add_siblings(siblings())
+    assert sched.finish("s#2", RequestStatus.FINISHED_ABORTED).status == RequestStatus.FINISHED_ABORTED
+    assert sched.num_waiting == 2
+    sched.schedule()  # s#0 starts its prompt ...
+    sched.finish("s#0", RequestStatus.FINISHED_ABORTED)  # ... and is aborted before sampling
+    assert sched.num_waiting == 1 and bm.num_used_pages == 0
+    out = sched.schedule()
+    assert [item.request.request_id for item in out.scheduled] == ["s#1"]  # it computes the prompt itself
+    with pytest.raises(ValueError, match="already in use"):
+        sched.add_siblings([make_request("s#1", n=2), make_request("s#9", n=2)])

@@ -54,8 +54,7 @@ def _use_tokenizer(engine: Engine, tokenizer) -> None:
     if not callable(getattr(tokenizer, "encode", None)) or not callable(getattr(tokenizer, "decode", None)):
         raise ValueError(f"tokenizer must be a path/name or a tokenizer object with encode/decode "
                          f"(got {type(tokenizer).__name__})")
-    engine.tokenizer = tokenizer
-    engine.output_processor.tokenizer = tokenizer
+    engine.tokenizer = tokenizer  # the input and the output side share it
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
         engine.eos_token_ids = tuple(sorted(set(engine.eos_token_ids) | {int(eos)}))

@@ -15,9 +15,7 @@ waits on a caller.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -25,25 +23,23 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
+from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
 from surge.engine.outputs import RequestOutput, SampledLogprobs
 from surge.engine.prompt_logprobs import prompt_logprob_rows
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
-from surge.scheduler.request import Request, RequestStatus
+from surge.scheduler.request import RequestStatus
 from surge.structured.compiler import GrammarCompiler
 from surge.structured.waiting import WaitingForGrammar
 
 logger = logging.getLogger("surge")
-
-PromptLike = Union[str, Sequence[int]]
 
 
 class Engine:
     def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, **overrides) -> None:
         self.config = config if config is not None else make_config(**overrides)
         parts: EngineParts = build_engine_parts(self.config, progress=progress)
-        self.tokenizer = parts.tokenizer
         self.arch = parts.arch
         self.max_model_len = parts.max_model_len
         self.block_manager = parts.block_manager
@@ -52,24 +48,42 @@ class Engine:
         self.output_processor = parts.output_processor
         self.kv_plan = parts.kv_plan
         self.backend_name = parts.backend_name
-        self.eos_token_ids = parts.eos_token_ids
         self.model_name = self.config.model.served_name or self.config.model.name
         self._num_compiles_after_warmup = compile_counter.num_compiles()
-        self._ids = itertools.count()
-        self._seed_rng = random.Random(self.config.engine.seed)
         self._inbox_lock = threading.Lock()
         self._inbox: deque = deque()
         self._live: dict[str, list[str]] = {}  # request id -> its child sequence ids
         self._pending_outputs: list[RequestOutput] = []
-        self._deferred_siblings: dict[str, list[Request]] = {}  # first child id -> children waiting for it
         self._num_steps = 0
         self.async_scheduling = self.config.engine.async_scheduling
         # The dispatched step not reconciled yet (async scheduling): (SchedulerOutput, PendingStep).
         self._in_flight: Optional[tuple] = None
         self._loop_clock = LoopClock()  # host time per step and the device's idle gap between steps
-        self.grammar_compiler = GrammarCompiler(self.tokenizer, self.arch.vocab_size, self.eos_token_ids,
+        self.grammar_compiler = GrammarCompiler(parts.tokenizer, self.arch.vocab_size, parts.eos_token_ids,
                                                 num_workers=self.config.engine.structured_output_compile_workers)
         self._waiting_for_grammar = WaitingForGrammar(self.config.engine.structured_output_fast_forward)
+        # The input side: validates, tokenizes once, names, seeds and fans out requests (any thread).
+        self.input_processor = InputProcessor(parts.tokenizer, self.arch.vocab_size, self.max_model_len,
+                                              parts.eos_token_ids, seed=self.config.engine.seed,
+                                              grammar_compiler=self.grammar_compiler)
+
+    @property
+    def tokenizer(self):
+        return self.input_processor.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        """One tokenizer for both sides: prompts are encoded and outputs decoded with the same object."""
+        self.input_processor.tokenizer = tokenizer
+        self.output_processor.tokenizer = tokenizer
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.input_processor.eos_token_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids) -> None:
+        self.input_processor.eos_token_ids = tuple(ids)
 
     @classmethod
     def from_pretrained(cls, model: str = "smollm2-135m-instruct", *, progress: bool = True, **overrides) -> "Engine":
@@ -82,34 +96,19 @@ class Engine:
                     priority: int = 0, cache_salt: Optional[str] = None,
                     arrival_time: Optional[float] = None) -> str:
         """Queue a request; returns its id. Bad input raises ValueError and leaves the engine untouched."""
-        params = sampling_params if sampling_params is not None else SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
-        token_ids = self._tokenize(prompt, prompt_token_ids)
-        request_id = str(request_id) if request_id is not None else self.new_request_id()
-        arrival = arrival_time if arrival_time is not None else time.time()
-        base_seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(31)
-        children = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
-        text = prompt if isinstance(prompt, str) else None
-        grammar = (self.grammar_compiler.submit(params.structured_outputs)
-                   if params.structured_outputs is not None else None)
+        new = self.input_processor.process(prompt, sampling_params, request_id=request_id,
+                                           prompt_token_ids=prompt_token_ids, priority=priority,
+                                           cache_salt=cache_salt, arrival_time=arrival_time)
         with self._inbox_lock:
-            if request_id in self._live:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._live[request_id] = children
-            requests = []
-            for index, child_id in enumerate(children):
-                self.output_processor.add_request(child_id, text, token_ids, params, arrival,
-                                                  parent_id=request_id if params.n > 1 else None, index=index)
-                seed = base_seed if params.n == 1 else (base_seed * 1_000_003 + index) % (2**31)
-                requests.append(Request(child_id, token_ids, params, eos_token_ids=self.eos_token_ids, seed=seed,
-                                        priority=priority, cache_salt=cache_salt, arrival_time=arrival))
-            self._inbox.append(("add", requests, grammar))
-        return request_id
+            if new.request_id in self._live:
+                raise ValueError(f"request id {new.request_id!r} is already in use")
+            self._live[new.request_id] = new.child_ids
+            self._inbox.append(("add", new))
+        return new.request_id
 
     def new_request_id(self) -> str:
         """A fresh id of the form add_request gives when none is passed."""
-        return f"req-{next(self._ids)}"
+        return self.input_processor.new_request_id()
 
     def compile_grammar(self, spec):
         """The future CompiledGrammar of a StructuredOutputsParams (raises GrammarError when it fails)."""
@@ -122,69 +121,39 @@ class Engine:
                 raise ValueError(f"unknown request id {request_id!r} (finished, aborted or never added)")
             self._inbox.append(("abort", request_id))
 
-    def _tokenize(self, prompt: Optional[PromptLike], prompt_token_ids: Optional[Sequence[int]]) -> list[int]:
-        if prompt_token_ids is None and prompt is not None and not isinstance(prompt, str):
-            prompt_token_ids, prompt = prompt, None
-        if prompt_token_ids is not None:
-            token_ids = [int(t) for t in prompt_token_ids]
-            bad = [t for t in token_ids if not 0 <= t < self.arch.vocab_size]
-            if bad:
-                raise ValueError(f"prompt_token_ids holds ids outside the vocabulary [0, {self.arch.vocab_size}): "
-                                 f"{bad[:5]}")
-        elif isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
-        else:
-            raise ValueError("give a prompt (str) or prompt_token_ids")
-        if not token_ids:
-            raise ValueError("the prompt is empty: it must have at least one token")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens but engine.max_model_len is "
-                             f"{self.max_model_len} (prompt + at least one generated token must fit): "
-                             f"shorten the prompt or raise engine.max_model_len")
-        return token_ids
-
     def _drain_inbox(self) -> None:
         with self._inbox_lock:
             items = list(self._inbox)
             self._inbox.clear()
-        for item in items:
-            if item[0] == "add":
-                _, requests, grammar = item
-                if grammar is None:
-                    self._admit(requests)
+        for kind, item in items:
+            if kind == "add":
+                self._register_outputs(item)
+                if item.grammar is None:
+                    self.scheduler.add_siblings(item.children)
                 else:  # it waits in the queue, not the batch, until its grammar is compiled
-                    self._waiting_for_grammar.add(self._parent_id(requests[0]), requests, grammar)
+                    self._waiting_for_grammar.add(item.request_id, item.children, item.grammar)
                 continue
-            request_id = item[1]
+            request_id = item
             with self._inbox_lock:
                 children = self._live.pop(request_id, [])
             self._waiting_for_grammar.discard(request_id)
-            if children:
-                self._deferred_siblings.pop(children[0], None)
             for child_id in children:
                 self.scheduler.finish(child_id, RequestStatus.FINISHED_ABORTED)
             final = self.output_processor.abort(request_id)
             if final is not None:
                 self._pending_outputs.append(final)
 
-    def _admit(self, requests: list[Request]) -> None:
-        first, *siblings = requests
-        self.scheduler.add_request(first)
-        if siblings and self.block_manager.enable_prefix_caching:
-            # n > 1: the siblings wait until the first child has computed the prompt, then
-            # find its pages in the prefix cache instead of computing the same prompt n times.
-            self._deferred_siblings[first.request_id] = siblings
-        else:
-            for sibling in siblings:
-                self.scheduler.add_request(sibling)
-
-    def _parent_id(self, request: Request) -> str:
-        return request.request_id.rsplit("#", 1)[0] if request.sampling_params.n > 1 else request.request_id
+    def _register_outputs(self, new: NewRequest) -> None:
+        """The output side learns of a request on the engine thread, before it can produce anything."""
+        for index, child in enumerate(new.children):
+            self.output_processor.add_request(child.request_id, new.prompt, new.prompt_token_ids, new.params,
+                                              new.arrival_time,
+                                              parent_id=new.request_id if new.is_fanned_out else None, index=index)
 
     def _admit_compiled(self) -> None:
         ready = self._waiting_for_grammar.take_ready()
         for requests in ready.admitted:
-            self._admit(requests)
+            self.scheduler.add_siblings(requests)
         for request_id, message in ready.failed:
             logger.warning("request %s: %s", request_id, message)
             with self._inbox_lock:
@@ -244,9 +213,6 @@ class Engine:
             for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
                 self.output_processor.record_prompt_logprobs(request_id, position, entries)
         updates = self.scheduler.update(out, result.token_ids)
-        for update in updates:  # a first child sampled: its prompt pages are registered now
-            for sibling in self._deferred_siblings.pop(update.request.request_id, ()):
-                self.scheduler.add_request(sibling)
         return self._emit(out, updates, result)
 
     def _emit(self, out, updates, result) -> list[RequestOutput]:

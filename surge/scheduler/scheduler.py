@@ -73,6 +73,9 @@ class Scheduler:
         # Tokens sampled for a request that had already finished when they arrived (async scheduling).
         self.num_dropped_tokens = 0
         self.speculator = Speculator(engine.speculative) if engine.speculative.enabled else None
+        # n > 1 with prefix caching: siblings held until the first child's prompt pages are in the cache
+        # (first child id -> its siblings), so the prompt is computed once, not n times.
+        self._held_siblings: dict[str, list[Request]] = {}
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -81,12 +84,36 @@ class Scheduler:
         self.requests[request.request_id] = request
         self.waiting.add(request)
 
+    def add_siblings(self, requests: list[Request]) -> None:
+        """The children of one n > 1 request (same prompt). With prefix caching the first is queued and the
+        others wait, off the queue, until its first token is sampled: its prompt pages are cached by then."""
+        first, *siblings = requests
+        for request in requests:
+            if request.request_id in self.requests:
+                raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.add_request(first)
+        if siblings and self.block_manager.enable_prefix_caching:
+            for sibling in siblings:
+                self.requests[sibling.request_id] = sibling
+            self._held_siblings[first.request_id] = siblings
+        else:
+            for sibling in siblings:
+                self.add_request(sibling)
+
+    def _release_siblings(self, first_id: str) -> None:
+        for sibling in self._held_siblings.pop(first_id, ()):
+            self.waiting.add(sibling)
+
     def finish(self, request_id: str, status: RequestStatus) -> Optional[Request]:
         """Finish a live request (abort, or a stop string found by the output side); frees its pages."""
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
-        if request.status == RequestStatus.RUNNING:
+        self._release_siblings(request_id)  # a first child ending early: its siblings compute the prompt
+        held = next((group for group in self._held_siblings.values() if request in group), None)
+        if held is not None:
+            held.remove(request)
+        elif request.status == RequestStatus.RUNNING:
             self.running.remove(request)
             self.block_manager.free(request_id)
         else:
@@ -101,7 +128,7 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + sum(len(group) for group in self._held_siblings.values())
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -219,6 +246,7 @@ class Scheduler:
                 new_token_ids += forced
                 stop = request.check_stop(self.max_model_len) if forced else None
             self.num_generation_tokens += len(new_token_ids)
+            self._release_siblings(request.request_id)  # its prompt pages were cached above
             if stop is not None:
                 self.finish(request.request_id, stop)
             updates.append(RequestUpdate(request, new_token_ids, stop is not None))
