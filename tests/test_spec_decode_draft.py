@@ -3,8 +3,9 @@
 The draft proposes its greedy tokens (a point mass), so acceptance keeps the target's tokens at
 temperature 0 and its distribution at temperature > 0; every test compares with method=none. Two
 drafts: the target itself (its argmax is the target's greedy token, so at temperature 0 every draft
-is accepted) and a different random model with the same vocabulary (a 1-layer Llama from another
-seed). After every run the target's pages and the draft's own page pool are all free.
+is accepted) and different random models with the same vocabulary: `near` (the target's weights plus
+10% noise: about half its drafts accepted, every accepted length seen) and `far` (a 1-layer Llama from
+another seed: almost none). After every run the target's pages and the draft's page pool are all free.
 """
 
 from __future__ import annotations
@@ -37,15 +38,36 @@ def tiny(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def other_draft(tiny_checkpoint, tmp_path_factory):
-    return tiny_checkpoint("llama", str(tmp_path_factory.mktemp("draft")), seed=1, num_hidden_layers=1)
+def near_draft(tiny, tmp_path_factory):
+    """The target's weights, each tensor plus Gaussian noise of 10% of its spread."""
+    import copy
+
+    import torch
+
+    from conftest import make_tiny_tokenizer
+
+    model = copy.deepcopy(tiny.hf_model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.numel() > 1 and float(param.std()) > 0:
+                param.add_(torch.randn(param.shape, generator=generator) * param.std() * 0.1)
+    path = str(tmp_path_factory.mktemp("near-draft"))
+    model.save_pretrained(path)
+    make_tiny_tokenizer(tiny.hf_config.vocab_size).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def engines(tiny, other_draft):
+def far_draft(tiny_checkpoint, tmp_path_factory):
+    return tiny_checkpoint("llama", str(tmp_path_factory.mktemp("far-draft")), seed=1, num_hidden_layers=1).path
+
+
+@pytest.fixture(scope="module")
+def engines(tiny, near_draft):
     return {"none": make_engine(tiny.path), "self": make_engine(tiny.path, tiny.path),
-            "other": make_engine(tiny.path, other_draft.path),
-            "self-async": make_engine(tiny.path, tiny.path, async_scheduling=True)}
+            "near": make_engine(tiny.path, near_draft),
+            "near-async": make_engine(tiny.path, near_draft, async_scheduling=True)}
 
 
 def prompts_of(n, seed=0, low=4, high=30):
@@ -80,6 +102,9 @@ def run_all(engines, **kwargs):
         moved[name] = {k: after[k] - before.get(k, 0) for k in ("spec_decode_num_draft_tokens",
                                                                  "spec_decode_num_accepted_tokens",
                                                                  "spec_decode_draft_num_calls") if k in after}
+        if "spec_decode_acceptance_lengths" in after:
+            moved[name]["lengths"] = [a - b for a, b in zip(after["spec_decode_acceptance_lengths"],
+                                                           before["spec_decode_acceptance_lengths"])]
         assert_clean(engine)
     for name in engines:
         assert completions(results[name]) == completions(results["none"]), name
@@ -133,9 +158,10 @@ def test_stops_and_max_tokens_inside_accepted_runs(engines):
         else:
             params.append(SamplingParams(max_tokens=5 + i, logprobs=2, **GREEDY))
     serial, moved = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
-    for name in ("self", "self-async"):
-        assert moved[name]["spec_decode_num_accepted_tokens"] >= 100, moved
-    assert moved["other"]["spec_decode_num_draft_tokens"] > 0, moved
+    assert moved["self"]["spec_decode_num_accepted_tokens"] >= 100, moved
+    for name in ("near", "near-async"):  # rejections at every depth: runs cut short, draft state rolled back
+        assert moved[name]["spec_decode_num_accepted_tokens"] >= 40, moved
+        assert all(count > 0 for count in moved[name]["lengths"]), moved
     assert [len(o.outputs[0].token_ids) for o in serial][0::4] == [1, 3, 7, 22]
     for out, p in zip(serial, params):
         if p.stop:
@@ -146,9 +172,9 @@ def test_logprobs_of_speculated_tokens_match(engines):
     prompts = prompts_of(4, seed=2)
     params = SamplingParams(max_tokens=24, logprobs=3, **GREEDY)
     outs = {name: engines[name].generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
-            for name in ("none", "self", "other")}
+            for name in ("none", "self", "near")}
     assert engines["self"].stats()["spec_decode_num_accepted_tokens"] > 0
-    for name in ("self", "other"):
+    for name in ("self", "near"):
         for a, b in zip(outs["none"], outs[name]):
             ca, cb = a.outputs[0], b.outputs[0]
             assert ca.token_ids == cb.token_ids and len(cb.logprobs) == len(cb.token_ids)
@@ -169,13 +195,16 @@ def test_chunked_prefill_prefix_cache_seeds_and_n(engines):
     _, moved = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
     assert engines["self"].stats()["prefix_cache_hit_tokens"] > 100
     assert moved["self"]["spec_decode_num_accepted_tokens"] > 30, moved
+    assert moved["near"]["spec_decode_num_accepted_tokens"] > 0, moved
 
 
-def test_preemptions(tiny, other_draft):
+def test_preemptions(tiny, near_draft, far_draft):
     pool = {"none": make_engine(tiny.path, num_pages=120),
-            "other": make_engine(tiny.path, other_draft.path, num_pages=120),
+            "far": make_engine(tiny.path, far_draft, num_pages=120),
+            "near": make_engine(tiny.path, near_draft, num_pages=120),
+            # A draft pool smaller than the target's: requests it cannot hold propose nothing meanwhile.
             "self-async": make_engine(tiny.path, tiny.path, async_scheduling=True, num_pages=120,
-                                      draft_num_pages=90)}
+                                      draft_num_pages=60)}
     prompts = prompts_of(24, seed=5, low=15, high=25)
     _, moved = run_all(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
     assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
@@ -185,7 +214,7 @@ def test_preemptions(tiny, other_draft):
 def test_aborts_leak_nothing(engines):
     prompts = prompts_of(40, seed=7)
     to_abort = set(random.Random(0).sample(range(40), 12))
-    for name in ("none", "self", "other", "self-async"):
+    for name in ("none", "self", "near", "near-async"):
         engine = engines[name]
         ids = [engine.add_request(prompt_token_ids=p, sampling_params=SamplingParams(max_tokens=20, **GREEDY))
                for p in prompts]
