@@ -131,6 +131,7 @@ def test_a_draft_with_another_vocabulary_fails_at_start_up(tiny, tiny_checkpoint
 def test_the_target_as_its_own_draft_is_always_accepted(engines):
     """Greedy: the draft's argmax is the target's token at every position, so every draft is accepted."""
     prompts = prompts_of(6, seed=11)
+    compiles = engines["self"].stats()["num_compiles"]
     _, moved = run_all({k: engines[k] for k in ("none", "self")}, prompt_token_ids=prompts,
                        sampling_params=SamplingParams(max_tokens=21, **GREEDY))
     drafts, accepted = moved["self"]["spec_decode_num_draft_tokens"], moved["self"]["spec_decode_num_accepted_tokens"]
@@ -139,6 +140,9 @@ def test_the_target_as_its_own_draft_is_always_accepted(engines):
     assert drafts >= 6 * 15 and accepted == drafts, moved
     # One draft call per step serves every proposing request (batched), not one per request.
     assert moved["self"]["spec_decode_draft_num_calls"] <= 8, moved
+    # The draft's buckets were compiled at start-up: serving compiles nothing.
+    assert engines["self"].stats()["num_compiles"] == compiles
+    assert engines["self"].scheduler.speculator.draft.num_compiled_buckets == 2
 
 
 def test_stops_and_max_tokens_inside_accepted_runs(engines):
@@ -275,3 +279,20 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
     assert pooled.shape[1] > 10
     _, p_value, _, _ = chi2_contingency(pooled)
     assert p_value > 0.01, p_value
+
+
+@pytest.mark.slow
+def test_smollm2_as_its_own_draft(smollm2_gguf):
+    """The embedded SmolLM2 (GGUF, its own tokenizer checked against itself) proposing for itself."""
+    options = dict(max_num_seqs=4, max_model_len=256, max_num_batched_tokens=64, token_buckets=[16, 64],
+                   num_pages=100, progress=False, async_scheduling=False)
+    prompts = ["The capital of France is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
+    params = SamplingParams(max_tokens=24, **GREEDY)
+    none = surge.Engine.from_pretrained(smollm2_gguf, **options).generate(prompts, params, use_tqdm=False)
+    engine = surge.Engine.from_pretrained(smollm2_gguf, speculative_method="draft_model",
+                                          draft_model="smollm2-135m-instruct", **options)
+    speculated = engine.generate(prompts, params, use_tqdm=False)
+    assert completions(speculated) == completions(none)
+    stats = engine.stats()
+    assert stats["spec_decode_acceptance_rate"] > 0.9 and stats["spec_decode_num_draft_tokens"] >= 4 * 16, stats
+    assert_clean(engine)
