@@ -52,19 +52,28 @@ class ModelConfig:
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
-SPECULATIVE_METHODS = ("none", "ngram")
+SPECULATIVE_METHODS = ("none", "ngram", "suffix")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     # Who proposes draft tokens: none (no speculation) | ngram (prompt lookup: the tokens that followed the
-    # latest earlier occurrence of the request's last n tokens, in its prompt and output).
+    # latest earlier occurrence of the request's last n tokens, in its prompt and output) | suffix (suffix
+    # decoding: what most often followed the longest match of the request's last tokens in recent
+    # requests' outputs and in its own prompt and output; surge.spec_decode.suffix).
     method: str = "none"
     # Most draft tokens a request proposes per step (k); it then runs 1 + k tokens, verified in one step.
     num_speculative_tokens: int = 4
     # ngram: the shortest and longest suffix n-gram searched for (the longest match wins).
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
+    # suffix: most tokens the cross-request index of finished outputs holds (the oldest are evicted);
+    # each costs about 200 bytes of host memory.
+    suffix_max_tokens: int = 65536
+    # suffix: fewest of the request's last tokens a match must agree on, and the most compared
+    # (the longest match wins).
+    suffix_min_match: int = 2
+    suffix_max_match: int = 16
     # Adaptive k: a request whose mean accepted tokens per verification falls below this stops proposing
     # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
     adaptive_min_accepted: float = 0.5
@@ -84,6 +93,11 @@ class SpeculativeConfig:
         _check(self.prompt_lookup_max >= self.prompt_lookup_min, "engine.speculative.prompt_lookup_max",
                f"{self.prompt_lookup_max} must be >= engine.speculative.prompt_lookup_min "
                f"({self.prompt_lookup_min})")
+        _check(self.suffix_max_tokens >= 1, "engine.speculative.suffix_max_tokens",
+               f"{self.suffix_max_tokens} must be >= 1")
+        _check(self.suffix_min_match >= 1, "engine.speculative.suffix_min_match", f"{self.suffix_min_match} must be >= 1")
+        _check(self.suffix_max_match >= self.suffix_min_match, "engine.speculative.suffix_max_match",
+               f"{self.suffix_max_match} must be >= engine.speculative.suffix_min_match ({self.suffix_min_match})")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
 

@@ -93,6 +93,8 @@ class Scheduler:
             self.waiting.remove(request)
         request.status = status
         self.num_finished_requests += 1
+        if self.speculator is not None:
+            self.speculator.finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
         return request
 
     @property

@@ -13,6 +13,7 @@ from surge.config import SpeculativeConfig
 from surge.spec_decode.adaptive import AdaptiveK
 from surge.spec_decode.metrics import SpecDecodeMetrics
 from surge.spec_decode.ngram import propose_ngram
+from surge.spec_decode.suffix import SuffixProposer
 
 
 class Speculator:
@@ -22,6 +23,8 @@ class Speculator:
         self.config = config
         self.k = config.num_speculative_tokens
         self.metrics = SpecDecodeMetrics(config.method, self.k)
+        self.suffix = (SuffixProposer(config.suffix_max_tokens, config.suffix_min_match, config.suffix_max_match)
+                       if config.method == "suffix" else None)
 
     def applies_to(self, request) -> bool:
         params = request.sampling_params
@@ -40,8 +43,11 @@ class Speculator:
         """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
         if max_drafts <= 0 or not self.wants_host_tokens(request):
             return []
-        drafts = propose_ngram(request.token_ids, min(self.k, max_drafts), self.config.prompt_lookup_min,
-                               self.config.prompt_lookup_max)
+        k = min(self.k, max_drafts)
+        if self.suffix is not None:
+            drafts = self.suffix.propose(request.token_ids, k)
+        else:
+            drafts = propose_ngram(request.token_ids, k, self.config.prompt_lookup_min, self.config.prompt_lookup_max)
         if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
             self._state(request).record(request.num_output_tokens, 0, 0)
         return drafts
@@ -50,8 +56,16 @@ class Speculator:
         self.metrics.record(num_drafts, num_accepted)
         self._state(request).record(request.num_output_tokens, num_drafts, num_accepted)
 
+    def finished(self, request, aborted: bool) -> None:
+        """A request ended: suffix decoding indexes its output (not an aborted one's)."""
+        if self.suffix is not None and not aborted:
+            self.suffix.add_finished(request.prompt_token_ids, request.output_token_ids)
+
     def stats(self) -> dict:
-        return self.metrics.as_dict()
+        stats = self.metrics.as_dict()
+        if self.suffix is not None:
+            stats.update(self.suffix.stats())
+        return stats
 
 
 __all__ = ["Speculator"]
