@@ -52,13 +52,15 @@ class ModelConfig:
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
-SPECULATIVE_METHODS = ("none", "ngram", "draft_model")
+SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     # Who proposes draft tokens: none (no speculation) | ngram (prompt lookup: the tokens that followed the
-    # latest earlier occurrence of the request's last n tokens, in its prompt and output) | draft_model (a
+    # latest earlier occurrence of the request's last n tokens, in its prompt and output) | suffix (suffix
+    # decoding: what most often followed the longest match of the request's last tokens in recent
+    # requests' outputs and in its own prompt and output; surge.spec_decode.suffix) | draft_model (a
     # smaller model sharing the target's tokenizer proposes its greedy tokens, `draft_model` below).
     method: str = "none"
     # Most draft tokens a request proposes per step (k); it then runs 1 + k tokens, verified in one step.
@@ -66,6 +68,13 @@ class SpeculativeConfig:
     # ngram: the shortest and longest suffix n-gram searched for (the longest match wins).
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
+    # suffix: most tokens the cross-request index of finished outputs holds (the oldest are evicted);
+    # each costs about 200 bytes of host memory.
+    suffix_max_tokens: int = 65536
+    # suffix: fewest of the request's last tokens a match must agree on, and the most compared
+    # (the longest match wins).
+    suffix_min_match: int = 2
+    suffix_max_match: int = 16
     # draft_model: the draft (a catalogue name, a Hugging Face directory or a .gguf file), which must have the
     # target's vocabulary and tokenizer; it runs k greedy steps per proposing request with its own paged KV cache.
     draft_model: str = ""
@@ -91,6 +100,11 @@ class SpeculativeConfig:
         _check(self.prompt_lookup_max >= self.prompt_lookup_min, "engine.speculative.prompt_lookup_max",
                f"{self.prompt_lookup_max} must be >= engine.speculative.prompt_lookup_min "
                f"({self.prompt_lookup_min})")
+        _check(self.suffix_max_tokens >= 1, "engine.speculative.suffix_max_tokens",
+               f"{self.suffix_max_tokens} must be >= 1")
+        _check(self.suffix_min_match >= 1, "engine.speculative.suffix_min_match", f"{self.suffix_min_match} must be >= 1")
+        _check(self.suffix_max_match >= self.suffix_min_match, "engine.speculative.suffix_max_match",
+               f"{self.suffix_max_match} must be >= engine.speculative.suffix_min_match ({self.suffix_min_match})")
         if self.method == "draft_model":
             _check(bool(self.draft_model), "engine.speculative.draft_model",
                    "engine.speculative.method=draft_model needs a draft (catalogue name, HF directory or .gguf file)")

@@ -95,10 +95,11 @@ class Scheduler:
             self.block_manager.free(request_id)
         else:
             self.waiting.remove(request)
-        if self.speculator is not None:
-            self.speculator.release(request)
         request.status = status
         self.num_finished_requests += 1
+        if self.speculator is not None:
+            self.speculator.release(request)
+            self.speculator.finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
         return request
 
     @property

@@ -16,6 +16,7 @@ from surge.config import SpeculativeConfig
 from surge.spec_decode.adaptive import AdaptiveK
 from surge.spec_decode.metrics import SpecDecodeMetrics
 from surge.spec_decode.ngram import propose_ngram
+from surge.spec_decode.suffix import SuffixProposer
 
 
 class Speculator:
@@ -30,6 +31,8 @@ class Speculator:
         self.draft = draft
         self._prepared: dict[str, list[int]] = {}
         self.metrics = SpecDecodeMetrics(config.method, self.k)
+        self.suffix = (SuffixProposer(config.suffix_max_tokens, config.suffix_min_match, config.suffix_max_match)
+                       if config.method == "suffix" else None)
 
     def applies_to(self, request) -> bool:
         params = request.sampling_params
@@ -56,11 +59,14 @@ class Speculator:
         """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
         if max_drafts <= 0 or not self.wants_host_tokens(request):
             return []
+        k = min(self.k, max_drafts)
         if self.draft is not None:
             # A request the draft did not take this step (pool or budget full) proposes nothing, uncounted.
-            return self._prepared.pop(request.request_id, [])[:max_drafts]
-        drafts = propose_ngram(request.token_ids, min(self.k, max_drafts), self.config.prompt_lookup_min,
-                               self.config.prompt_lookup_max)
+            return self._prepared.pop(request.request_id, [])[:k]
+        if self.suffix is not None:
+            drafts = self.suffix.propose(request.token_ids, k)
+        else:
+            drafts = propose_ngram(request.token_ids, k, self.config.prompt_lookup_min, self.config.prompt_lookup_max)
         if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
             self._state(request).record(request.num_output_tokens, 0, 0)
         return drafts
@@ -68,6 +74,11 @@ class Speculator:
     def record(self, request, num_drafts: int, num_accepted: int) -> None:
         self.metrics.record(num_drafts, num_accepted)
         self._state(request).record(request.num_output_tokens, num_drafts, num_accepted)
+
+    def finished(self, request, aborted: bool) -> None:
+        """A request ended: suffix decoding indexes its output (not an aborted one's)."""
+        if self.suffix is not None and not aborted:
+            self.suffix.add_finished(request.prompt_token_ids, request.output_token_ids)
 
     def release(self, request) -> None:
         """The request finished, was aborted or preempted: drop its draft state (and draft pages)."""
@@ -77,6 +88,8 @@ class Speculator:
 
     def stats(self) -> dict:
         stats = self.metrics.as_dict()
+        if self.suffix is not None:
+            stats.update(self.suffix.stats())
         if self.draft is not None:
             stats.update(self.draft.stats())
         return stats
