@@ -278,6 +278,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
     pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
     assert pooled.shape[1] > 10
     _, p_value, _, _ = chi2_contingency(pooled)
+    print(f"draft_model chi-square: p = {p_value:.3f} over {pooled.shape[1]} cells; {stats}")
     assert p_value > 0.01, p_value
 
 

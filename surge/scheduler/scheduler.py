@@ -21,7 +21,10 @@ proposals), is not scheduled again until they arrive.
 
 Speculative decoding (engine.speculative): a running request in decode may
 carry draft tokens from the Speculator; it is scheduled for 1 + len(drafts)
-tokens. `update` keeps the accepted drafts plus the target's next token,
+tokens (with method=draft_model, `schedule` first asks the Speculator to run
+the draft once for every running request that can propose; finishing,
+aborting or preempting a request releases its draft state and pages).
+`update` keeps the accepted drafts plus the target's next token,
 finishes at the first stop among them (nothing after it is kept), and rolls
 back the rejected positions: num_computed_tokens and the pages past them.
 """

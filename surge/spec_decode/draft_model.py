@@ -274,6 +274,10 @@ def build_draft_proposer(cfg, *, target_arch, target_tokenizer, backend, mesh, m
                           target_tokenizer)
     backend.prepare_model(loaded.model)
     arch, page_size = loaded.arch, cfg.cache.page_size
+    if arch.max_position_embeddings and arch.max_position_embeddings < max_model_len:
+        logger.warning("engine.speculative.draft_model=%s was trained up to %d positions, below engine.max_model_len=%d: "
+                       "its drafts degrade (and fewer are accepted) past that", spec.draft_model,
+                       arch.max_position_embeddings, max_model_len)
     num_pages = draft_pool_pages(spec.draft_num_pages, engine.max_num_seqs, max_model_len,
                                  spec.num_speculative_tokens, page_size)
     page_elems = int(np.prod(backend.kv_cache_shape(1, page_size, arch.num_kv_heads, arch.head_dim)))
