@@ -351,6 +351,10 @@ class BenchConfig:
     seed: int = 0
     # JSONL of {"prompt": ...} lines instead of random prompts; empty = random.
     dataset: str = ""
+    # offline / serve, random prompts: random (independent random ids) | copy (copy-heavy: a random piece of
+    # 2/5 input_len ids repeated up to input_len, so the natural continuation repeats it, as when editing
+    # code or quoting a passage).
+    workload: str = "random"
     # Also run the workload through `transformers` and print the ratio ("" or "transformers").
     compare: str = ""
     # serve: endpoint to load; empty = start surge-serve on a free loopback port.
@@ -380,6 +384,9 @@ class BenchConfig:
         _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
+        _check(self.workload in ("random", "copy"), "bench.workload", f"{self.workload!r} is not random|copy")
+        _check(self.workload == "random" or (self.mode in ("offline", "serve") and not self.dataset), "bench.workload",
+               f"{self.workload!r} needs bench.mode offline|serve and no bench.dataset")
         _check(self.structured_output in ("none", "json_schema", "compare"), "bench.structured_output",
                f"{self.structured_output!r} is not none|json_schema|compare")
         _check(self.rounds >= 1, "bench.rounds", "must be >= 1")
