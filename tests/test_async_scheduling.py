@@ -214,3 +214,19 @@ def test_async_engine_registers_the_stream_before_the_request_can_produce(engine
     assert registered_at_add == [True, True]
     assert not async_engine._queues
     assert_clean(engine)
+
+
+def test_the_loop_reports_host_time_and_the_device_idle_gap(engines):
+    """Engine.stats() carries the loop's figures (surge.engine.loop_clock): every step spends host time; the
+    serial loop always leaves the device idle between steps (it waits, then builds the next step)."""
+    moved = {}
+    for mode, engine in engines.items():
+        before = engine.stats()
+        engine.generate(prompt_token_ids=prompts_of(4, seed=8), sampling_params=SamplingParams(max_tokens=8, **GREEDY),
+                        use_tqdm=False)
+        after = engine.stats()
+        moved[mode] = {k: after[k] - before[k] for k in ("num_steps", "step_host_seconds",
+                                                          "step_device_wait_seconds", "device_idle_seconds")}
+        assert moved[mode]["num_steps"] >= 8 and moved[mode]["step_host_seconds"] > 0
+        assert moved[mode]["step_device_wait_seconds"] > 0 and moved[mode]["device_idle_seconds"] >= 0
+    assert moved["serial"]["device_idle_seconds"] > 0

@@ -243,12 +243,16 @@ def test_a_dtype_by_concurrency_sweep_is_four_jobs_and_one_pivot(tiny, tmp_path)
         ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
     assert [r["num_output_tokens"] for r in runs] == [4, 12, 4, 12]
     assert all(r["num_compiles_during_run"] == 0 for r in runs)
+    # The loop figures: 4 generated tokens per request take at least 4 steps; host and wait time are measured.
+    assert all(r["num_steps"] >= 4 and r["host_ms_per_step"] > 0 and r["device_wait_ms_per_step"] > 0
+               and 0 <= r["device_idle_ms_per_step"] <= r["step_ms"] and r["async_scheduling"] for r in runs)
+    from surge.bench.offline import format_offline
+
+    assert "ms host" in format_offline(runs[0]) and "device idle" in format_offline(runs[0])
     table = (sweep_dir / "summary.md").read_text().splitlines()
     pivot = table[table.index("output_tokens_per_s by engine.max_num_seqs:") + 2:]
     assert pivot[0] == "| model.dtype | engine.max_num_seqs=1 | engine.max_num_seqs=3 |"
     assert pivot[2].startswith("| float32 | ") and pivot[3].startswith("| bfloat16 | ") and len(pivot) == 4
-    from surge.bench.offline import format_offline
-
     assert "generated tokens only" in format_offline(runs[0]) and "excluded" in runs[0]["warmup"]
 
 
