@@ -3,8 +3,10 @@
 In: the engine's SpeculativeConfig; per running request in decode, its token ids and the most drafts
 that fit (budget, max_tokens, context). Out: draft token ids (at most k), whether a request needs its
 tokens on the host before its next step (it will propose), and the metrics. A request speculates when
-its SamplingParams allow it (`speculate`) and it has no grammar and no penalties (their masks and
-histories are per sampled position, which verification rows do not carry).
+its SamplingParams allow it (`speculate`) and it uses no penalties (their histories are per sampled
+position, which verification rows do not carry). With a grammar, drafts are cut at the first token it
+refuses (and after one that ends it or makes it force tokens); the runner masks each verified position
+with the grammar's state after the drafts before it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Speculator:
 
     def applies_to(self, request) -> bool:
         params = request.sampling_params
-        return params.speculate and request.grammar is None and not params.uses_penalties
+        return params.speculate and not params.uses_penalties
 
     def _state(self, request) -> AdaptiveK:
         if request.spec_state is None:
@@ -40,7 +42,7 @@ class Speculator:
         return self.applies_to(request) and self._state(request).proposes(request.num_output_tokens)
 
     def propose(self, request, max_drafts: int) -> list[int]:
-        """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
+        """Drafts for a request whose tokens are all on the host and whose step runs up to its last token."""
         if max_drafts <= 0 or not self.wants_host_tokens(request):
             return []
         k = min(self.k, max_drafts)
@@ -48,6 +50,8 @@ class Speculator:
             drafts = self.suffix.propose(request.token_ids, k)
         else:
             drafts = propose_ngram(request.token_ids, k, self.config.prompt_lookup_min, self.config.prompt_lookup_max)
+        if drafts and request.grammar is not None:
+            drafts = request.grammar.legal_drafts(drafts)
         if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
             self._state(request).record(request.num_output_tokens, 0, 0)
         return drafts
