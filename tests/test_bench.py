@@ -237,6 +237,10 @@ def test_offline_runs_every_concurrency_and_dtype(tiny):
         ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
     assert [r["num_output_tokens"] for r in runs] == [4, 12, 4, 12]
     assert all(r["num_compiles_during_run"] == 0 for r in runs)
+    # The loop figures: 4 generated tokens per request take at least 4 steps; host and wait time are measured.
+    assert all(r["num_steps"] >= 4 and r["host_ms_per_step"] > 0 and r["device_wait_ms_per_step"] > 0
+               and 0 <= r["device_idle_ms_per_step"] <= r["step_ms"] and r["async_scheduling"] for r in runs)
+    assert "ms host" in format_offline(runs[0]) and "device idle" in format_offline(runs[0])
     table = format_offline(result).splitlines()
     assert table[1] == "| dtype | 1 seqs | 3 seqs |"
     assert table[3].startswith("| float32 | ") and table[4].startswith("| bfloat16 | ")

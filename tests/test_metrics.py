@@ -211,3 +211,12 @@ def test_spec_decode_series_have_vllm_names_labelled_by_method():
     assert buckets == [2, 3, 4, 6, 6]
     assert value(text, "surge:spec_decode_acceptance_length_count", method="ngram") == 6
     assert value(text, "surge:spec_decode_acceptance_length_sum", method="ngram") == 6 + 9
+
+
+def test_engine_loop_counters_are_exposed():
+    stats = dict(STATS, step_host_seconds=2.5, step_device_wait_seconds=9.0, device_idle_seconds=0.125)
+    text = ServerMetrics("m", lambda: stats).render().decode()
+    assert value(text, "surge:engine_steps_total") == 1000
+    assert value(text, "surge:engine_step_host_seconds_total") == 2.5
+    assert value(text, "surge:engine_step_device_wait_seconds_total") == 9.0
+    assert value(text, "surge:engine_device_idle_seconds_total") == 0.125

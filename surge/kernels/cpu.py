@@ -17,7 +17,8 @@ Every kernel runs in the instruction-set variant surge._C picked at load from th
 the backend logs which runs when it starts. A GGUF-quantized weight (model.dtype=quantized)
 is multiplied in its quantized form (surge.kernels.cpu_matmul).
 
-One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
+One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends, with
+the contract's masks (causal, sliding window, attention chunk) and soft cap in the kernel.
 The caches are aliased operand -> result, so under ``jit`` with the cache donated XLA
 updates them in place. q and the cache may be float32 or bfloat16 (math in float32);
 k and v are cast to the cache dtype. Bad metadata (a page id or slot outside the cache,
@@ -187,10 +188,8 @@ class CpuBackend(KernelBackend):
         logit_soft_cap: Optional[float] = None,
         attention_chunk: Optional[int] = None,
     ) -> Tuple[jax.Array, KVCache]:
-        if attention_chunk is not None:
-            raise NotImplementedError(
-                f"cpu attention: attention_chunk={attention_chunk} (chunked local attention, Llama 4) has no mask "
-                "in the native kernel yet; run this model with backend=reference")
+        if attention_chunk is not None and attention_chunk <= 0:
+            raise ValueError(f"cpu attention: attention_chunk={attention_chunk} must be positive or None")
         k_pages, v_pages = kv_cache
         _check_dtypes(q, k_pages, v_pages)
         call = jax.ffi.ffi_call(
@@ -207,6 +206,7 @@ class CpuBackend(KernelBackend):
             scale=np.float32(scale),
             sliding_window=np.int32(sliding_window or 0),
             soft_cap=np.float32(logit_soft_cap or 0.0),
+            attention_chunk=np.int32(attention_chunk or 0),
         )
         return out, (k_pages, v_pages)
 
