@@ -52,19 +52,35 @@ class ModelConfig:
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
-SPECULATIVE_METHODS = ("none", "ngram")
+SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     # Who proposes draft tokens: none (no speculation) | ngram (prompt lookup: the tokens that followed the
-    # latest earlier occurrence of the request's last n tokens, in its prompt and output).
+    # latest earlier occurrence of the request's last n tokens, in its prompt and output) | suffix (suffix
+    # decoding: what most often followed the longest match of the request's last tokens in recent
+    # requests' outputs and in its own prompt and output; surge.spec_decode.suffix) | draft_model (a
+    # smaller model sharing the target's tokenizer proposes its greedy tokens, `draft_model` below).
     method: str = "none"
     # Most draft tokens a request proposes per step (k); it then runs 1 + k tokens, verified in one step.
     num_speculative_tokens: int = 4
     # ngram: the shortest and longest suffix n-gram searched for (the longest match wins).
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
+    # suffix: most tokens the cross-request index of finished outputs holds (the oldest are evicted);
+    # each costs about 200 bytes of host memory.
+    suffix_max_tokens: int = 65536
+    # suffix: fewest of the request's last tokens a match must agree on, and the most compared
+    # (the longest match wins).
+    suffix_min_match: int = 2
+    suffix_max_match: int = 16
+    # draft_model: the draft (a catalogue name, a Hugging Face directory or a .gguf file), which must have the
+    # target's vocabulary and tokenizer; it runs k greedy steps per proposing request with its own paged KV cache.
+    draft_model: str = ""
+    # draft_model: pages of the draft's own KV pool (page size cache.page_size); 0 = what engine.max_num_seqs
+    # requests of engine.max_model_len + k tokens can hold. A request the pool cannot hold proposes nothing.
+    draft_num_pages: int = 0
     # Adaptive k: a request whose mean accepted tokens per verification falls below this stops proposing
     # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
     adaptive_min_accepted: float = 0.5
@@ -84,6 +100,20 @@ class SpeculativeConfig:
         _check(self.prompt_lookup_max >= self.prompt_lookup_min, "engine.speculative.prompt_lookup_max",
                f"{self.prompt_lookup_max} must be >= engine.speculative.prompt_lookup_min "
                f"({self.prompt_lookup_min})")
+        _check(self.suffix_max_tokens >= 1, "engine.speculative.suffix_max_tokens",
+               f"{self.suffix_max_tokens} must be >= 1")
+        _check(self.suffix_min_match >= 1, "engine.speculative.suffix_min_match", f"{self.suffix_min_match} must be >= 1")
+        _check(self.suffix_max_match >= self.suffix_min_match, "engine.speculative.suffix_max_match",
+               f"{self.suffix_max_match} must be >= engine.speculative.suffix_min_match ({self.suffix_min_match})")
+        if self.method == "draft_model":
+            _check(bool(self.draft_model), "engine.speculative.draft_model",
+                   "engine.speculative.method=draft_model needs a draft (catalogue name, HF directory or .gguf file)")
+        else:
+            _check(not self.draft_model, "engine.speculative.draft_model",
+                   f"{self.draft_model!r} is only used with engine.speculative.method=draft_model "
+                   f"(method is {self.method!r})")
+        _check(self.draft_num_pages == 0 or self.draft_num_pages >= 2, "engine.speculative.draft_num_pages",
+               f"{self.draft_num_pages} must be 0 (auto) or >= 2 (page 0 is the null page)")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
 
@@ -321,6 +351,10 @@ class BenchConfig:
     seed: int = 0
     # JSONL of {"prompt": ...} lines instead of random prompts; empty = random.
     dataset: str = ""
+    # offline / serve, random prompts: random (independent random ids) | copy (copy-heavy: a random piece of
+    # 2/5 input_len ids repeated up to input_len, so the natural continuation repeats it, as when editing
+    # code or quoting a passage).
+    workload: str = "random"
     # Also run the workload through `transformers` and print the ratio ("" or "transformers").
     compare: str = ""
     # serve: endpoint to load; empty = start surge-serve on a free loopback port.
@@ -350,6 +384,9 @@ class BenchConfig:
         _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
+        _check(self.workload in ("random", "copy"), "bench.workload", f"{self.workload!r} is not random|copy")
+        _check(self.workload == "random" or (self.mode in ("offline", "serve") and not self.dataset), "bench.workload",
+               f"{self.workload!r} needs bench.mode offline|serve and no bench.dataset")
         _check(self.structured_output in ("none", "json_schema", "compare"), "bench.structured_output",
                f"{self.structured_output!r} is not none|json_schema|compare")
         _check(self.rounds >= 1, "bench.rounds", "must be >= 1")
@@ -393,6 +430,8 @@ SHORT_NAMES = {
     "structured_output_fast_forward": "engine.structured_output_fast_forward",
     "speculative_method": "engine.speculative.method",
     "num_speculative_tokens": "engine.speculative.num_speculative_tokens",
+    "draft_model": "engine.speculative.draft_model",
+    "draft_num_pages": "engine.speculative.draft_num_pages",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",

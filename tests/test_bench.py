@@ -237,6 +237,10 @@ def test_offline_runs_every_concurrency_and_dtype(tiny):
         ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
     assert [r["num_output_tokens"] for r in runs] == [4, 12, 4, 12]
     assert all(r["num_compiles_during_run"] == 0 for r in runs)
+    # The loop figures: 4 generated tokens per request take at least 4 steps; host and wait time are measured.
+    assert all(r["num_steps"] >= 4 and r["host_ms_per_step"] > 0 and r["device_wait_ms_per_step"] > 0
+               and 0 <= r["device_idle_ms_per_step"] <= r["step_ms"] and r["async_scheduling"] for r in runs)
+    assert "ms host" in format_offline(runs[0]) and "device idle" in format_offline(runs[0])
     table = format_offline(result).splitlines()
     assert table[1] == "| dtype | 1 seqs | 3 seqs |"
     assert table[3].startswith("| float32 | ") and table[4].startswith("| bfloat16 | ")
@@ -248,3 +252,23 @@ def test_offline_scaling_keys_are_validated():
         make_config("x", **{"bench.concurrency": [0]})
     with pytest.raises(ValueError, match="bench.dtypes"):
         make_config("x", **{"bench.dtypes": ["float16"]})
+
+
+def test_copy_workload_repeats_a_piece_and_is_validated():
+    from surge.bench.workload import load_prompts
+
+    cfg = make_config("x", **{"bench.workload": "copy", "bench.num_prompts": 3, "bench.input_len": 256})
+    prompts = load_prompts(cfg.bench, 49152)
+    assert len(prompts) == 3 and all(len(p) == 256 for p in prompts)
+    for prompt in prompts:
+        piece = prompt[:102]  # 2/5 of 256
+        assert prompt == (piece * 3)[:256] and len(set(piece)) > 90  # random ids, repeated
+        assert all(100 <= t < 49152 - 100 for t in prompt)
+    assert prompts[0] != prompts[1]
+    assert load_prompts(cfg.bench, 49152) == prompts  # seeded
+    random = load_prompts(make_config("x", **{"bench.num_prompts": 3, "bench.input_len": 256}).bench, 49152)
+    assert random[0][:102] != random[0][102:204]
+    with pytest.raises(ValueError, match="bench.workload"):
+        make_config("x", **{"bench.workload": "loop"})
+    with pytest.raises(ValueError, match="bench.workload"):
+        make_config("x", **{"bench.workload": "copy", "bench.mode": "prefix"})

@@ -192,3 +192,12 @@ def monitoring_log_interval(monkeypatch):
     import surge.monitoring.monitor as monitoring
 
     monkeypatch.setattr(monitoring, "LOG_INTERVAL_S", 0.05)
+
+
+def test_engine_loop_counters_are_exposed():
+    stats = dict(STATS, step_host_seconds=2.5, step_device_wait_seconds=9.0, device_idle_seconds=0.125)
+    text = ServerMetrics("m", lambda: stats).render().decode()
+    assert value(text, "surge:engine_steps_total") == 1000
+    assert value(text, "surge:engine_step_host_seconds_total") == 2.5
+    assert value(text, "surge:engine_step_device_wait_seconds_total") == 9.0
+    assert value(text, "surge:engine_device_idle_seconds_total") == 0.125

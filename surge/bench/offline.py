@@ -37,8 +37,10 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
         for num_seqs in concurrency:
             run_cfg = replace(engine_cfg, bench=dataclasses.replace(bench, num_prompts=num_seqs))
             runs.append(_run_one(run_cfg, engine))
-            print(f"  {runs[-1]['dtype']:>8}  {num_seqs:>4} seqs: {runs[-1]['output_tokens_per_s']:8.1f} "
-                  f"generated tok/s", flush=True)
+            run = runs[-1]
+            print(f"  {run['dtype']:>8}  {num_seqs:>4} seqs: {run['output_tokens_per_s']:8.1f} generated tok/s, "
+                  f"{run['host_ms_per_step'] or 0:.2f} host ms/step, device idle "
+                  f"{run['device_idle_ms_per_step'] or 0:.3f} ms/step", flush=True)
         del engine
     return dict(runs[-1], runs=runs)
 
@@ -62,11 +64,13 @@ def _run_one(cfg: SurgeConfig, engine=None) -> dict:
         _generate(engine, warmup, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True), progress=False)
         # The warm-up prompts are the run's own first prompts: their cached pages must not flatter the run.
         engine.reset_prefix_cache()
-    compiles_before = engine.stats()["num_compiles"]
+    before = engine.stats()
+    compiles_before = before["num_compiles"]
 
     started = time.perf_counter()
     outputs = _generate(engine, prompts, params, progress=True)
     elapsed = time.perf_counter() - started
+    after = engine.stats()
 
     num_input = sum(len(o.prompt_token_ids) for o in outputs)
     num_output = sum(len(o.outputs[0].token_ids) for o in outputs)
@@ -89,6 +93,7 @@ def _run_one(cfg: SurgeConfig, engine=None) -> dict:
         "num_compiles_during_run": engine.stats()["num_compiles"] - compiles_before,
         "num_preemptions": engine.stats()["num_preemptions"],
         "warmup": f"{len(warmup)} request(s) x 4 tokens run before timing, excluded; compile time excluded",
+        **_loop_figures(cfg, before, after, elapsed),
     }
     spec = {k: v for k, v in engine.stats().items() if k.startswith("spec_decode_")}
     if spec:  # speculative decoding: acceptance over the warm-up and the run
@@ -101,6 +106,21 @@ def _run_one(cfg: SurgeConfig, engine=None) -> dict:
         result["transformers_output_tokens_per_s"] = baseline["output_tokens_per_s"]
         result["speedup_vs_transformers"] = result["output_tokens_per_s"] / baseline["output_tokens_per_s"]
     return result
+
+
+def _loop_figures(cfg: SurgeConfig, before: dict, after: dict, elapsed: float) -> dict:
+    """Per engine step over the run: wall ms, host ms (step() less waits on the device), the device's idle gap."""
+    num_steps = after["num_steps"] - before["num_steps"]
+    per_step = (lambda key: 1000 * (after[key] - before[key]) / num_steps) if num_steps else (lambda key: None)
+    return {
+        "async_scheduling": cfg.engine.async_scheduling,
+        "num_steps": num_steps,
+        "step_ms": 1000 * elapsed / num_steps if num_steps else None,
+        "host_ms_per_step": per_step("step_host_seconds"),
+        "device_wait_ms_per_step": per_step("step_device_wait_seconds"),
+        "device_idle_ms_per_step": per_step("device_idle_seconds"),
+        "device_idle_share": (after["device_idle_seconds"] - before["device_idle_seconds"]) / elapsed,
+    }
 
 
 def _generate(engine, prompts, params, progress: bool):
@@ -128,6 +148,12 @@ def format_offline(result: dict) -> str:
         f"TTFT ms p50/p90/p99: {_p(result['ttft_ms'])}   TPOT ms: {_p(result['tpot_ms'])}",
         f"compiles during run: {result['num_compiles_during_run']}   preemptions: {result['num_preemptions']}",
     ]
+    if result.get("num_steps"):
+        lines.append(f"loop (async_scheduling={str(result['async_scheduling']).lower()}): {result['num_steps']} steps, "
+                     f"{result['step_ms']:.2f} ms/step wall, {result['host_ms_per_step']:.2f} ms host, "
+                     f"{result['device_wait_ms_per_step']:.2f} ms waiting on the device, device idle "
+                     f"{result['device_idle_ms_per_step']:.3f} ms/step ({100 * result['device_idle_share']:.1f}% of "
+                     f"the run, an upper bound)")
     if "spec_decode_method" in result:
         lines.append(f"speculative {result['spec_decode_method']}: {result['spec_decode_num_accepted_tokens']} of "
                      f"{result['spec_decode_num_draft_tokens']} draft tokens accepted "

@@ -30,7 +30,7 @@ MAIN_METRIC = {"offline": "output_tokens_per_s", "serve": "output_tokens_per_s",
 # Headline columns of summary.md after the swept keys, per mode (the CSV has every figure).
 TABLE_COLUMNS = {
     "offline": ["output_tokens_per_s", "requests_per_s", "ttft_ms.p50", "tpot_ms.p50", "e2e_ms.p50",
-                "num_preemptions", "elapsed_s"],
+                "num_preemptions", "elapsed_s", "host_ms_per_step", "device_idle_ms_per_step"],
     "serve": ["output_tokens_per_s", "requests_per_s", "goodput_requests_per_s", "ttft_ms.p50", "ttft_ms.p99",
               "tpot_ms.p50", "itl_ms.p50", "e2e_ms.p50", "num_failed"],
     "prefix": ["output_tokens_per_s", "prefix_cache_hit_rate", "cold_warm.cold_ttft_ms", "cold_warm.warm_ttft_ms",

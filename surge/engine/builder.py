@@ -25,9 +25,11 @@ from surge.models.loader import load_model
 from surge.models.decoder import num_params
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
-from surge.runner.mesh import make_mesh
+from surge.runner.mesh import make_mesh, shard_state
 from surge.runner.model_runner import ModelRunner
 from surge.scheduler.scheduler import Scheduler
+from surge.spec_decode import Speculator
+from surge.spec_decode.draft_model import build_draft_proposer
 
 logger = logging.getLogger("surge")
 
@@ -89,8 +91,20 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
+    speculator = None
+    if cfg.engine.speculative.method == "draft_model":
+        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
+                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
+                                     place_weights=lambda state: shard_state(state, mesh))
+        if cfg.engine.compile_at_startup:
+            compile_started = time.perf_counter()
+            draft.compile_all()
+            logger.info("compiled %d draft-model buckets in %.1f s", draft.num_compiled_buckets,
+                        time.perf_counter() - compile_started)
+        speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
-    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach())
+    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
+                          speculator=speculator)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

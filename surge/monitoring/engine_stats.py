@@ -65,3 +65,12 @@ class EngineStatsCollector(Collector):
         yield counter("surge:num_compiles", "XLA compilations since start-up (should stop growing after warm-up).",
                       stats.get("num_compiles", 0))
         yield counter("surge:engine_steps", "Engine steps run.", stats.get("num_steps", 0))
+        # The engine loop (surge.engine.loop_clock): rate(host) / rate(engine_steps) is host ms per step.
+        yield counter("surge:engine_step_host_seconds", "Host time inside engine steps, not counting waits on "
+                      "the device (scheduling, inputs, reconciling, detokenizing, outputs).",
+                      stats.get("step_host_seconds", 0.0))
+        yield counter("surge:engine_step_device_wait_seconds", "Time engine steps spent blocked on the device's "
+                      "results.", stats.get("step_device_wait_seconds", 0.0))
+        yield counter("surge:engine_device_idle_seconds", "Device idle between consecutive steps of a busy "
+                      "engine (an upper bound: 0 while the next step is queued).",
+                      stats.get("device_idle_seconds", 0.0))

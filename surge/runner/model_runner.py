@@ -199,6 +199,10 @@ class PendingStep:
         for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)):
             leaf.copy_to_host_async()
 
+    def is_ready(self) -> bool:
+        """Whether the step has finished on the device (never blocks)."""
+        return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)))
+
     def result(self) -> StepResult:
         n = self.num_seqs
         prompt_host = None

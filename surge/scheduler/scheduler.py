@@ -21,7 +21,10 @@ proposals), is not scheduled again until they arrive.
 
 Speculative decoding (engine.speculative): a running request in decode may
 carry draft tokens from the Speculator; it is scheduled for 1 + len(drafts)
-tokens. `update` keeps the accepted drafts plus the target's next token,
+tokens (with method=draft_model, `schedule` first asks the Speculator to run
+the draft once for every running request that can propose; finishing,
+aborting or preempting a request releases its draft state and pages).
+`update` keeps the accepted drafts plus the target's next token,
 finishes at the first stop among them (nothing after it is kept), and rolls
 back the rejected positions: num_computed_tokens and the pages past them.
 """
@@ -53,7 +56,8 @@ class RequestUpdate:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, engine: EngineConfig, block_manager: BlockManager,
-                 max_model_len: int, sliding_window: Optional[int] = None) -> None:
+                 max_model_len: int, sliding_window: Optional[int] = None,
+                 speculator: Optional[Speculator] = None) -> None:
         self.config = config
         # Set when every layer attends within this window: pages wholly behind it are given back.
         self.sliding_window = sliding_window
@@ -72,7 +76,10 @@ class Scheduler:
         self.num_prefix_hit_tokens = 0
         # Tokens sampled for a request that had already finished when they arrived (async scheduling).
         self.num_dropped_tokens = 0
-        self.speculator = Speculator(engine.speculative) if engine.speculative.enabled else None
+        # method=draft_model brings its Speculator (with the draft's runner) from the engine builder.
+        if speculator is None and engine.speculative.enabled:
+            speculator = Speculator(engine.speculative)
+        self.speculator = speculator
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -93,6 +100,9 @@ class Scheduler:
             self.waiting.remove(request)
         request.status = status
         self.num_finished_requests += 1
+        if self.speculator is not None:
+            self.speculator.release(request)
+            self.speculator.finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
         return request
 
     @property
@@ -114,6 +124,8 @@ class Scheduler:
         prefill_ids: set[str] = set()
         max_prefills = self.config.max_num_prefill_seqs or self.max_num_seqs
         num_prefills = 0
+        if self.speculator is not None and self.speculator.draft is not None:
+            self._prepare_drafts()
 
         for request in list(self.running):
             if budget <= 0:
@@ -263,6 +275,12 @@ class Scheduler:
         limit = min(budget_left, request.num_tokens_left(self.max_model_len) - 1)
         return self.speculator.propose(request, limit)
 
+    def _prepare_drafts(self) -> None:
+        """Draft model: one batched proposal for every running request that can carry drafts this step."""
+        candidates = [r for r in self.running if r.status == RequestStatus.RUNNING and not r.num_tokens_in_flight
+                      and r.num_tokens - r.num_computed_tokens == 1]
+        self.speculator.prepare(candidates, [r.num_tokens_left(self.max_model_len) - 1 for r in candidates])
+
     def _release_pages_behind_window(self, request: Request, num_computed: int) -> None:
         # The next token (position num_computed) and every later one attend keys at positions
         # > position - window, so pages that end before that are never read again.
@@ -290,6 +308,8 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self.block_manager.free(request.request_id)
+        if self.speculator is not None:
+            self.speculator.release(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
