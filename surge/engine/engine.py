@@ -37,9 +37,11 @@ logger = logging.getLogger("surge")
 
 
 class Engine:
-    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, **overrides) -> None:
+    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, tokenizer=None,
+                 **overrides) -> None:
+        """`tokenizer`: a tokenizer object (encode/decode) to use instead of the model's own or model.tokenizer."""
         self.config = config if config is not None else make_config(**overrides)
-        parts: EngineParts = build_engine_parts(self.config, progress=progress)
+        parts: EngineParts = build_engine_parts(self.config, progress=progress, tokenizer=tokenizer)
         self.arch = parts.arch
         self.max_model_len = parts.max_model_len
         self.block_manager = parts.block_manager
@@ -69,21 +71,12 @@ class Engine:
 
     @property
     def tokenizer(self):
+        """The one tokenizer: the input side encodes prompts with it, the output side decodes with it."""
         return self.input_processor.tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer) -> None:
-        """One tokenizer for both sides: prompts are encoded and outputs decoded with the same object."""
-        self.input_processor.tokenizer = tokenizer
-        self.output_processor.tokenizer = tokenizer
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return self.input_processor.eos_token_ids
-
-    @eos_token_ids.setter
-    def eos_token_ids(self, ids) -> None:
-        self.input_processor.eos_token_ids = tuple(ids)
 
     @classmethod
     def from_pretrained(cls, model: str = "smollm2-135m-instruct", *, progress: bool = True, **overrides) -> "Engine":
