@@ -437,3 +437,20 @@ def test_output_side_work_per_emitted_token_at_2000_is_within_1_2x_of_that_at_10
     assert "".join(deltas) == tokenizer.decode(tokens)  # every character was reported, none twice
     if kind == "cumulative":
         assert out.outputs[0].text == tokenizer.decode(tokens)
+
+
+def test_one_finish_reason_type_from_scheduler_to_caller(tokenizer):
+    """The scheduler's reason, the output side's and the caller's are the one FinishReason (equal to its string)."""
+    from surge.engine.outputs import FINISH_REASONS
+    from surge.scheduler.request import FinishReason, RequestStatus
+
+    assert FINISH_REASONS == (FinishReason.STOP, FinishReason.LENGTH, FinishReason.ABORT) == ("stop", "length", "abort")
+    assert {RequestStatus(r.value).is_finished for r in FinishReason} == {True}
+    processor = OutputProcessor(tokenizer)
+    for rid, reason in (("a", "length"), ("b", FinishReason.STOP)):
+        processor.add_request(rid, None, [1], SamplingParams(max_tokens=5))
+        out, _ = processor.process(rid, tokenizer.encode("Hello"), reason)
+        assert type(out.outputs[0].finish_reason) is FinishReason and out.outputs[0].finish_reason == reason
+        assert f"{out.outputs[0].finish_reason}" == str(reason)
+    processor.add_request("c", None, [1], SamplingParams(max_tokens=5))
+    assert type(processor.abort("c").outputs[0].finish_reason) is FinishReason

@@ -33,6 +33,7 @@ from surge.engine.growing import ListPrefix, TextLog
 from surge.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampledLogprobs
 from surge.engine.stop_strings import StopStringMatcher
 from surge.sampling.params import SamplingParams
+from surge.scheduler.request import FinishReason
 
 
 @dataclass
@@ -48,7 +49,7 @@ class _Completion:
     logprobs: Optional[List[Dict[int, Logprob]]] = None
     cumulative_logprob: Optional[float] = None
     text: TextLog = field(default_factory=TextLog)
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[FinishReason] = None
     stop_reason: Union[str, int, None] = None
     # Tokens and text pieces already handed to the caller (the rest is the next delta).
     num_reported_tokens: int = 0
@@ -142,7 +143,7 @@ class OutputProcessor:
             parent.prompt_logprobs[index] = self._logprob_dict(parent.prompt_token_ids[index], sampled, num_top)
         parent.prompt_logprobs_snapshot = None
 
-    def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[str],
+    def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[FinishReason],
                 stop_reason: Union[str, int, None] = None,
                 logprobs: Optional[Sequence[SampledLogprobs]] = None) -> Tuple[Optional[RequestOutput], bool]:
         """Consume one step's tokens of ``request_id``; return (output to report or None, stop string hit)."""
@@ -152,8 +153,12 @@ class OutputProcessor:
         parent, child = entry
         if child.finish_reason is not None:
             return None, False
-        if finish_reason not in (None, "stop", "length", "abort"):
-            raise ValueError(f"finish_reason={finish_reason!r} is not one of None, 'stop', 'length', 'abort'")
+        if finish_reason is not None:
+            try:
+                finish_reason = FinishReason(finish_reason)
+            except ValueError:
+                raise ValueError(f"finish_reason={finish_reason!r} is not one of None, "
+                                 + ", ".join(repr(r.value) for r in FinishReason)) from None
         if logprobs is not None and len(logprobs) != len(new_token_ids):
             raise ValueError(f"logprobs has {len(logprobs)} entries for {len(new_token_ids)} new tokens")
         now = self.clock()
@@ -164,7 +169,7 @@ class OutputProcessor:
             metrics.last_token_time = now
 
         # A stop token (EOS or stop_token_ids) ends the completion without adding its text.
-        ends_on_stop_token = finish_reason == "stop" and not isinstance(stop_reason, str) and bool(new_token_ids)
+        ends_on_stop_token = finish_reason == FinishReason.STOP and not isinstance(stop_reason, str) and bool(new_token_ids)
         hide_last = ends_on_stop_token and not child.params.include_stop_str_in_output
         stop_string_hit = False
         for position, token in enumerate(new_token_ids):
@@ -175,13 +180,13 @@ class OutputProcessor:
             child.text.append(emitted)
             if matched is not None:
                 stop_string_hit = True
-                finish_reason, stop_reason = "stop", matched
+                finish_reason, stop_reason = FinishReason.STOP, matched
                 break
         if finish_reason is not None and not stop_string_hit:
             self._release_held_text(child)
             if child.matcher.matched is not None:
                 # Held-back text completed a stop string; the engine is finishing the request anyway.
-                finish_reason, stop_reason = "stop", child.matcher.matched
+                finish_reason, stop_reason = FinishReason.STOP, child.matcher.matched
         if finish_reason is not None:
             self._finish(parent, child, finish_reason, stop_reason, now)
         return self._report(parent, [child]), stop_string_hit
@@ -202,7 +207,7 @@ class OutputProcessor:
         aborted = [child for child in children if child.finish_reason is None]
         for child in aborted:
             self._release_held_text(child)
-            self._finish(parent, child, "abort", None, now)
+            self._finish(parent, child, FinishReason.ABORT, None, now)
         if not aborted:
             return None
         return self._report(parent, aborted)
@@ -250,7 +255,7 @@ class OutputProcessor:
         emitted, _ = child.matcher.push(child.detokenizer.flush())
         child.text.append(emitted + (child.matcher.flush() if child.matcher.matched is None else ""))
 
-    def _finish(self, parent: _Parent, child: _Completion, finish_reason: str, stop_reason, now: float) -> None:
+    def _finish(self, parent: _Parent, child: _Completion, finish_reason: FinishReason, stop_reason, now: float) -> None:
         child.finish_reason = finish_reason
         child.stop_reason = stop_reason
         if parent.finished():

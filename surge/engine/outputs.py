@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
-FINISH_REASONS = ("stop", "length", "abort")
+from surge.scheduler.request import FinishReason
+
+FINISH_REASONS = tuple(FinishReason)
 
 
 @dataclass
@@ -51,7 +53,8 @@ class CompletionOutput:
         self.index = index
         self._text = text
         self.token_ids = token_ids
-        # None while running; "stop" (EOS, stop token or stop string), "length" (max_tokens or context) or "abort".
+        # None while running, else a FinishReason: "stop" (EOS, stop token or stop string), "length" (max_tokens
+        # or context) or "abort".
         self.finish_reason = finish_reason
         # The stop string or stop token id that ended it; None for EOS, length and abort.
         self.stop_reason = stop_reason
@@ -142,4 +145,4 @@ class RequestOutput:
         return self.metrics.num_cached_tokens
 
 
-__all__ = ["CompletionOutput", "FINISH_REASONS", "Logprob", "RequestMetrics", "RequestOutput", "SampledLogprobs"]
+__all__ = ["CompletionOutput", "FINISH_REASONS", "FinishReason", "Logprob", "RequestMetrics", "RequestOutput", "SampledLogprobs"]

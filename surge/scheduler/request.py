@@ -16,13 +16,24 @@ from typing import Optional, Sequence, Union
 from surge.sampling.params import SamplingParams
 
 
+class FinishReason(enum.StrEnum):
+    """Why a completion ended — the one spelling the scheduler, the output side and the server share.
+
+    The values are OpenAI's / vLLM's strings (a member equals its string and prints as it).
+    """
+
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the context
+    ABORT = "abort"  # aborted, disconnected, or refused before it ran
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"
-    FINISHED_STOPPED = "stop"
-    FINISHED_LENGTH = "length"
-    FINISHED_ABORTED = "abort"
+    FINISHED_STOPPED = FinishReason.STOP.value
+    FINISHED_LENGTH = FinishReason.LENGTH.value
+    FINISHED_ABORTED = FinishReason.ABORT.value
 
     @property
     def is_finished(self) -> bool:
@@ -95,8 +106,8 @@ class Request:
         return self.status.is_finished
 
     @property
-    def finish_reason(self) -> Optional[str]:
-        return self.status.value if self.status.is_finished else None
+    def finish_reason(self) -> Optional[FinishReason]:
+        return FinishReason(self.status.value) if self.status.is_finished else None
 
     def append_output_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

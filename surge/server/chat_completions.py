@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from surge.engine.outputs import FinishReason
+from surge.engine.streams import merge
 from surge.server.chat import ChatPrompt
 from surge.server.chat_turn import render
-from surge.server.context import ServerContext, close_all, merge
+from surge.server.context import ServerContext, close_all
 from surge.server.errors import stream_error
 from surge.server.logprobs import chat_logprobs, delta_entries, vllm_prompt_logprobs
 from surge.server.protocol import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
@@ -80,8 +82,8 @@ def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, 
         if prompt.parse_tools:
             parsed = parse_tool_calls(content, prompt.tool_names)
             content, calls = parsed.content, parsed.tool_calls
-        finish = "stop" if stopped is not None else completion.finish_reason
-        finish = "tool_calls" if calls and finish == "stop" else finish
+        finish = FinishReason.STOP if stopped is not None else completion.finish_reason
+        finish = "tool_calls" if calls and finish == FinishReason.STOP else finish
         logprobs = None
         if params.logprobs is not None and completion.logprobs is not None:
             logprobs = chat_logprobs(completion.token_ids, completion.logprobs, params.logprobs)
@@ -123,7 +125,7 @@ class _ChoiceStream:
         if self.reasoning is not None:
             reasoning, text = self.reasoning.feed(text)
             if self.reasoning.stopped is not None:
-                finish = "stop"  # a stop string in the answer (applied here, not by the engine)
+                finish = FinishReason.STOP  # a stop string in the answer (applied here, not by the engine)
             if finish is not None:
                 more_reasoning, more_text = self.reasoning.finish()
                 reasoning, text = reasoning + more_reasoning, text + more_text
@@ -138,7 +140,7 @@ class _ChoiceStream:
             ids, entries = delta_entries(completion)
             if ids:
                 logprobs = chat_logprobs(ids, entries, self.num_logprobs)
-        if finish == "stop" and self.parser is not None and self.parser.tool_calls:
+        if finish == FinishReason.STOP and self.parser is not None and self.parser.tool_calls:
             finish = "tool_calls"
         self.done = finish is not None
         message = DeltaMessage(content=delta.content or None, tool_calls=_tool_deltas(delta),

@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from surge.server.context import ServerContext, close_all, merge
+from surge.engine.outputs import FinishReason
+from surge.engine.streams import merge
+from surge.server.context import ServerContext, close_all
 from surge.server.errors import bad_request, stream_error
 from surge.server.logprobs import (completion_logprobs, delta_entries, join_logprobs, prompt_completion_logprobs,
                                    vllm_prompt_logprobs)
@@ -146,7 +148,7 @@ def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoe
             text, token_ids, entries = completion.text, completion.token_ids, completion.logprobs
             finish = completion.finish_reason
             if scoring.no_completion:
-                text, token_ids, entries, finish = "", [], None, "length"
+                text, token_ids, entries, finish = "", [], None, FinishReason.LENGTH
             completion_tokens += len(token_ids)
             logprobs = _logprobs(params, token_ids, entries, len(echoes[p]))
             if prompt_part is not None:
@@ -196,7 +198,7 @@ async def _events(ctx: ServerContext, streams: list[AsyncIterator], request_id: 
                     continue
                 if scoring.no_completion:
                     if completion.finish_reason is not None:
-                        yield chunk(index, "", "length")
+                        yield chunk(index, "", FinishReason.LENGTH)
                         done.add(index)
                     continue
                 logprobs = None

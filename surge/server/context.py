@@ -10,14 +10,14 @@ caller's per-key usage, and aborts the request if it is left early.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from starlette.requests import Request
 
+from surge.engine.outputs import FinishReason
 from surge.server.auth import ApiKeyStore, presented_key
 from surge.server.engine_host import EngineHost
 from surge.server.errors import OpenAIError, bad_request, unauthorized
@@ -28,7 +28,6 @@ from surge.server.structured_request import wait_until_compiled
 from surge.server.workers import WorkerPool
 
 logger = logging.getLogger("surge")
-_END = object()
 
 # Model names every server answers to besides its own (eSurge's examples use "default").
 MODEL_ALIASES = ("default",)
@@ -163,7 +162,7 @@ class TrackedStream:
         if self._last is not None:
             self._metrics.observe_finished(self._last, self._timer, self._key_label)
         else:
-            self._metrics.request_success.labels(self._metrics.model_name, "abort").inc()
+            self._metrics.request_success.labels(self._metrics.model_name, FinishReason.ABORT).inc()
         await self._stream.aclose()
 
 
@@ -175,33 +174,3 @@ async def close_all(streams: Sequence) -> None:
         except Exception:
             logger.exception("closing an engine stream failed")
 
-
-async def merge(streams: Sequence[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
-    """(stream index, output) pairs from several streams as they come; closing it closes them all."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator) -> None:
-        try:
-            async for item in stream:
-                queue.put_nowait((index, item))
-        except Exception as exc:  # handed to the consumer, which re-raises it
-            queue.put_nowait((index, exc))
-        finally:
-            await stream.aclose()
-            queue.put_nowait((index, _END))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    remaining = len(tasks)
-    try:
-        while remaining:
-            index, item = await queue.get()
-            if item is _END:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
+from surge.engine.outputs import FinishReason
 from surge.monitoring.engine_stats import EngineStatsCollector
 
 logger = logging.getLogger("surge")
@@ -132,7 +133,7 @@ class ServerMetrics:
                        self.inter_token_latency, self.time_per_output_token, self.e2e_latency, self.queue_time,
                        self.request_prompt_tokens, self.request_generation_tokens):
             metric.labels(model_name)
-        for reason in ("stop", "length", "abort"):
+        for reason in FinishReason:
             self.request_success.labels(model_name, reason)
 
     def timer(self) -> RequestTimer:
@@ -152,7 +153,7 @@ class ServerMetrics:
         self.request_prompt_tokens.labels(name).observe(prompt_tokens)
         self.request_generation_tokens.labels(name).observe(generated)
         for completion in output.outputs:
-            self.request_success.labels(name, completion.finish_reason or "abort").inc()
+            self.request_success.labels(name, completion.finish_reason or FinishReason.ABORT).inc()
         self.e2e_latency.labels(name).observe(now - timer.start)
         if timer.first_token is not None and generated > 1:
             self.time_per_output_token.labels(name).observe((now - timer.first_token) / (generated - 1))

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from surge.engine.outputs import FinishReason
 from surge.server.anthropic.protocol import (CountTokensRequest, CountTokensResponse, Message, MessageResponse,
                                              MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock,
                                              ToolUseBlock, error_body)
@@ -115,9 +116,9 @@ def _stop(last, builder: OutputBuilder) -> tuple[str, Optional[str]]:
     completion = last.outputs[0]
     if builder.stopped is not None:
         return "stop_sequence", builder.stopped
-    if builder.called_tools and completion.finish_reason == "stop":
+    if builder.called_tools and completion.finish_reason == FinishReason.STOP:
         return "tool_use", None
-    if completion.finish_reason == "length":
+    if completion.finish_reason == FinishReason.LENGTH:
         return "max_tokens", None
     if isinstance(completion.stop_reason, str):
         return "stop_sequence", completion.stop_reason

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from surge.engine.outputs import FinishReason
 from surge.server.chat import ChatPrompt
 from surge.server.chat_turn import chat_request, open_chat_turn
 from surge.server.context import Principal, ServerContext, close_all
@@ -182,7 +183,7 @@ class ResponsesService:
 
     def _final(self, turn: _Turn, builder: OutputBuilder, last) -> dict:
         completion = last.outputs[0]
-        truncated = completion.finish_reason == "length" and builder.stopped is None
+        truncated = completion.finish_reason == FinishReason.LENGTH and builder.stopped is None
         if truncated:
             for item in builder.items:
                 item["status"] = "incomplete"
