@@ -35,6 +35,7 @@ from typing import AsyncIterator, Optional, Sequence, Union
 
 from surge.config import CacheConfig, make_config
 from surge.engine.async_engine import AsyncEngine
+from surge.engine.streams import merge
 from surge.engine.engine import Engine
 from surge.runner.buckets import powers_of_two
 from surge.sampling.params import SamplingParams
@@ -218,32 +219,22 @@ class vSurge:
         started = time.perf_counter()
         snapshot = [ReturnSample(text="", token_ids=[], num_generated_tokens=0, tokens_per_second=0.0,
                                  time_spent_computing=0.0) for _ in prompts]
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i, prompt, sp):
-            try:
-                async for out in self._async.generate(prompt, sp):
-                    await queue.put((i, out))
-            except BaseException as exc:  # surfaced to the consumer below
-                await queue.put((i, exc))
-                return
-            await queue.put((i, None))
-
-        tasks = [asyncio.create_task(pump(i, p, sp)) for i, (p, sp) in enumerate(zip(prompts, params))]
-        remaining = len(tasks)
+        # Every request is added (and validated) before the first snapshot; closing this generator aborts the rest.
+        streams = []
         try:
-            while remaining:
-                i, out = await queue.get()
-                if out is None:
-                    remaining -= 1
-                    continue
-                if isinstance(out, BaseException):
-                    raise out
+            for prompt, sp in zip(prompts, params):
+                streams.append(self._async.generate(prompt, sp))
+        except BaseException:
+            for stream in streams:
+                await stream.aclose()
+            raise
+        merged = merge(streams)
+        try:
+            async for i, out in merged:
                 snapshot[i] = _to_sample(out, time.perf_counter() - started)
                 yield list(snapshot)
         finally:
-            for task in tasks:
-                task.cancel()
+            await merged.aclose()
 
 
 def _to_sample(output, elapsed: float) -> ReturnSample:
