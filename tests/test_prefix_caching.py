@@ -198,3 +198,17 @@ def test_prefix_cache_capacity_is_a_validated_config_key():
     assert make_config().cache.prefix_cache_capacity == 1.0
     with pytest.raises(ConfigError, match="cache.prefix_cache_capacity"):
         make_config(**{"cache.prefix_cache_capacity": 1.5})
+
+
+def test_the_hit_rate_is_prompt_tokens_served_over_looked_up_once_per_request(cached):
+    """One prefix-cache hit rate with one meaning: tokens served / prompt tokens looked up at admission."""
+    assert cached.reset_prefix_cache()
+    before = cached.stats()
+    prompts = shared_prefix_prompts(4, prefix_len=40, suffix_len=7, seed=5)
+    cached.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(max_tokens=2, **GREEDY))
+    cached.generate(prompt_token_ids=prompts[1:], sampling_params=SamplingParams(max_tokens=2, **GREEDY))
+    after = cached.stats()
+    queried = after["prefix_cache_queried_tokens"] - before["prefix_cache_queried_tokens"]
+    hits = after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"]
+    assert (queried, hits) == (4 * 47, 3 * 40)
+    assert after["prefix_cache_hit_rate"] == after["prefix_cache_hit_tokens"] / after["prefix_cache_queried_tokens"]

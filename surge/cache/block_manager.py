@@ -203,10 +203,10 @@ class BlockManager:
                                    f"requests hold it {holdings.get(page, 0)} times (holders: {holders})")
 
     def stats(self) -> dict:
+        """The pool's counters. Lookups are counted in pages here (every lookup_prefix call); the prefix-cache
+        hit rate is the engine's alone (prompt tokens served / looked up, once per admitted request)."""
         stats = dict(self._allocator.stats())
         stats["num_requests"] = len(self._page_tables)
-        queried = stats["num_queried_pages"]
-        stats["prefix_cache_hit_rate"] = stats["num_hit_pages"] / queried if queried else 0.0
         return stats
 
     def _table(self, request_id: str) -> list[int]:
