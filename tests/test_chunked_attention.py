@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from test_triton_kernels import BOUNDARY, MIXED, Batch, kernels, launch, torch  # sets TRITON_INTERPRET
-from surge.config import BackendConfig
 from surge.kernels import registry
+from surge.kernels.base import AttentionSpec
 from surge.kernels.metadata import AttentionMetadata
-from surge.kernels.pallas import PallasBackend
+from surge.kernels.pallas import PallasBackend, PallasOptions
 
 CASES = [
     # kv_heads, group, head_dim, page_size, chunk, cap, seqs
@@ -67,8 +67,8 @@ def _run_jax_backend(backend, b: Batch, scale, chunk, cap):
     shape = backend.kv_cache_shape(b.k_cache.shape[0], b.page_size, b.num_kv_heads, b.head_dim)
     to_layout = (lambda x: x) if shape == b.k_cache.shape else (lambda x: x.transpose(0, 2, 1, 3))
     cache = (jnp.asarray(to_layout(b.k_cache)), jnp.asarray(to_layout(b.v_cache)))
-    step = jax.jit(lambda q, k, v, c, md: backend(q, k, v, c, md, scale=scale, logit_soft_cap=cap,
-                                                  attention_chunk=chunk)[0])
+    step = jax.jit(lambda q, k, v, c, md: backend.attention(
+        q, k, v, c, md, AttentionSpec(scale, logit_soft_cap=cap, chunk_size=chunk))[0])
     return np.asarray(step(b.q, b.k, b.v, cache, _metadata(b)))
 
 
@@ -95,7 +95,7 @@ def _run_triton(b: Batch, scale, chunk, cap):
 
 RUNNERS = {
     "reference": lambda b, *a: _run_jax_backend(registry.get_backend("reference"), b, *a),
-    "pallas": lambda b, *a: _run_jax_backend(PallasBackend(BackendConfig(name="pallas", interpret=True)), b, *a),
+    "pallas": lambda b, *a: _run_jax_backend(PallasBackend(PallasOptions(interpret=True)), b, *a),
     "triton": _run_triton,
 }
 
