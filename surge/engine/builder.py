@@ -69,7 +69,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         logger.warning("engine.max_model_len=%d exceeds the model's max_position_embeddings=%d",
                        max_model_len, model_limit)
 
-    backend = get_backend(cfg.backend)
+    backend = get_backend(cfg.backend.name, cfg.backend.options)
     backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
