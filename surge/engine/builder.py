@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from surge.config import SurgeConfig
 from surge.engine.output_processor import OutputProcessor
 from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
-from surge.models.loader import load_model
+from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
@@ -48,13 +49,10 @@ class EngineParts:
     output_processor: OutputProcessor
 
 
-def resolve_dtype(name: str) -> str:
-    if name != "auto":
-        return name
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
+def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any = None) -> EngineParts:
+    """Every part of an engine for `cfg`. `tokenizer`: a tokenizer object to use instead of loading one
+    (model.tokenizer or the model's own); the one tokenizer is shared by the input side, the output side
+    and the grammar compiler."""
     _configure_logging(cfg.engine.log_level)
     compile_counter.install()
     if cfg.engine.compilation_cache:
@@ -62,11 +60,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype)
-    if cfg.model.tokenizer:
-        from transformers import AutoTokenizer
-
-        loaded.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    loaded = load_model(source, dtype=dtype,
+                        tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
     max_model_len = cfg.engine.max_model_len or model_limit

@@ -8,7 +8,8 @@ step's k, v written at ``slot_mapping``.
 
 The backend also runs the model's projections through surge's C++ GEMM on weights it
 packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the
-mixture-of-experts projections as loops over each expert's rows (surge.kernels.grouped_matmul), the gated
+mixture-of-experts projections as one C++ matmul per expert over that expert's rows and packed
+weights (``surge_cpu_grouped_matmul``), the gated
 MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
 
 Every kernel runs in the instruction-set variant surge._C picked at load from the processor
@@ -125,10 +126,21 @@ class CpuBackend(KernelBackend):
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
     def grouped_matmul(self, x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        """Expert projections as XLA loops over each expert's own rows (XLA:CPU runs ragged_dot densely)."""
+        """Expert projections in C++: each expert's rows times its own (packed) weights, nothing dense.
+
+        Where the C++ kernel cannot run (no surge._C, another default platform, a quantized stack), XLA
+        loops over each expert's own rows (surge.kernels.grouped_matmul; XLA:CPU runs ragged_dot densely).
+        """
+        from surge.kernels import cpu_matmul
         from surge.kernels.grouped_matmul import grouped_matmul_loops
 
-        return grouped_matmul_loops(x, w, group_sizes).astype(x.dtype)
+        y = cpu_matmul.grouped_matmul(x, w, group_sizes)
+        if y is None:
+            if w.ndim == 2:
+                raise RuntimeError("cpu grouped matmul: packed expert weights need the C++ kernel, which is "
+                                   f"unavailable: {cpu_matmul.unavailable_reason()}")
+            y = grouped_matmul_loops(x, w, group_sizes)
+        return y.astype(x.dtype)
 
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """The gated MLP's activation in C++ (float32; XLA:CPU's exp is several times slower)."""
@@ -167,6 +179,13 @@ class CpuBackend(KernelBackend):
         for layer in getattr(model, "layers", ()):
             for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
                 pack(layer, name)
+            moe = getattr(layer, "moe", None)
+            if moe is not None:  # expert stacks [E, K, N] -> [E, K * N] of panels; the shared expert as any MLP
+                for name in ("experts_gate_up", "experts_down"):
+                    if cpu_matmul.can_pack_experts(getattr(moe, name)[...]):
+                        setattr(moe, name, nnx.Param(cpu_matmul.pack_experts(getattr(moe, name)[...])))
+                for name in ("shared_gate_up", "shared_down"):
+                    pack(moe, name)
         if getattr(model, "lm_head", None) is not None:
             pack(model, "lm_head")
         elif hasattr(model, "embed_tokens") and cpu_matmul.can_pack(model.embed_tokens[...], transpose_w=True):

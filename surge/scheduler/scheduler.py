@@ -26,7 +26,8 @@ the draft once for every running request that can propose; finishing,
 aborting or preempting a request releases its draft state and pages).
 `update` keeps the accepted drafts plus the target's next token,
 finishes at the first stop among them (nothing after it is kept), and rolls
-back the rejected positions: num_computed_tokens and the pages past them.
+back the rejected positions: num_computed_tokens and the pages past them. With
+a grammar, each kept token is consumed by it; tokens it forces end the run.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Scheduler:
             is_prefill = request.num_tokens_with_in_flight - request.num_computed_tokens > 1
             if is_prefill and num_prefills >= max_prefills:
                 continue
-            drafts = self._drafts(request, budget - num_new)
+            drafts = self._drafts(request, num_new, budget - num_new)
             num_new += len(drafts)
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
                 # The policy's victim among every running request, even one scheduled earlier in this step
@@ -243,16 +244,28 @@ class Scheduler:
         request.num_tokens_in_flight -= 1
         new_token_ids: list[int] = []
         stop = None
-        for token_id in sampled[:accepted + 1]:
+        kept_drafts = accepted  # drafts kept whose KV this step computed
+        for i, token_id in enumerate(sampled[:accepted + 1]):
             request.append_output_token(token_id)
             new_token_ids.append(token_id)
             stop = request.check_stop(self.max_model_len)
             if stop is not None:
                 break
+            if request.grammar is not None:
+                # As without drafts: tokens the grammar forces join now; the run ends there (the positions
+                # after it were verified without them).
+                forced = request.grammar.accept(token_id, request.num_tokens_left(self.max_model_len))
+                if forced:
+                    for forced_id in forced:
+                        request.append_output_token(forced_id)
+                    new_token_ids += forced
+                    stop = request.check_stop(self.max_model_len)
+                    kept_drafts = min(i + 1, accepted)
+                    break
         self.speculator.record(request, len(drafts), accepted)
         self.num_generation_tokens += len(new_token_ids)
         if request.status == RequestStatus.RUNNING:  # (not when preempted while the step ran)
-            request.num_computed_tokens -= len(drafts) - accepted
+            request.num_computed_tokens -= len(drafts) - kept_drafts
             end = min(request.num_computed_tokens, request.num_tokens)
             self.block_manager.cache_full_pages(request.request_id, request.token_ids, end, request.cache_salt)
             self.block_manager.release_trailing_pages(request.request_id, request.num_computed_tokens)
@@ -266,10 +279,12 @@ class Scheduler:
     def _wants_drafts(self, request: Request) -> bool:
         return self.speculator is not None and self.speculator.wants_host_tokens(request)
 
-    def _drafts(self, request: Request, budget_left: int) -> list[int]:
-        """Draft tokens for a request in decode with every token on the host; [] otherwise."""
+    def _drafts(self, request: Request, num_new: int, budget_left: int) -> list[int]:
+        """Draft tokens for a request past its prompt whose step reaches its last token, every token on the
+        host (a decode, or tokens a grammar forced plus the last); [] otherwise."""
         if (self.speculator is None or request.num_tokens_in_flight
-                or request.num_tokens - request.num_computed_tokens != 1):
+                or request.num_computed_tokens + num_new != request.num_tokens
+                or request.num_computed_tokens < request.num_prompt_tokens):
             return []
         # Every emitted token (accepted drafts + one) must fit max_tokens and the context.
         limit = min(budget_left, request.num_tokens_left(self.max_model_len) - 1)

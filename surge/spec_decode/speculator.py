@@ -6,8 +6,10 @@ token ids (at most k), whether a request needs its tokens on the host before its
 propose), and the metrics. The draft model proposes for all of a step's requests in one device call:
 the scheduler calls `prepare` with them before it walks the running requests, then `propose` hands
 out each request's share (cut to what fits); `release` frees a request's draft state and pages. A request speculates when
-its SamplingParams allow it (`speculate`) and it has no grammar and no penalties (their masks and
-histories are per sampled position, which verification rows do not carry).
+its SamplingParams allow it (`speculate`) and it uses no penalties (their histories are per sampled
+position, which verification rows do not carry). With a grammar, drafts (of every method) are cut at the
+first token it refuses (and after one that ends it or makes it force tokens); the runner masks each
+verified position with the grammar's state after the drafts before it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Speculator:
 
     def applies_to(self, request) -> bool:
         params = request.sampling_params
-        return params.speculate and request.grammar is None and not params.uses_penalties
+        return params.speculate and not params.uses_penalties
 
     def _state(self, request) -> AdaptiveK:
         if request.spec_state is None:
@@ -56,17 +58,20 @@ class Speculator:
                 self._prepared = self.draft.propose([r for r, _ in chosen], [n for _, n in chosen])
 
     def propose(self, request, max_drafts: int) -> list[int]:
-        """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
+        """Drafts for a request whose tokens are all on the host and whose step runs up to its last token."""
         if max_drafts <= 0 or not self.wants_host_tokens(request):
             return []
         k = min(self.k, max_drafts)
         if self.draft is not None:
             # A request the draft did not take this step (pool or budget full) proposes nothing, uncounted.
-            return self._prepared.pop(request.request_id, [])[:k]
+            drafts = self._prepared.pop(request.request_id, [])[:k]
+            return request.grammar.legal_drafts(drafts) if drafts and request.grammar is not None else drafts
         if self.suffix is not None:
             drafts = self.suffix.propose(request.token_ids, k)
         else:
             drafts = propose_ngram(request.token_ids, k, self.config.prompt_lookup_min, self.config.prompt_lookup_max)
+        if drafts and request.grammar is not None:
+            drafts = request.grammar.legal_drafts(drafts)
         if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
             self._state(request).record(request.num_output_tokens, 0, 0)
         return drafts
