@@ -103,7 +103,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
-                          speculator=speculator)
+                          speculator=speculator,
+                          first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:
