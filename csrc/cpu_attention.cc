@@ -3,7 +3,8 @@
 // In (FFI operands, in order): q [T, H, hd], k [T, KV, hd], v [T, KV, hd],
 // k_cache and v_cache [num_pages, KV, page_size, hd], slot_mapping [T], positions [T],
 // cu_q_lens [S + 1], page_table [S, P], kv_lens [S], num_seqs [] (all int32);
-// attributes scale (f32), sliding_window (s32, 0 = none), soft_cap (f32, 0 = none).
+// attributes scale (f32), sliding_window (s32, 0 = none), soft_cap (f32, 0 = none),
+// attention_chunk (s32, 0 = none: chunked local attention, keys >= position / chunk * chunk).
 // Out: attention [T, H, hd] in q's dtype, then both caches with this step's k, v
 // written. The caches are meant to be aliased operand -> result (input_output_aliases),
 // so XLA hands the same buffer in and out and the update happens in place.
@@ -125,7 +126,7 @@ ffi::Error paged_attention(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                            ffi::Buffer<ffi::S32> positions, ffi::Buffer<ffi::S32> cu_q_lens,
                            ffi::Buffer<ffi::S32> page_table, ffi::Buffer<ffi::S32> kv_lens,
                            ffi::Buffer<ffi::S32> num_seqs, float scale, int32_t sliding_window, float soft_cap,
-                           ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> k_cache_out,
+                           int32_t attention_chunk, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> k_cache_out,
                            ffi::Result<ffi::AnyBuffer> v_cache_out) {
   PagedAttentionProblem p;
   ffi::Error shapes = describe_problem(q, k, v, k_cache, v_cache, slot_mapping, positions, cu_q_lens, page_table,
@@ -135,9 +136,14 @@ ffi::Error paged_attention(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
     return ffi::Error::InvalidArgument("sliding_window and soft_cap must be >= 0 (0 = off), got " +
                                        std::to_string(sliding_window) + " and " + std::to_string(soft_cap));
   }
+  if (attention_chunk < 0) {
+    return ffi::Error::InvalidArgument("attention_chunk must be >= 0 (0 = off), got " +
+                                       std::to_string(attention_chunk));
+  }
   p.scale = scale;
   p.sliding_window = sliding_window;
   p.soft_cap = soft_cap;
+  p.attention_chunk = attention_chunk;
   std::string problem = attention::validate_problem(p);
   if (!problem.empty()) return ffi::Error::InvalidArgument("surge cpu attention: " + problem);
 
@@ -172,6 +178,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuPagedAttention, paged_attention,
                                   .Attr<float>("scale")
                                   .Attr<int32_t>("sliding_window")
                                   .Attr<float>("soft_cap")
+                                  .Attr<int32_t>("attention_chunk")
                                   .Ret<ffi::AnyBuffer>()   // out
                                   .Ret<ffi::AnyBuffer>()   // k_cache
                                   .Ret<ffi::AnyBuffer>());  // v_cache

@@ -42,7 +42,8 @@ std::vector<WorkItem> plan_items(const PagedAttentionProblem& p) {
     for (int64_t t0 = begin; t0 < end; t0 += block) {
       const int64_t t1 = std::min(end, t0 + block);
       const int64_t last_pos = p.positions[t1 - 1];
-      const int64_t visible = p.sliding_window > 0 ? std::min<int64_t>(last_pos + 1, p.sliding_window) : last_pos + 1;
+      int64_t visible = p.sliding_window > 0 ? std::min<int64_t>(last_pos + 1, p.sliding_window) : last_pos + 1;
+      if (p.attention_chunk > 0) visible = std::min<int64_t>(visible, last_pos % p.attention_chunk + 1);
       for (int64_t g = 0; g < p.num_kv_heads; ++g) {
         items.push_back({static_cast<int32_t>(s), static_cast<int32_t>(g), static_cast<int32_t>(t0),
                          static_cast<int32_t>(t1), (t1 - t0) * group * std::max<int64_t>(visible, 1)});

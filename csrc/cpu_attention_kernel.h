@@ -47,6 +47,7 @@ struct PagedAttentionProblem {
 
   float scale = 1.0f;
   int64_t sliding_window = 0;  // 0: none
+  int64_t attention_chunk = 0;  // 0: none; else a token at position p sees keys >= p / chunk * chunk
   float soft_cap = 0.0f;       // 0: none
 };
 

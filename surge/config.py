@@ -3,8 +3,9 @@
 In: Hydra/OmegaConf configs composed from ``conf/`` (or keyword overrides from
 ``Engine.from_pretrained``). Out: frozen dataclasses, validated once at load time.
 
-Every key is documented here, where it is declared; the YAML files in ``conf/``
-repeat the comment next to the default they set. ``OmegaConf.structured`` makes
+Every key is documented here, where it is declared, and only here: the YAML files in
+``conf/`` set values (tests/test_config.py checks that each default they set equals the
+schema's) and say in their header which dataclass documents them. ``OmegaConf.structured`` makes
 unknown keys and wrongly typed values fail at merge time; ``__post_init__``
 checks ranges, so ``cache.page_size=0`` fails with a message naming the key.
 """
@@ -16,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 # Most top log-probabilities a request may ask for (OpenAI's limit); SamplingParams checks requests against it.
 MAX_LOGPROBS = 20
@@ -52,19 +53,35 @@ class ModelConfig:
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
 
 
-SPECULATIVE_METHODS = ("none", "ngram")
+SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     # Who proposes draft tokens: none (no speculation) | ngram (prompt lookup: the tokens that followed the
-    # latest earlier occurrence of the request's last n tokens, in its prompt and output).
+    # latest earlier occurrence of the request's last n tokens, in its prompt and output) | suffix (suffix
+    # decoding: what most often followed the longest match of the request's last tokens in recent
+    # requests' outputs and in its own prompt and output; surge.spec_decode.suffix) | draft_model (a
+    # smaller model sharing the target's tokenizer proposes its greedy tokens, `draft_model` below).
     method: str = "none"
     # Most draft tokens a request proposes per step (k); it then runs 1 + k tokens, verified in one step.
     num_speculative_tokens: int = 4
     # ngram: the shortest and longest suffix n-gram searched for (the longest match wins).
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 4
+    # suffix: most tokens the cross-request index of finished outputs holds (the oldest are evicted);
+    # each costs about 200 bytes of host memory.
+    suffix_max_tokens: int = 65536
+    # suffix: fewest of the request's last tokens a match must agree on, and the most compared
+    # (the longest match wins).
+    suffix_min_match: int = 2
+    suffix_max_match: int = 16
+    # draft_model: the draft (a catalogue name, a Hugging Face directory or a .gguf file), which must have the
+    # target's vocabulary and tokenizer; it runs k greedy steps per proposing request with its own paged KV cache.
+    draft_model: str = ""
+    # draft_model: pages of the draft's own KV pool (page size cache.page_size); 0 = what engine.max_num_seqs
+    # requests of engine.max_model_len + k tokens can hold. A request the pool cannot hold proposes nothing.
+    draft_num_pages: int = 0
     # Adaptive k: a request whose mean accepted tokens per verification falls below this stops proposing
     # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
     adaptive_min_accepted: float = 0.5
@@ -84,6 +101,20 @@ class SpeculativeConfig:
         _check(self.prompt_lookup_max >= self.prompt_lookup_min, "engine.speculative.prompt_lookup_max",
                f"{self.prompt_lookup_max} must be >= engine.speculative.prompt_lookup_min "
                f"({self.prompt_lookup_min})")
+        _check(self.suffix_max_tokens >= 1, "engine.speculative.suffix_max_tokens",
+               f"{self.suffix_max_tokens} must be >= 1")
+        _check(self.suffix_min_match >= 1, "engine.speculative.suffix_min_match", f"{self.suffix_min_match} must be >= 1")
+        _check(self.suffix_max_match >= self.suffix_min_match, "engine.speculative.suffix_max_match",
+               f"{self.suffix_max_match} must be >= engine.speculative.suffix_min_match ({self.suffix_min_match})")
+        if self.method == "draft_model":
+            _check(bool(self.draft_model), "engine.speculative.draft_model",
+                   "engine.speculative.method=draft_model needs a draft (catalogue name, HF directory or .gguf file)")
+        else:
+            _check(not self.draft_model, "engine.speculative.draft_model",
+                   f"{self.draft_model!r} is only used with engine.speculative.method=draft_model "
+                   f"(method is {self.method!r})")
+        _check(self.draft_num_pages == 0 or self.draft_num_pages >= 2, "engine.speculative.draft_num_pages",
+               f"{self.draft_num_pages} must be 0 (auto) or >= 2 (page 0 is the null page)")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
 
@@ -96,7 +127,8 @@ class EngineConfig:
     max_num_seqs: int = 32
     # Token budget of one step: prefill chunks and decodes together.
     max_num_batched_tokens: int = 512
-    # Token-count buckets the step is compiled for; empty = powers of two from 16 up to the budget.
+    # Token-count buckets the step is compiled for; empty = powers of two from 1 up to the budget
+    # (max_num_batched_tokens, always a bucket).
     token_buckets: List[int] = field(default_factory=list)
     # Sequence-count buckets; empty = powers of two from 1 up to max_num_seqs.
     seq_buckets: List[int] = field(default_factory=list)
@@ -104,7 +136,8 @@ class EngineConfig:
     compile_at_startup: bool = True
     # Keep compiled step programs in $SURGE_CACHE/xla so the next start-up reuses them.
     compilation_cache: bool = True
-    # Top log-probabilities a request may ask for (the width the step is compiled with).
+    # Widest top-logprobs a request may ask for (the width the step is compiled with); at most MAX_LOGPROBS,
+    # what SamplingParams accepts.
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
@@ -112,7 +145,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
     data_parallel_size: int = 1
-    # Logging level of the `surge` logger.
+    # Logging level of the `surge` logger: DEBUG | INFO | WARNING | ERROR.
     log_level: str = "INFO"
     # Tokens a request's grammar forces (fixed keys, closing brackets) join its next step as extra tokens
     # instead of taking one step each; false = one step per token (same text either way at temperature 0).
@@ -284,13 +317,18 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    # Defaults for surge-generate; requests through the API bring their own.
+    # surge-generate's sampling (surge-serve's requests bring their own, so it does not read this section).
+    # Tokens to generate.
     max_tokens: int = 64
     # OpenAI's default temperature is 1; 0 is greedy.
     temperature: float = 1.0
+    # Nucleus mass kept, in (0, 1].
     top_p: float = 1.0
+    # Keep the k most likely tokens; 0 = off.
     top_k: int = 0
+    # Seed of the request; null = the engine's (engine.seed).
     seed: Optional[int] = None
+    # Keep generating past end-of-sequence.
     ignore_eos: bool = False
     # Constrain the output (vLLM's fields): one of json (a schema), regex, choice, grammar, json_object,
     # e.g. '+sampling.structured_outputs.choice=[yes,no]'; empty = unconstrained.
@@ -311,10 +349,12 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    # offline | serve | attention | prefix
+    # Which workload surge-bench runs: offline | serve | attention | prefix (conf/bench/<mode>.yaml).
     mode: str = "offline"
-    # Requests in the workload.
-    num_prompts: int = 32
+    # Requests in the workload, submitted together (offline) or as the arrival process lets them (serve);
+    # by default engine.max_num_seqs, one full batch, so a sweep over engine.max_num_seqs sweeps the
+    # concurrent sequences (`surge-bench -m engine.max_num_seqs=1,8,32,128`).
+    num_prompts: int = II("engine.max_num_seqs")
     # Prompt length in tokens (random token ids).
     input_len: int = 32
     # Generated tokens per request (ignore_eos).
@@ -323,6 +363,10 @@ class BenchConfig:
     seed: int = 0
     # JSONL of {"prompt": ...} lines instead of random prompts; empty = random.
     dataset: str = ""
+    # offline / serve, random prompts: random (independent random ids) | copy (copy-heavy: a random piece of
+    # 2/5 input_len ids repeated up to input_len, so the natural continuation repeats it, as when editing
+    # code or quoting a passage).
+    workload: str = "random"
     # Also run the workload through `transformers` and print the ratio ("" or "transformers").
     compare: str = ""
     # serve: endpoint to load; empty = start surge-serve on a free loopback port.
@@ -333,32 +377,28 @@ class BenchConfig:
     max_concurrency: int = 0
     # prefix: fractions of the prompt shared between requests.
     prefix_shares: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
-    # Warm-up requests run (and excluded) before timing.
+    # Warm-up requests run (and excluded from the figures) before timing.
     num_warmup: int = 1
     # serve: none | json_schema (every request constrained by a JSON schema that cannot close before
     # output_len tokens) | compare (both, alternating, on the same server).
     structured_output: str = "none"
     # serve: times the workload runs (alternating variants with structured_output=compare); medians are given.
     rounds: int = 1
-    # offline: run the workload once per entry, with that many requests submitted together
-    # (the concurrent sequences; engine.max_num_seqs is raised to the largest); [] = num_prompts once.
-    concurrency: List[int] = field(default_factory=list)
-    # offline: model dtypes to run, one engine each (float32 | bfloat16); [] = model.dtype.
-    dtypes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("offline", "serve", "attention", "prefix"), "bench.mode",
                f"{self.mode!r} is not offline|serve|attention|prefix")
-        _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
+        if not isinstance(self.num_prompts, str):  # "${engine.max_num_seqs}" until the tree is resolved
+            _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
+        _check(self.workload in ("random", "copy"), "bench.workload", f"{self.workload!r} is not random|copy")
+        _check(self.workload == "random" or (self.mode in ("offline", "serve") and not self.dataset), "bench.workload",
+               f"{self.workload!r} needs bench.mode offline|serve and no bench.dataset")
         _check(self.structured_output in ("none", "json_schema", "compare"), "bench.structured_output",
                f"{self.structured_output!r} is not none|json_schema|compare")
         _check(self.rounds >= 1, "bench.rounds", "must be >= 1")
         _check(self.compare in ("", "transformers"), "bench.compare", f"{self.compare!r} is not ''|transformers")
-        _check(all(c >= 1 for c in self.concurrency), "bench.concurrency", f"{list(self.concurrency)} has an entry < 1")
-        _check(all(d in ("float32", "bfloat16") for d in self.dtypes), "bench.dtypes",
-               f"{list(self.dtypes)} has an entry that is not float32|bfloat16")
 
 
 @dataclass(frozen=True)
@@ -395,6 +435,8 @@ SHORT_NAMES = {
     "structured_output_fast_forward": "engine.structured_output_fast_forward",
     "speculative_method": "engine.speculative.method",
     "num_speculative_tokens": "engine.speculative.num_speculative_tokens",
+    "draft_model": "engine.speculative.draft_model",
+    "draft_num_pages": "engine.speculative.draft_num_pages",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",

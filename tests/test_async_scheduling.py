@@ -54,7 +54,7 @@ def completions(outputs):
     return [[(c.text, list(c.token_ids), c.finish_reason, c.stop_reason) for c in o.outputs] for o in outputs]
 
 
-COUNTERS = ("num_generation_tokens", "num_device_fed_tokens", "num_dropped_tokens")
+COUNTERS = ("num_generation_tokens", "num_device_fed_tokens", "num_dropped_tokens", "prefix_cache_hit_tokens")
 
 
 def run_both(engines, **generate_kwargs):
@@ -66,6 +66,8 @@ def run_both(engines, **generate_kwargs):
         after = engine.stats()
         moved[mode] = {name: after[name] - before[name] for name in COUNTERS}
         assert moved[mode]["num_generation_tokens"] == sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        # Usage per request counts exactly the tokens handed out: none past a stop, none dropped late.
+        assert all(o.metrics.num_generation_tokens == sum(len(c.token_ids) for c in o.outputs) for o in outputs)
         assert_clean(engine)
         results[mode] = outputs
     assert completions(results["async"]) == completions(results["serial"])
@@ -146,6 +148,18 @@ def test_seeded_sampling_and_n4_with_prefix_caching(engines):
     assert len({tuple(c.token_ids) for c in serial[0].outputs}) > 1
 
 
+def test_greedy_n4_siblings_reuse_the_first_childs_prompt_pages(engines):
+    """n = 4, greedy, prefix caching on: the 3 siblings of each request wait for the first child's prompt
+    pages and find every full one in the prefix cache; both loops give 4 identical completions per prompt."""
+    prompts = prompts_of(3, seed=9, low=21, high=34)
+    serial, moved = run_both(engines, prompt_token_ids=prompts,
+                             sampling_params=SamplingParams(n=4, max_tokens=12, **GREEDY))
+    for out in serial:
+        assert len(out.outputs) == 4 and len({tuple(c.token_ids) for c in out.outputs}) == 1
+    page_size = engines["async"].block_manager.page_size
+    assert moved["prefix_cache_hit_tokens"] >= sum(3 * ((len(p) - 1) // page_size) * page_size for p in prompts)
+
+
 def test_random_aborts_leak_nothing_and_agree_on_what_completes(engines):
     """200 requests; a random quarter is aborted while running. Requests never aborted give the same
     tokens in both loops; an aborted one got a prefix of what it would have produced."""
@@ -212,5 +226,64 @@ def test_async_engine_registers_the_stream_before_the_request_can_produce(engine
     finally:
         async_engine.stop()
     assert registered_at_add == [True, True]
+    assert not async_engine._queues
+    assert_clean(engine)
+
+
+def test_the_loop_reports_host_time_and_the_device_idle_gap(engines):
+    """Engine.stats() carries the loop's figures (surge.engine.loop_clock): every step spends host time; the
+    serial loop always leaves the device idle between steps (it waits, then builds the next step)."""
+    moved = {}
+    for mode, engine in engines.items():
+        before = engine.stats()
+        engine.generate(prompt_token_ids=prompts_of(4, seed=8), sampling_params=SamplingParams(max_tokens=8, **GREEDY),
+                        use_tqdm=False)
+        after = engine.stats()
+        moved[mode] = {k: after[k] - before[k] for k in ("num_steps", "step_host_seconds",
+                                                          "step_device_wait_seconds", "device_idle_seconds")}
+        assert moved[mode]["num_steps"] >= 8 and moved[mode]["step_host_seconds"] > 0
+        assert moved[mode]["step_device_wait_seconds"] > 0 and moved[mode]["device_idle_seconds"] >= 0
+    assert moved["serial"]["device_idle_seconds"] > 0
+
+
+def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before_reading(engines):
+    """AsyncEngine.generate adds the request when called: bad input raises there, before any iteration.
+    A request whose only output is made before its caller reads (max_tokens 1, finished in the step that
+    admitted it) still delivers it; a stream closed unread aborts its request."""
+    import asyncio
+
+    engine = engines["async"]
+    async_engine = surge.AsyncEngine(engine)
+
+    async def main():
+        with pytest.raises(ValueError, match="prompt is empty"):
+            async_engine.generate(prompt_token_ids=[], params=SamplingParams(max_tokens=1))
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            async_engine.generate(prompt_token_ids=[10**9], params=SamplingParams(max_tokens=1))
+        assert not async_engine._queues
+        streams = [async_engine.generate(prompt_token_ids=p, params=SamplingParams(max_tokens=1, **GREEDY))
+                   for p in prompts_of(3, seed=13)]
+        with pytest.raises(ValueError, match="already in use"):
+            async_engine.generate(prompt_token_ids=[5, 6], request_id=streams[0].request_id)
+        for _ in range(2000):  # let the loop thread finish all three before anyone reads
+            if not engine.has_unfinished_requests():
+                break
+            await asyncio.sleep(0.005)
+        assert not engine.has_unfinished_requests()
+        for stream in streams:
+            outs = [o async for o in stream]
+            assert len(outs) == 1 and outs[0].finished and len(outs[0].outputs[0].token_ids) == 1
+        unread = async_engine.generate(prompt_token_ids=prompts_of(1, seed=14)[0],
+                                       params=SamplingParams(max_tokens=500, **GREEDY))
+        await unread.aclose()
+        for _ in range(2000):
+            if not engine.has_unfinished_requests():
+                break
+            await asyncio.sleep(0.005)
+
+    try:
+        asyncio.run(main())
+    finally:
+        async_engine.stop()
     assert not async_engine._queues
     assert_clean(engine)

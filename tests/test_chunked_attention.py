@@ -4,8 +4,8 @@ A token at position p sees only the keys of its own chunk, [p // chunk * chunk, 
 those of the Triton interpreter tests (ragged: decodes, prefill chunks on cached tokens, fresh
 prefills, padding tokens and a padding sequence) with NaN in free pages, the null page, unwritten
 slots and the padding tokens' q/k/v, so a key that a token must not see shows up as NaN. The
-reference backend (pure JAX), Pallas in interpret mode and the Triton kernel under its interpreter
-must all match; the cpu backend's native kernel has no chunk mask yet and says so.
+reference backend (pure JAX), the cpu backend's native kernel, Pallas in interpret mode and the
+Triton kernel under its interpreter must all match, with and without a soft cap.
 """
 
 from __future__ import annotations
@@ -93,8 +93,16 @@ def _run_triton(b: Batch, scale, chunk, cap):
     return out.numpy()
 
 
+def _run_cpu(b: Batch, *args):
+    reason = registry.available().get("cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    return _run_jax_backend(registry.get_backend("cpu"), b, *args)
+
+
 RUNNERS = {
     "reference": lambda b, *a: _run_jax_backend(registry.get_backend("reference"), b, *a),
+    "cpu": _run_cpu,
     "pallas": lambda b, *a: _run_jax_backend(PallasBackend(PallasOptions(interpret=True)), b, *a),
     "triton": _run_triton,
 }
@@ -115,10 +123,10 @@ def test_chunked_attention_matches_the_oracle(backend, case):
     assert np.abs(unchunked - expected).max() > 1e-2
 
 
-def test_cpu_backend_names_the_missing_chunk_mask():
+def test_cpu_backend_refuses_a_non_positive_chunk():
     reason = registry.available().get("cpu")
     if reason is not None:
         pytest.skip(reason)
     b = Batch(np.random.default_rng(0), MIXED, num_kv_heads=1, group=2, head_dim=64, page_size=16, dtype="float32")
-    with pytest.raises(NotImplementedError, match="attention_chunk=8 .*backend=reference"):
-        _run_jax_backend(registry.get_backend("cpu"), b, 0.1, 8, None)
+    with pytest.raises(ValueError, match="attention_chunk=0 must be positive"):
+        _run_jax_backend(registry.get_backend("cpu"), b, 0.1, 0, None)

@@ -192,3 +192,31 @@ def monitoring_log_interval(monkeypatch):
     import surge.monitoring.monitor as monitoring
 
     monkeypatch.setattr(monitoring, "LOG_INTERVAL_S", 0.05)
+
+
+def test_spec_decode_series_have_vllm_names_labelled_by_method():
+    assert "spec_decode" not in ServerMetrics("m", lambda: STATS).render().decode()  # method=none: no series
+    stats = dict(STATS, spec_decode_method="ngram", spec_decode_num_drafts=6, spec_decode_num_draft_tokens=15,
+                 spec_decode_num_accepted_tokens=9, spec_decode_acceptance_lengths=[2, 1, 1, 2])
+    text = ServerMetrics("m", lambda: stats).render().decode()
+    assert value(text, "surge:spec_decode_num_drafts_total", method="ngram") == 6
+    assert value(text, "surge:spec_decode_num_draft_tokens_total", method="ngram") == 15
+    assert value(text, "surge:spec_decode_num_accepted_tokens_total", method="ngram") == 9
+    # Verifications that accepted more than p drafts: 4, 3, 2; they sum to the accepted tokens.
+    per_pos = [value(text, "surge:spec_decode_num_accepted_tokens_per_pos_total", method="ngram", position=str(p))
+               for p in range(3)]
+    assert per_pos == [4, 3, 2] and sum(per_pos) == 9
+    buckets = [value(text, "surge:spec_decode_acceptance_length_bucket", method="ngram", le=le)
+               for le in ("1.0", "2.0", "3.0", "4.0", "+Inf")]
+    assert buckets == [2, 3, 4, 6, 6]
+    assert value(text, "surge:spec_decode_acceptance_length_count", method="ngram") == 6
+    assert value(text, "surge:spec_decode_acceptance_length_sum", method="ngram") == 6 + 9
+
+
+def test_engine_loop_counters_are_exposed():
+    stats = dict(STATS, step_host_seconds=2.5, step_device_wait_seconds=9.0, device_idle_seconds=0.125)
+    text = ServerMetrics("m", lambda: stats).render().decode()
+    assert value(text, "surge:engine_steps_total") == 1000
+    assert value(text, "surge:engine_step_host_seconds_total") == 2.5
+    assert value(text, "surge:engine_step_device_wait_seconds_total") == 9.0
+    assert value(text, "surge:engine_device_idle_seconds_total") == 0.125

@@ -3,7 +3,7 @@
 Chunked local attention with chunks (4) shorter than the prompts on the RoPE layers, a global NoPE
 layer with the attention temperature made live (floor_scale 4), interleaved-pair RoPE, weightless q/k
 norms, and MoE layers (top-2 of 4 sigmoid-scaled experts plus the shared expert) between dense ones.
-The cpu backend's native kernel has no chunk mask yet: the engine on it says so.
+Both the reference and the cpu backend (its native kernel masks chunks) are checked.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def llama4(tmp_path_factory):
     return make_checkpoint(transformers.Llama4TextConfig, tmp_path_factory.mktemp("llama4"), **CONFIG)
 
 
-def test_ragged_chunked_logits_match_transformers(llama4):
-    arch = check_ragged_logits(llama4, "llama4").arch
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_ragged_chunked_logits_match_transformers(backend, llama4):
+    arch = check_ragged_logits(llama4, "llama4", backend).arch
     assert [arch.layer_chunk(i) for i in range(4)] == [4, 4, 4, None]
     assert [arch.layer_uses_rope(i) for i in range(4)] == [True, True, True, False]
     assert arch.moe.layers == (False, True, False, True) and arch.moe.routing == "sigmoid"
@@ -37,13 +38,9 @@ def test_greedy_tokens_match_transformers(llama4):
     check_greedy(llama4)
 
 
-def test_engine_greedy_tokens_match_transformers(llama4):
-    check_engine_greedy(llama4, "reference")
-
-
-def test_cpu_backend_says_it_lacks_the_chunk_mask(llama4):
-    with pytest.raises(NotImplementedError, match="attention_chunk=4.*backend=reference"):
-        check_engine_greedy(llama4, "cpu")
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_engine_greedy_tokens_match_transformers(llama4, backend):
+    check_engine_greedy(llama4, backend)
 
 
 def test_pages_behind_every_layers_reach_are_released_only_without_global_layers(llama4):
@@ -56,12 +53,13 @@ def test_pages_behind_every_layers_reach_are_released_only_without_global_layers
     assert all_local.kv_reach() == 6  # the widest reach: layer 1's window (6) over the chunks (4)
 
 
-def test_all_chunked_model_gives_pages_back_and_still_matches(tmp_path):
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_all_chunked_model_gives_pages_back_and_still_matches(tmp_path, backend):
     import surge
     from family_oracle import PROMPTS, hf_greedy
 
     ckpt = make_checkpoint(transformers.Llama4TextConfig, tmp_path, **{**CONFIG, "no_rope_layers": [1, 1, 1, 1]})
-    engine = surge.Engine.from_pretrained(ckpt.path, backend="reference", max_num_seqs=2, max_model_len=64,
+    engine = surge.Engine.from_pretrained(ckpt.path, backend=backend, max_num_seqs=2, max_model_len=64,
                                           max_num_batched_tokens=16, token_buckets=[16], num_pages=32,
                                           page_size=4, progress=False)
     assert engine.scheduler.sliding_window == 4

@@ -392,3 +392,48 @@ def test_work_per_token_does_not_grow_with_the_completion(kind):
     if kind == "cumulative":
         assert len(records) == 1  # every report is a view of the same token record
         assert out.outputs[0].token_ids == tokens and len(out.outputs[0].text) > 2000
+
+
+@pytest.mark.parametrize("kind", ["cumulative", "delta"])
+def test_output_side_work_per_emitted_token_at_2000_is_within_1_2x_of_that_at_100(kind, monkeypatch):
+    """Issue 14's streaming-cost line, counted instead of timed: one 2,000-token completion fed one token per
+    step (the runner's part faked), every unit of work the output side does per step is counted — ids the
+    tokenizer decodes, characters the stop matcher scans (held-back plus new text, with a stop string whose
+    prefixes keep being held), and characters and ids put into the output built for the caller. The work per
+    emitted token around token 2,000 is within 1.2x of that around token 100, and cumulative fields are
+    snapshots (no copy of the whole completion is made on the engine's side)."""
+    from surge.engine.growing import ListPrefix, TextPrefix
+
+    tokenizer = CountingTokenizer()
+    scanned = [0]
+    original_push = StopStringMatcher.push
+
+    def counting_push(self, new_text):
+        scanned[0] += len(self.held_text) + len(new_text)
+        return original_push(self, new_text)
+
+    monkeypatch.setattr(StopStringMatcher, "push", counting_push)
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("r1", None, [1], SamplingParams(max_tokens=2000, stop=[" text éX"], output_kind=kind))
+    pattern = tokenizer.encode(" world! more text é") + [tokenizer.byte_token(b) for b in "🤖".encode()]
+    tokens = (pattern * (2000 // len(pattern) + 1))[:2000]
+    work, deltas = [], []
+    for step, token in enumerate(tokens):
+        decoded, matched = tokenizer.num_decoded_ids, scanned[0]
+        out, hit = processor.process("r1", [token], "length" if step == 1999 else None)
+        assert not hit
+        built = 0
+        if out is not None:
+            completion = out.outputs[0]
+            built = len(out.delta_text) + len(completion.delta_token_ids)
+            deltas.append(out.delta_text)
+            if kind == "delta":
+                built += len(completion._text) + len(completion.token_ids)
+            else:  # O(1) views of the records, joined only if the caller reads them
+                assert isinstance(completion._text, TextPrefix) and isinstance(completion.token_ids, ListPrefix)
+        work.append(tokenizer.num_decoded_ids - decoded + scanned[0] - matched + built)
+    early, late = sum(work[100:200]) / 100, sum(work[1900:2000]) / 100
+    assert early > 0 and late <= 1.2 * early, (early, late)
+    assert "".join(deltas) == tokenizer.decode(tokens)  # every character was reported, none twice
+    if kind == "cumulative":
+        assert out.outputs[0].text == tokenizer.decode(tokens)

@@ -1,7 +1,8 @@
 """surge-serve end to end: a real server process, the official `openai` client, unchanged.
 
-One server (SmolLM2-135M, greedy, 8 slots, 512-token context) is started for the module; requests are
-sent one at a time, so greedy answers do not depend on what else is in the batch. The first test serves a
+One server (SmolLM2-135M, greedy, 8 slots, 512-token context, n-gram speculative decoding, which never
+changes a greedy answer) is started for the module; requests are sent one at a time, so greedy answers do
+not depend on what else is in the batch. The first test serves a
 tiny random model in-process through the Python API (`surge.eSurgeApiServer(engine).fire()`).
 """
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
 SMALL_ENGINE = ["engine.max_num_seqs=8", "engine.max_model_len=512", "engine.max_num_batched_tokens=128",
-                "engine.token_buckets=[8,32,128]", "cache.num_pages=256"]
+                "engine.token_buckets=[8,32,128]", "cache.num_pages=256", "engine.speculative.method=ngram"]
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -227,6 +228,29 @@ def test_unknown_fields_are_ignored(client):
     reply = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=4, messages=[
         {"role": "user", "content": "Hi"}], extra_body={"some_future_field": {"x": 1}, "top_k": 1})
     assert reply.usage.completion_tokens >= 1
+
+
+def test_spec_decode_metrics_have_vllm_names(server, client):
+    passage = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"
+    # The prompt stops inside a fourth copy; the answer goes on repeating it (32 of 32 drafts accepted when
+    # this was written), so prompt lookup's drafts are accepted from the first token on.
+    client.completions.create(model=MODEL, prompt=f"Repeat this text exactly.\n{passage}\n{passage}\n{passage}\n"
+                              "the quick brown", max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    values = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("surge:spec_decode"):
+            name, _, number = line.rpartition(" ")
+            values[name] = float(number)
+    label = f'{{method="ngram",model_name="{MODEL}"}}'
+    drafts = values[f"surge:spec_decode_num_drafts_total{label}"]
+    draft_tokens = values[f"surge:spec_decode_num_draft_tokens_total{label}"]
+    accepted = values[f"surge:spec_decode_num_accepted_tokens_total{label}"]
+    assert accepted >= 10 and draft_tokens >= accepted and drafts >= 1, values
+    per_pos = [values[f'surge:spec_decode_num_accepted_tokens_per_pos_total{{method="ngram",model_name="{MODEL}",'
+                      f'position="{p}"}}'] for p in range(4)]
+    assert sum(per_pos) == accepted and per_pos == sorted(per_pos, reverse=True) and per_pos[0] <= drafts
+    assert values[f"surge:spec_decode_acceptance_length_count{label}"] == drafts
+    assert values[f"surge:spec_decode_acceptance_length_sum{label}"] == drafts + accepted
 
 
 def test_metrics_after_requests_and_pages_all_free(server):

@@ -35,7 +35,9 @@ def tiny(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def engines(tiny):
     return {"none": make_engine(tiny.path, "none"), "ngram": make_engine(tiny.path, "ngram"),
-            "ngram-async": make_engine(tiny.path, "ngram", async_scheduling=True)}
+            "ngram-async": make_engine(tiny.path, "ngram", async_scheduling=True),
+            "suffix": make_engine(tiny.path, "suffix"),
+            "suffix-async": make_engine(tiny.path, "suffix", async_scheduling=True)}
 
 
 def copy_prompts(n, seed=0, low=4, high=30):
@@ -92,7 +94,7 @@ def test_stops_and_max_tokens_inside_accepted_runs(engines):
         else:
             params.append(SamplingParams(max_tokens=5 + i, logprobs=2, **GREEDY))
     serial, moved = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
-    for name in ("ngram", "ngram-async"):
+    for name in ("ngram", "ngram-async", "suffix", "suffix-async"):
         assert moved[name]["spec_decode_num_accepted_tokens"] >= 8, moved
     assert [len(o.outputs[0].token_ids) for o in serial][0::4] == [1, 3, 7, 22]
     for out, p in zip(serial, params):
@@ -129,7 +131,7 @@ def test_chunked_prefill_prefix_cache_seeds_and_n(engines):
 
 def test_preemptions(tiny):
     pool = {name: make_engine(tiny.path, name.split("-")[0], name.endswith("async"), num_pages=120)
-            for name in ("none", "ngram", "ngram-async")}
+            for name in ("none", "ngram", "ngram-async", "suffix", "suffix-async")}
     prompts = copy_prompts(24, seed=5, low=15, high=25)
     run_all(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
     assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
@@ -138,7 +140,7 @@ def test_preemptions(tiny):
 def test_aborts_leak_nothing(engines):
     prompts = copy_prompts(40, seed=7)
     to_abort = set(random.Random(0).sample(range(40), 12))
-    for name in ("none", "ngram", "ngram-async"):
+    for name in ("none", "ngram", "ngram-async", "suffix", "suffix-async"):
         engine = engines[name]
         ids = [engine.add_request(prompt_token_ids=p, sampling_params=SamplingParams(max_tokens=20, **GREEDY))
                for p in prompts]
@@ -217,3 +219,102 @@ def test_first_three_tokens_have_the_target_distribution(peaked, monkeypatch):
     assert pooled.shape[1] > 10
     _, p_value, _, _ = chi2_contingency(pooled)
     assert p_value > 0.01, p_value
+
+
+def test_suffix_replays_earlier_outputs_from_its_index(engines):
+    """Prompts with no repetition: n-gram lookup finds little, but the second time round the suffix index
+    holds the first round's outputs, so nearly every draft is accepted (and the tokens stay none's)."""
+    rng = np.random.default_rng(42)
+    prompts = [rng.integers(3, 320, 12).tolist() for _ in range(6)]
+    params = SamplingParams(max_tokens=24, **GREEDY)
+    expected = completions(engines["none"].generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False))
+    suffix = engines["suffix"]
+    rates = []
+    for _ in range(2):
+        before = suffix.stats()
+        got = completions(suffix.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False))
+        after = suffix.stats()
+        assert got == expected
+        assert_clean(suffix)
+        drafts = after["spec_decode_num_draft_tokens"] - before["spec_decode_num_draft_tokens"]
+        accepted = after["spec_decode_num_accepted_tokens"] - before["spec_decode_num_accepted_tokens"]
+        rates.append((accepted, drafts))
+    accepted, drafts = rates[1]
+    assert drafts >= 6 * 15 and accepted >= 0.9 * drafts, rates
+    assert after["spec_decode_suffix_index_sequences"] >= 12
+    assert after["spec_decode_suffix_index_tokens"] <= suffix.config.engine.speculative.suffix_max_tokens
+
+
+def _first_three_tokens(path, method, seed_base, prompt, num):
+    engine = make_engine(path, method, max_num_seqs=64, max_num_batched_tokens=256, token_buckets=[64, 256],
+                         num_pages=800)
+    params = [SamplingParams(max_tokens=3, temperature=1.0, seed=seed_base + i, ignore_eos=True)
+              for i in range(num)]
+    outs = engine.generate(prompt_token_ids=[prompt] * num, sampling_params=params, use_tqdm=False)
+    assert_clean(engine)
+    return [tuple(o.outputs[0].token_ids) for o in outs], engine.stats()
+
+
+def _chi_square_p(a, b):
+    """p of a chi-square test that two samples of tuples have one distribution (cells < 10 pooled)."""
+    from scipy.stats import chi2_contingency
+
+    counts = [{}, {}]
+    for side, samples in zip(counts, (a, b)):
+        for key in samples:
+            side[key] = side.get(key, 0) + 1
+    cells = sorted(set(counts[0]) | set(counts[1]))
+    observed = np.array([[side.get(c, 0) for c in cells] for side in counts], dtype=float)
+    big = observed.sum(axis=0) >= 10
+    pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
+    assert pooled.shape[1] > 10
+    return chi2_contingency(pooled)[1]
+
+
+def test_suffix_first_three_tokens_have_the_target_distribution(peaked):
+    """As the n-gram test, with the real suffix proposer: every request has the same prompt, so once the
+    first batch finished the index proposes, after the prompt and t1, the continuation most earlier
+    requests took (5,000 seeded samples per method, seeds disjoint, fixed: the same p every run)."""
+    num = 5000
+    prompt = [17, 40, 99, 5, 61, 17, 40]
+    none, _ = _first_three_tokens(peaked.path, "none", 0, prompt, num)
+    speculated, stats = _first_three_tokens(peaked.path, "suffix", num, prompt, num)
+    assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
+    p_value = _chi_square_p(none, speculated)
+    assert p_value > 0.01, p_value
+
+
+# Repeated objects whose keys the grammar forces and whose values the model picks (a code of 6 free
+# letters: runs of several sampled tokens in a row): drafts of earlier objects' tokens are often legal
+# and right.
+ITEMS_SCHEMA = {"type": "array", "minItems": 2, "maxItems": 3, "items": {
+    "type": "object", "properties": {"name": {"enum": ["alpha", "beta", "gamma"]},
+                                     "code": {"type": "string", "pattern": "^[a-e]{6}$"}},
+    "required": ["name", "code"], "additionalProperties": False}}
+
+
+@pytest.mark.parametrize("fast_forward", [True, False])
+def test_json_schema_requests_speculate_and_match_none(tiny, fast_forward):
+    import json
+
+    import jsonschema
+
+    pool = {name: make_engine(tiny.path, name, structured_output_fast_forward=fast_forward)
+            for name in ("none", "ngram")}
+    # Text prompts (random byte-level ids could leave a partial UTF-8 character before the JSON).
+    prompts = [f"item list number {i}: " * (1 + i % 3) for i in range(6)]
+    params = [SamplingParams(max_tokens=160, temperature=0.0, structured_outputs={"json": ITEMS_SCHEMA}),
+              SamplingParams(max_tokens=160, temperature=0.8, seed=3, structured_outputs={"json": ITEMS_SCHEMA}),
+              SamplingParams(max_tokens=30, **GREEDY)] * 2  # unconstrained rows in the same batch
+    run_all(pool, prompts=prompts, sampling_params=params)
+    # Only the constrained requests: they speculate (drafts verified under the grammar's masks) and stay
+    # schema-valid.
+    constrained = [p for p in params if p.structured_outputs]
+    before = pool["ngram"].stats()
+    outs, _ = run_all(pool, prompts=prompts[:len(constrained)], sampling_params=constrained)
+    after = pool["ngram"].stats()
+    moved = {k: after[k] - before[k] for k in ("spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens")}
+    assert moved["spec_decode_num_accepted_tokens"] > 0, moved
+    for out in outs:
+        assert out.outputs[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.outputs[0].text), ITEMS_SCHEMA)

@@ -132,6 +132,45 @@ def test_bitmask_rows_of_unconstrained_requests_allow_everything(compiler, token
     assert allowed and all("ab".startswith(tokenizer.decode([t])) for t in allowed)
 
 
+def _allowed(mask_row, vocab_size):
+    return {t for t in range(vocab_size) if (mask_row[t // 32] >> (t % 32)) & 1}
+
+
+def test_drafts_are_cut_at_the_first_illegal_token_without_moving_the_matcher(compiler, tokenizer):
+    spec = StructuredOutputsParams(regex="(ab|ba)+!")
+    state = GrammarState(compiler.submit(spec).result(timeout=30).new_matcher(), fast_forward=False)
+    a, b, bang, x = (tokenizer.encode(c, add_special_tokens=False)[0] for c in "ab!x")
+    assert state.legal_drafts([a, b, b, a, x, a]) == [a, b, b, a]
+    assert state.legal_drafts([x, a]) == [] and state.legal_drafts([]) == []
+    assert state.legal_drafts([a, b, bang, a]) == [a, b, bang]  # cut after the token that ends the grammar
+    state.accept(a, max_forced=0)  # the checks left the matcher at the start: "a" is still legal
+    assert state.legal_drafts([a]) == [] and state.legal_drafts([b, a, b]) == [b, a, b]
+    # Fast-forward: cut after a draft that makes the grammar force tokens (they join unsampled).
+    keyed = StructuredOutputsParams(json={"type": "object", "properties": {"a_long_fixed_key": {"type": "integer"}},
+                                          "required": ["a_long_fixed_key"], "additionalProperties": False})
+    forcing = GrammarState(compiler.submit(keyed).result(timeout=30).new_matcher(), fast_forward=True)
+    brace = tokenizer.encode("{", add_special_tokens=False)
+    rest = tokenizer.encode('"a_long', add_special_tokens=False)
+    assert forcing.legal_drafts(brace + rest) == brace
+
+
+def test_speculated_rows_get_the_mask_after_the_drafts_before_them(compiler, tokenizer):
+    vocab = len(tokenizer)
+    spec = StructuredOutputsParams(regex="(ab|ba)+!")
+    state = GrammarState(compiler.submit(spec).result(timeout=30).new_matcher(), fast_forward=False)
+    a, b, bang = (tokenizer.encode(c, add_special_tokens=False)[0] for c in "ab!")
+    other = GrammarState(compiler.submit(spec).result(timeout=30).new_matcher(), fast_forward=False)
+    # Row 0: a plain constrained request; request 1 (rows 2, 3, then its own row 1) drafts a, b.
+    mask = build_token_bitmask([other, None], 4, vocab, speculated=[(state, [a, b], [2, 3, 1])])
+    assert mask[0].tolist() == mask[2].tolist()  # both at the start
+    assert a in _allowed(mask[2], vocab) and b in _allowed(mask[2], vocab) and bang not in _allowed(mask[2], vocab)
+    assert _allowed(mask[3], vocab) & {a, b, bang} == {b}  # after "a": only "b" completes the pair
+    assert {a, b, bang} <= _allowed(mask[1], vocab)  # after "ab": another pair or the end
+    assert state.legal_drafts([a, b]) == [a, b]  # the matcher was rolled back
+    with pytest.raises(ValueError, match="one more"):
+        build_token_bitmask([None], 2, vocab, speculated=[(state, [a], [1])])
+
+
 def test_sampler_applies_the_mask_only_to_constrained_rows():
     vocab, rows_padded = 70, 4
     logits = np.random.default_rng(0).normal(size=(rows_padded, vocab)).astype(np.float32)

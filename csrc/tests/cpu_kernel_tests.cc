@@ -115,7 +115,7 @@ void test_silu(const std::string& isa) {
 
 // Two sequences over a paged cache (page_size 4): one of 3 new tokens after 6 cached, one
 // decode token after 8; 4 query heads over 2 KV heads, head_dim 40 (not whole vectors).
-void test_attention(const std::string& isa, int64_t window, float soft_cap) {
+void test_attention(const std::string& isa, int64_t window, float soft_cap, int64_t chunk = 0) {
   const int64_t H = 4, KV = 2, hd = 40, ps = 4, num_pages = 8, S = 2, P = 3, T = 5;
   const int32_t cu[S + 1] = {0, 3, 4};  // token 4 is padding
   const int32_t kv_lens[S] = {9, 9};
@@ -136,7 +136,7 @@ void test_attention(const std::string& isa, int64_t window, float soft_cap) {
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.k_cache = k_cache.data(), p.v_cache = v_cache.data();
   p.out = out.data(), p.slot_mapping = slots, p.positions = positions, p.cu_q_lens = cu, p.page_table = table;
   p.kv_lens = kv_lens, p.num_seqs = S, p.scale = 1.0f / std::sqrt(float(hd)), p.sliding_window = window;
-  p.soft_cap = soft_cap;
+  p.soft_cap = soft_cap, p.attention_chunk = chunk;
   if (!attention::validate_problem(p).empty()) {
     report(isa, "attention problem invalid: " + attention::validate_problem(p), 1, 0);
     return;
@@ -152,6 +152,7 @@ void test_attention(const std::string& isa, int64_t window, float soft_cap) {
         std::vector<const float*> values;
         for (int64_t key = 0; key <= positions[t]; ++key) {
           if (window > 0 && key <= positions[t] - window) continue;
+          if (chunk > 0 && key < positions[t] / chunk * chunk) continue;
           const int64_t row = ((table[s * P + key / ps] * KV + g) * ps + key % ps) * hd;
           double dot = 0.0;
           for (int64_t d = 0; d < hd; ++d) dot += double(q[(t * H + h) * hd + d]) * k_cache[row + d];
@@ -172,7 +173,8 @@ void test_attention(const std::string& isa, int64_t window, float soft_cap) {
       }
   for (int64_t d = 0; d < H * hd; ++d) worst = std::max(worst, double(std::abs(out[4 * H * hd + d])));  // padding: 0
   char what[96];
-  std::snprintf(what, sizeof what, "attention window %lld cap %g", (long long)window, soft_cap);
+  std::snprintf(what, sizeof what, "attention window %lld cap %g chunk %lld", (long long)window, soft_cap,
+                (long long)chunk);
   report(isa, what, worst, 2e-5);
 }
 
@@ -270,6 +272,8 @@ void test_variant(const std::string& isa) {
   test_attention(isa, 0, 0.0f);
   test_attention(isa, 5, 0.0f);
   test_attention(isa, 0, 30.0f);
+  test_attention(isa, 0, 0.0f, 3);  // chunks shorter than a page (4)
+  test_attention(isa, 5, 2.0f, 8);  // a window inside chunks of two pages, capped
   for (auto type : {cpu::QuantType::kQ8_0, cpu::QuantType::kQ4_0, cpu::QuantType::kQ4_1})
     for (auto [m, k, n] : {std::array<int64_t, 3>{1, 64, 7}, {3, 576, 40}, {6, 160, 33}})
       test_quant(isa, type, m, k, n);

@@ -136,7 +136,7 @@ def run_attention(cfg: SurgeConfig) -> dict:
 
 
 def _dtypes(cfg: SurgeConfig) -> tuple[str, str]:
-    from surge.engine.builder import resolve_dtype
+    from surge.models.loader import resolve_dtype
 
     dtype = resolve_dtype(cfg.model.dtype)
     return dtype, dtype if cfg.cache.dtype == "auto" else cfg.cache.dtype

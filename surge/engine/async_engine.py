@@ -1,9 +1,11 @@
 """AsyncEngine: the engine driven by a background thread, consumed with `async for`.
 
 In: requests from any asyncio event loop (`generate`), aborts, cancellations.
-Out: RequestOutput objects delivered to each caller's asyncio queue as the loop
-thread steps the engine. Cancelling the async generator (or a client going
-away) aborts the request at once, which frees its pages.
+Out: a `RequestStream` per request: `generate` validates and adds the request
+at the call (bad input raises there) after registering the stream, so every
+RequestOutput the loop thread produces reaches the caller's asyncio queue, even
+one made in the step that admitted the request. Closing or cancelling the
+stream (or a client going away) aborts the request at once, which frees its pages.
 """
 
 from __future__ import annotations
@@ -87,13 +89,18 @@ class AsyncEngine:
             self._deliver(request_id, exc)
 
     # ---- API -----------------------------------------------------------------------------
-    async def generate(self, prompt: Optional[PromptLike] = None, params: Optional[SamplingParams] = None, *,
-                       request_id: Optional[str] = None, **kwargs) -> AsyncIterator[RequestOutput]:
-        """Yield the request's outputs (each with delta_text) until it finishes."""
+    def generate(self, prompt: Optional[PromptLike] = None, params: Optional[SamplingParams] = None, *,
+                 request_id: Optional[str] = None, **kwargs) -> "RequestStream":
+        """Add a request and return its stream of outputs (each with delta_text), iterated with `async for`.
+
+        Called from a running event loop. The request is added before this returns: bad input raises
+        ValueError here, at the call, and the stream is registered first, so an output the engine produces
+        before the caller starts iterating (even in the step that admitted it) waits in the stream.
+        Leaving the iteration early (break + `aclose()`, or cancelling the task) aborts the request.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         request_id = str(request_id) if request_id is not None else self.engine.new_request_id()
-        # The stream is registered before the request can produce anything, so no output is missed.
         with self._queues_lock:
             if request_id in self._queues:
                 raise ValueError(f"request id {request_id!r} is already in use")
@@ -101,27 +108,14 @@ class AsyncEngine:
         try:
             self.engine.add_request(prompt, params, request_id=request_id, **kwargs)
         except BaseException:
-            with self._queues_lock:
-                self._queues.pop(request_id, None)
+            self._unregister(request_id)
             raise
         self._wake.set()
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"engine failed while serving {request_id}: {item}") from item
-                finished = item.finished
-                yield item
-        finally:
-            with self._queues_lock:
-                self._queues.pop(request_id, None)
-            if not finished:
-                try:
-                    self.engine.abort(request_id)
-                except ValueError:
-                    pass
-                self._wake.set()
+        return RequestStream(self, request_id, queue)
+
+    def _unregister(self, request_id: str) -> None:
+        with self._queues_lock:
+            self._queues.pop(request_id, None)
 
     async def generate_full(self, prompt: Optional[PromptLike] = None, params: Optional[SamplingParams] = None,
                             **kwargs) -> RequestOutput:
@@ -137,3 +131,55 @@ class AsyncEngine:
 
     def stats(self) -> dict:
         return self.engine.stats()
+
+
+class RequestStream:
+    """One added request's outputs, in order, until the finished one; closing it early aborts the request."""
+
+    def __init__(self, owner: AsyncEngine, request_id: str, queue: asyncio.Queue) -> None:
+        self.request_id = request_id
+        self._owner = owner
+        self._queue = queue
+        self._finished = False
+        self._closed = False
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished or self._closed:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:  # cancelled while waiting (a client went away): abort at once
+            self._close()
+            raise
+        if isinstance(item, BaseException):
+            self._close()
+            raise RuntimeError(f"engine failed while serving {self.request_id}: {item}") from item
+        if item.finished:
+            self._finished = True
+            self._close()
+        return item
+
+    async def aclose(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._owner._unregister(self.request_id)
+        if not self._finished:
+            try:
+                self._owner.engine.abort(self.request_id)
+            except ValueError:  # it finished in the meantime
+                pass
+            self._owner._wake.set()
+
+    def __del__(self) -> None:  # dropped without being read to the end or closed: free its pages
+        if not self._closed:
+            try:
+                self._close()
+            except Exception:  # interpreter shutdown: the engine may be gone already
+                pass

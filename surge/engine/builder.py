@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +22,15 @@ from surge.config import SurgeConfig
 from surge.engine.output_processor import OutputProcessor
 from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
-from surge.models.loader import load_model
+from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
-from surge.runner.mesh import make_mesh
+from surge.runner.mesh import make_mesh, shard_state
 from surge.runner.model_runner import ModelRunner
 from surge.scheduler.scheduler import Scheduler
+from surge.spec_decode import Speculator
+from surge.spec_decode.draft_model import build_draft_proposer
 
 logger = logging.getLogger("surge")
 
@@ -46,13 +49,10 @@ class EngineParts:
     output_processor: OutputProcessor
 
 
-def resolve_dtype(name: str) -> str:
-    if name != "auto":
-        return name
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
+def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any = None) -> EngineParts:
+    """Every part of an engine for `cfg`. `tokenizer`: a tokenizer object to use instead of loading one
+    (model.tokenizer or the model's own); the one tokenizer is shared by the input side, the output side
+    and the grammar compiler."""
     _configure_logging(cfg.engine.log_level)
     compile_counter.install()
     if cfg.engine.compilation_cache:
@@ -60,11 +60,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype)
-    if cfg.model.tokenizer:
-        from transformers import AutoTokenizer
-
-        loaded.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    loaded = load_model(source, dtype=dtype,
+                        tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
     max_model_len = cfg.engine.max_model_len or model_limit
@@ -89,8 +86,20 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
+    speculator = None
+    if cfg.engine.speculative.method == "draft_model":
+        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
+                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
+                                     place_weights=lambda state: shard_state(state, mesh))
+        if cfg.engine.compile_at_startup:
+            compile_started = time.perf_counter()
+            draft.compile_all()
+            logger.info("compiled %d draft-model buckets in %.1f s", draft.num_compiled_buckets,
+                        time.perf_counter() - compile_started)
+        speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
-    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach())
+    scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
+                          speculator=speculator)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
+from surge.engine.loop_clock import LoopClock
 from surge.engine.outputs import RequestOutput, SampledLogprobs
 from surge.engine.prompt_logprobs import prompt_logprob_rows
 from surge.runner import compile_counter
@@ -39,9 +40,11 @@ PromptLike = Union[str, Sequence[int]]
 
 
 class Engine:
-    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, **overrides) -> None:
+    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, tokenizer=None,
+                 **overrides) -> None:
+        """`tokenizer`: a tokenizer object (encode/decode) to use instead of the model's own or model.tokenizer."""
         self.config = config if config is not None else make_config(**overrides)
-        parts: EngineParts = build_engine_parts(self.config, progress=progress)
+        parts: EngineParts = build_engine_parts(self.config, progress=progress, tokenizer=tokenizer)
         self.tokenizer = parts.tokenizer
         self.arch = parts.arch
         self.max_model_len = parts.max_model_len
@@ -65,6 +68,7 @@ class Engine:
         self.async_scheduling = self.config.engine.async_scheduling
         # The dispatched step not reconciled yet (async scheduling): (SchedulerOutput, PendingStep).
         self._in_flight: Optional[tuple] = None
+        self._loop_clock = LoopClock()  # host time per step and the device's idle gap between steps
         self.grammar_compiler = GrammarCompiler(self.tokenizer, self.arch.vocab_size, self.eos_token_ids,
                                                 num_workers=self.config.engine.structured_output_compile_workers)
         self._waiting_for_grammar = WaitingForGrammar(self.config.engine.structured_output_fast_forward)
@@ -195,19 +199,30 @@ class Engine:
     # ---- one step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one engine iteration; returns the outputs that changed (deltas and finished requests)."""
+        self._loop_clock.start_step()
+        try:
+            return self._step()
+        finally:
+            self._loop_clock.end_step(busy=self.has_unfinished_requests())
+
+    def _step(self) -> list[RequestOutput]:
         self._drain_inbox()
         self._admit_compiled()
         out = self.scheduler.schedule()
         if (out.is_empty and self._in_flight is None and len(self._waiting_for_grammar)
                 and not self._pending_outputs):
+            self._loop_clock.end_step(busy=False)  # waiting on a grammar compile is not loop time
             self._waiting_for_grammar.wait(timeout=0.01)  # nothing to run until a grammar is ready
             return []
         for item in out.scheduled:
             if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
                 self.output_processor.record_scheduled(item.request.request_id,
                                                        num_cached_tokens=item.request.num_cached_tokens)
-        dispatched = (out, self.runner.execute(out)) if not out.is_empty else None
-        if dispatched is not None:
+        dispatched = None
+        if not out.is_empty:
+            self._loop_clock.before_dispatch()
+            dispatched = (out, self.runner.execute(out))
+            self._loop_clock.dispatched(dispatched[1])
             self._num_steps += 1
         if self.async_scheduling:
             finished_step, self._in_flight = self._in_flight, dispatched
@@ -226,7 +241,7 @@ class Engine:
         if finished_step is None:
             return self._emit(None, [], None)
         out, pending = finished_step
-        result = pending.result()
+        result = self._loop_clock.wait(pending)
         if result.prompt_logprobs is not None:
             for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
                 self.output_processor.record_prompt_logprobs(request_id, position, entries)
@@ -360,6 +375,11 @@ class Engine:
             "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
             "num_compiled_buckets": self.runner.num_compiled_buckets,
             "num_steps": self._num_steps,
+            # The loop (surge.engine.loop_clock): host work inside step(), time blocked on the device, and
+            # the device's idle gap between consecutive steps (an upper bound).
+            "step_host_seconds": self._loop_clock.host_seconds,
+            "step_device_wait_seconds": self._loop_clock.wait_seconds,
+            "device_idle_seconds": self._loop_clock.idle_seconds,
             "num_device_fed_tokens": self.runner.num_device_fed_tokens,
             "num_dropped_tokens": self.scheduler.num_dropped_tokens,
             "prefix_cache_queried_tokens": queried,

@@ -8,7 +8,8 @@ step's k, v written at ``slot_mapping``.
 
 The backend also runs the model's projections through surge's C++ GEMM on weights it
 packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the
-mixture-of-experts projections as loops over each expert's rows (surge.kernels.grouped_matmul), the gated
+mixture-of-experts projections as one C++ matmul per expert over that expert's rows and packed
+weights (``surge_cpu_grouped_matmul``), the gated
 MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
 
 Every kernel runs in the instruction-set variant surge._C picked at load from the processor
@@ -17,7 +18,8 @@ Every kernel runs in the instruction-set variant surge._C picked at load from th
 the backend logs which runs when it starts. A GGUF-quantized weight (model.dtype=quantized)
 is multiplied in its quantized form (surge.kernels.cpu_matmul).
 
-One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends.
+One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends, with
+the contract's masks (causal, sliding window, attention chunk) and soft cap in the kernel.
 The caches are aliased operand -> result, so under ``jit`` with the cache donated XLA
 updates them in place. q and the cache may be float32 or bfloat16 (math in float32);
 k and v are cast to the cache dtype. Bad metadata (a page id or slot outside the cache,
@@ -145,10 +147,21 @@ class CpuBackend(KernelBackend):
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
     def grouped_matmul(self, x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        """Expert projections as XLA loops over each expert's own rows (XLA:CPU runs ragged_dot densely)."""
+        """Expert projections in C++: each expert's rows times its own (packed) weights, nothing dense.
+
+        Where the C++ kernel cannot run (no surge._C, another default platform, a quantized stack), XLA
+        loops over each expert's own rows (surge.kernels.grouped_matmul; XLA:CPU runs ragged_dot densely).
+        """
+        from surge.kernels import cpu_matmul
         from surge.kernels.grouped_matmul import grouped_matmul_loops
 
-        return grouped_matmul_loops(x, w, group_sizes).astype(x.dtype)
+        y = cpu_matmul.grouped_matmul(x, w, group_sizes)
+        if y is None:
+            if w.ndim == 2:
+                raise RuntimeError("cpu grouped matmul: packed expert weights need the C++ kernel, which is "
+                                   f"unavailable: {cpu_matmul.unavailable_reason()}")
+            y = grouped_matmul_loops(x, w, group_sizes)
+        return y.astype(x.dtype)
 
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """The gated MLP's activation in C++ (float32; XLA:CPU's exp is several times slower)."""
@@ -187,6 +200,13 @@ class CpuBackend(KernelBackend):
         for layer in getattr(model, "layers", ()):
             for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
                 pack(layer, name)
+            moe = getattr(layer, "moe", None)
+            if moe is not None:  # expert stacks [E, K, N] -> [E, K * N] of panels; the shared expert as any MLP
+                for name in ("experts_gate_up", "experts_down"):
+                    if cpu_matmul.can_pack_experts(getattr(moe, name)[...]):
+                        setattr(moe, name, nnx.Param(cpu_matmul.pack_experts(getattr(moe, name)[...])))
+                for name in ("shared_gate_up", "shared_down"):
+                    pack(moe, name)
         if getattr(model, "lm_head", None) is not None:
             pack(model, "lm_head")
         elif hasattr(model, "embed_tokens") and cpu_matmul.can_pack(model.embed_tokens[...], transpose_w=True):
@@ -199,10 +219,6 @@ class CpuBackend(KernelBackend):
                   spec: AttentionSpec) -> Tuple[jax.Array, KVCache]:
         scale, sliding_window, logit_soft_cap, attention_chunk = (
             spec.scale, spec.sliding_window, spec.logit_soft_cap, spec.chunk_size)
-        if attention_chunk is not None:
-            raise NotImplementedError(
-                f"cpu attention: attention_chunk={attention_chunk} (chunked local attention, Llama 4) has no mask "
-                "in the native kernel yet; run this model with backend=reference")
         k_pages, v_pages = kv_cache
         _check_dtypes(q, k_pages, v_pages)
         call = jax.ffi.ffi_call(
@@ -219,6 +235,7 @@ class CpuBackend(KernelBackend):
             scale=np.float32(scale),
             sliding_window=np.int32(sliding_window or 0),
             soft_cap=np.float32(logit_soft_cap or 0.0),
+            attention_chunk=np.int32(attention_chunk or 0),
         )
         return out, (k_pages, v_pages)
 

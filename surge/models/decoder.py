@@ -21,10 +21,12 @@ arch field, so it costs nothing when unused.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import Callable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from surge.kernels import quantized
@@ -159,16 +161,24 @@ class CausalLM(nnx.Module):
         self.lm_head: Optional[nnx.Param] = (
             None if arch.tie_word_embeddings else _normal(rngs, (arch.hidden_size, arch.vocab_size), dtype))
 
+    def position_inputs_fn(self) -> Callable[[np.ndarray], tuple]:
+        """The model's hook for its position inputs: positions int32[T] (numpy, on the host) -> the pytree that
+        `hidden_states` takes as `position_inputs`. Here one (cos, sin) float32[T, rope_dim] pair per RoPE
+        (surge.models.rope.rope_inputs); the runner calls it every step without knowing what it builds, so a
+        model without RoPE returns what it needs (or ()) and the runner does not change. The callable holds the
+        arch only, not the weights."""
+        return functools.partial(rope_inputs, self.arch, xp=np)
+
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
                  logits_indices: jax.Array, backend: KernelBackend,
-                 rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
-        """``rope``: rope.rope_inputs(arch, md.positions), built on the host; computed here when None."""
-        x, new_caches = self.hidden_states(input_ids, md, kv_caches, backend, rope)
+                 position_inputs: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
+        """``position_inputs``: what `position_inputs_fn()` builds on the host; computed here when None."""
+        x, new_caches = self.hidden_states(input_ids, md, kv_caches, backend, position_inputs)
         return self.logits(x[logits_indices], backend), new_caches
 
     def hidden_states(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
                       backend: KernelBackend,
-                      rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
+                      position_inputs: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
         """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
@@ -177,7 +187,7 @@ class CausalLM(nnx.Module):
         if self.arch.embed_scale is not None:  # in the weights' dtype, as transformers rounds it
             x = x * jnp.asarray(self.arch.embed_scale, x.dtype)
         x = x.astype(backend.compute_dtype(self.dtype))
-        rope = rope if rope is not None else rope_inputs(self.arch, md.positions)
+        rope = position_inputs if position_inputs is not None else rope_inputs(self.arch, md.positions)
         new_caches = []
         for layer, kv_cache in zip(self.layers, kv_caches):
             x, kv_cache = layer(x, rope, md, kv_cache, backend)

@@ -2,6 +2,7 @@
 
 In: a `stats_fn` (an engine's `stats`) and the model name every series is labelled with. Out: a
 prometheus_client `Collector` that the server's registry and `start_monitoring`'s exporter both register.
+With speculative decoding on, vLLM's spec_decode series too (labelled by method).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Optional
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger("surge")
@@ -65,3 +66,52 @@ class EngineStatsCollector(Collector):
         yield counter("surge:num_compiles", "XLA compilations since start-up (should stop growing after warm-up).",
                       stats.get("num_compiles", 0))
         yield counter("surge:engine_steps", "Engine steps run.", stats.get("num_steps", 0))
+        # The engine loop (surge.engine.loop_clock): rate(host) / rate(engine_steps) is host ms per step.
+        yield counter("surge:engine_step_host_seconds", "Host time inside engine steps, not counting waits on "
+                      "the device (scheduling, inputs, reconciling, detokenizing, outputs).",
+                      stats.get("step_host_seconds", 0.0))
+        yield counter("surge:engine_step_device_wait_seconds", "Time engine steps spent blocked on the device's "
+                      "results.", stats.get("step_device_wait_seconds", 0.0))
+        yield counter("surge:engine_device_idle_seconds", "Device idle between consecutive steps of a busy "
+                      "engine (an upper bound: 0 while the next step is queued).",
+                      stats.get("device_idle_seconds", 0.0))
+        if "spec_decode_method" in stats:
+            yield from _spec_decode_families(stats, self._model_name)
+
+
+def _spec_decode_families(stats: dict, model_name: str) -> Iterable:
+    """vLLM's speculative-decoding series (a draft = one verification of a request's draft tokens), by method.
+
+    From `acceptance_lengths` (entry a = verifications that accepted a drafts): the histogram of tokens
+    emitted per verification (a + 1: the accepted drafts and the target's own token), and per draft
+    position p the drafts accepted there (verifications that accepted more than p; acceptance is a prefix).
+    """
+    labels, values = ["model_name", "method"], [model_name, stats["spec_decode_method"]]
+    for name, doc, key in (
+            ("surge:spec_decode_num_drafts", "Verifications of draft tokens (request-steps that carried drafts).",
+             "spec_decode_num_drafts"),
+            ("surge:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
+             "spec_decode_num_draft_tokens"),
+            ("surge:spec_decode_num_accepted_tokens", "Draft tokens the target accepted.",
+             "spec_decode_num_accepted_tokens")):
+        family = CounterMetricFamily(name, doc, labels=labels)
+        family.add_metric(values, stats.get(key, 0))
+        yield family
+    lengths = list(stats.get("spec_decode_acceptance_lengths", []))
+    per_position = CounterMetricFamily("surge:spec_decode_num_accepted_tokens_per_pos",
+                                       "Drafts accepted at each draft position (0 = the first draft).",
+                                       labels=labels + ["position"])
+    for position in range(max(len(lengths) - 1, 0)):
+        per_position.add_metric(values + [str(position)], sum(lengths[position + 1:]))
+    yield per_position
+    buckets, running = [], 0
+    for accepted, count in enumerate(lengths):
+        running += count
+        buckets.append((str(float(accepted + 1)), running))
+    buckets.append(("+Inf", running))
+    emitted = sum((accepted + 1) * count for accepted, count in enumerate(lengths))
+    histogram = HistogramMetricFamily("surge:spec_decode_acceptance_length",
+                                      "Tokens emitted per verification: accepted drafts plus the target's own.",
+                                      labels=labels)
+    histogram.add_metric(values, buckets, emitted)
+    yield histogram

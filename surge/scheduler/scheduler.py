@@ -21,9 +21,13 @@ proposals), is not scheduled again until they arrive.
 
 Speculative decoding (engine.speculative): a running request in decode may
 carry draft tokens from the Speculator; it is scheduled for 1 + len(drafts)
-tokens. `update` keeps the accepted drafts plus the target's next token,
+tokens (with method=draft_model, `schedule` first asks the Speculator to run
+the draft once for every running request that can propose; finishing,
+aborting or preempting a request releases its draft state and pages).
+`update` keeps the accepted drafts plus the target's next token,
 finishes at the first stop among them (nothing after it is kept), and rolls
-back the rejected positions: num_computed_tokens and the pages past them.
+back the rejected positions: num_computed_tokens and the pages past them. With
+a grammar, each kept token is consumed by it; tokens it forces end the run.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class RequestUpdate:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, engine: EngineConfig, block_manager: BlockManager,
-                 max_model_len: int, sliding_window: Optional[int] = None) -> None:
+                 max_model_len: int, sliding_window: Optional[int] = None,
+                 speculator: Optional[Speculator] = None) -> None:
         self.config = config
         # Set when every layer attends within this window: pages wholly behind it are given back.
         self.sliding_window = sliding_window
@@ -72,7 +77,10 @@ class Scheduler:
         self.num_prefix_hit_tokens = 0
         # Tokens sampled for a request that had already finished when they arrived (async scheduling).
         self.num_dropped_tokens = 0
-        self.speculator = Speculator(engine.speculative) if engine.speculative.enabled else None
+        # method=draft_model brings its Speculator (with the draft's runner) from the engine builder.
+        if speculator is None and engine.speculative.enabled:
+            speculator = Speculator(engine.speculative)
+        self.speculator = speculator
 
     # ---- requests in and out -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -93,6 +101,9 @@ class Scheduler:
             self.waiting.remove(request)
         request.status = status
         self.num_finished_requests += 1
+        if self.speculator is not None:
+            self.speculator.release(request)
+            self.speculator.finished(request, aborted=status == RequestStatus.FINISHED_ABORTED)
         return request
 
     @property
@@ -114,6 +125,8 @@ class Scheduler:
         prefill_ids: set[str] = set()
         max_prefills = self.config.max_num_prefill_seqs or self.max_num_seqs
         num_prefills = 0
+        if self.speculator is not None and self.speculator.draft is not None:
+            self._prepare_drafts()
 
         for request in list(self.running):
             if budget <= 0:
@@ -129,7 +142,7 @@ class Scheduler:
             is_prefill = request.num_tokens_with_in_flight - request.num_computed_tokens > 1
             if is_prefill and num_prefills >= max_prefills:
                 continue
-            drafts = self._drafts(request, budget - num_new)
+            drafts = self._drafts(request, num_new, budget - num_new)
             num_new += len(drafts)
             while self.block_manager.allocate(request.request_id, request.num_computed_tokens + num_new) is None:
                 # The policy's victim among every running request, even one scheduled earlier in this step
@@ -231,16 +244,28 @@ class Scheduler:
         request.num_tokens_in_flight -= 1
         new_token_ids: list[int] = []
         stop = None
-        for token_id in sampled[:accepted + 1]:
+        kept_drafts = accepted  # drafts kept whose KV this step computed
+        for i, token_id in enumerate(sampled[:accepted + 1]):
             request.append_output_token(token_id)
             new_token_ids.append(token_id)
             stop = request.check_stop(self.max_model_len)
             if stop is not None:
                 break
+            if request.grammar is not None:
+                # As without drafts: tokens the grammar forces join now; the run ends there (the positions
+                # after it were verified without them).
+                forced = request.grammar.accept(token_id, request.num_tokens_left(self.max_model_len))
+                if forced:
+                    for forced_id in forced:
+                        request.append_output_token(forced_id)
+                    new_token_ids += forced
+                    stop = request.check_stop(self.max_model_len)
+                    kept_drafts = min(i + 1, accepted)
+                    break
         self.speculator.record(request, len(drafts), accepted)
         self.num_generation_tokens += len(new_token_ids)
         if request.status == RequestStatus.RUNNING:  # (not when preempted while the step ran)
-            request.num_computed_tokens -= len(drafts) - accepted
+            request.num_computed_tokens -= len(drafts) - kept_drafts
             end = min(request.num_computed_tokens, request.num_tokens)
             self.block_manager.cache_full_pages(request.request_id, request.token_ids, end, request.cache_salt)
             self.block_manager.release_trailing_pages(request.request_id, request.num_computed_tokens)
@@ -254,14 +279,22 @@ class Scheduler:
     def _wants_drafts(self, request: Request) -> bool:
         return self.speculator is not None and self.speculator.wants_host_tokens(request)
 
-    def _drafts(self, request: Request, budget_left: int) -> list[int]:
-        """Draft tokens for a request in decode with every token on the host; [] otherwise."""
+    def _drafts(self, request: Request, num_new: int, budget_left: int) -> list[int]:
+        """Draft tokens for a request past its prompt whose step reaches its last token, every token on the
+        host (a decode, or tokens a grammar forced plus the last); [] otherwise."""
         if (self.speculator is None or request.num_tokens_in_flight
-                or request.num_tokens - request.num_computed_tokens != 1):
+                or request.num_computed_tokens + num_new != request.num_tokens
+                or request.num_computed_tokens < request.num_prompt_tokens):
             return []
         # Every emitted token (accepted drafts + one) must fit max_tokens and the context.
         limit = min(budget_left, request.num_tokens_left(self.max_model_len) - 1)
         return self.speculator.propose(request, limit)
+
+    def _prepare_drafts(self) -> None:
+        """Draft model: one batched proposal for every running request that can carry drafts this step."""
+        candidates = [r for r in self.running if r.status == RequestStatus.RUNNING and not r.num_tokens_in_flight
+                      and r.num_tokens - r.num_computed_tokens == 1]
+        self.speculator.prepare(candidates, [r.num_tokens_left(self.max_model_len) - 1 for r in candidates])
 
     def _release_pages_behind_window(self, request: Request, num_computed: int) -> None:
         # The next token (position num_computed) and every later one attend keys at positions
@@ -290,6 +323,8 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self.block_manager.free(request.request_id)
+        if self.speculator is not None:
+            self.speculator.release(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1

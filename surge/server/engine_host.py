@@ -13,7 +13,6 @@ server.max_queue, more KV than the pool holds), and `abort_all()` for shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from typing import Callable, Optional
@@ -26,50 +25,38 @@ logger = logging.getLogger("surge")
 class EngineStream:
     """An accepted engine request, iterated with `async for`; `aclose()` aborts it if unfinished.
 
-    `open()` runs the engine's `add_request` before returning, so bad input raises ValueError there (a 400),
-    not in the middle of a response that has already started.
+    `open()` adds the request before returning (AsyncEngine.generate validates at the call), so bad input
+    raises ValueError there (a 400), not in the middle of a response that has already started.
     """
 
-    def __init__(self, generator, first: asyncio.Task, on_close: Callable[[], None]) -> None:
-        self._generator = generator
-        self._first: Optional[asyncio.Task] = first
+    def __init__(self, stream, on_close: Callable[[], None]) -> None:
+        self._stream = stream
         self._on_close = on_close
         self._closed = False
 
     @classmethod
     async def open(cls, async_engine, prompt_token_ids: list[int], params, *, request_id: str, priority: int,
                    cache_salt: Optional[str], on_close: Callable[[], None]) -> "EngineStream":
-        generator = async_engine.generate(None, params, request_id=request_id, prompt_token_ids=prompt_token_ids,
-                                          priority=priority, cache_salt=cache_salt)
-        first = asyncio.ensure_future(generator.__anext__())
-        # One loop iteration runs the generator up to its first wait, add_request included.
-        await asyncio.sleep(0)
-        if first.done() and first.exception() is not None:
-            await generator.aclose()
+        try:
+            stream = async_engine.generate(None, params, request_id=request_id, prompt_token_ids=prompt_token_ids,
+                                           priority=priority, cache_salt=cache_salt)
+        except BaseException:
             on_close()
-            raise first.exception()
-        return cls(generator, first, on_close)
+            raise
+        return cls(stream, on_close)
 
     def __aiter__(self) -> "EngineStream":
         return self
 
     async def __anext__(self):
-        if self._first is not None:
-            first, self._first = self._first, None
-            return await first
-        return await self._generator.__anext__()
+        return await self._stream.__anext__()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            if self._first is not None and not self._first.done():
-                self._first.cancel()  # the generator's own cleanup aborts the request
-                await asyncio.wait([self._first])
-            if self._first is not None and self._first.done() and not self._first.cancelled():
-                self._first.exception()  # retrieved, so asyncio does not log it as never retrieved
-            await self._generator.aclose()
+            await self._stream.aclose()
         finally:
             self._on_close()
 

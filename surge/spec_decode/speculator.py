@@ -1,10 +1,15 @@
 """The speculator the scheduler consults: which requests propose, their drafts, and what was accepted.
 
-In: the engine's SpeculativeConfig; per running request in decode, its token ids and the most drafts
-that fit (budget, max_tokens, context). Out: draft token ids (at most k), whether a request needs its
-tokens on the host before its next step (it will propose), and the metrics. A request speculates when
-its SamplingParams allow it (`speculate`) and it has no grammar and no penalties (their masks and
-histories are per sampled position, which verification rows do not carry).
+In: the engine's SpeculativeConfig (and for method=draft_model the DraftModelProposer); per running
+request in decode, its token ids and the most drafts that fit (budget, max_tokens, context). Out: draft
+token ids (at most k), whether a request needs its tokens on the host before its next step (it will
+propose), and the metrics. The draft model proposes for all of a step's requests in one device call:
+the scheduler calls `prepare` with them before it walks the running requests, then `propose` hands
+out each request's share (cut to what fits); `release` frees a request's draft state and pages. A request speculates when
+its SamplingParams allow it (`speculate`) and it uses no penalties (their histories are per sampled
+position, which verification rows do not carry). With a grammar, drafts (of every method) are cut at the
+first token it refuses (and after one that ends it or makes it force tokens); the runner masks each
+verified position with the grammar's state after the drafts before it.
 """
 
 from __future__ import annotations
@@ -13,19 +18,27 @@ from surge.config import SpeculativeConfig
 from surge.spec_decode.adaptive import AdaptiveK
 from surge.spec_decode.metrics import SpecDecodeMetrics
 from surge.spec_decode.ngram import propose_ngram
+from surge.spec_decode.suffix import SuffixProposer
 
 
 class Speculator:
-    def __init__(self, config: SpeculativeConfig) -> None:
+    def __init__(self, config: SpeculativeConfig, draft=None) -> None:
         if not config.enabled:
             raise ValueError("Speculator needs engine.speculative.method other than 'none'")
+        if (config.method == "draft_model") != (draft is not None):
+            raise ValueError(f"engine.speculative.method={config.method}: a draft-model proposer is needed exactly "
+                             f"when the method is draft_model (got {type(draft).__name__})")
         self.config = config
         self.k = config.num_speculative_tokens
+        self.draft = draft
+        self._prepared: dict[str, list[int]] = {}
         self.metrics = SpecDecodeMetrics(config.method, self.k)
+        self.suffix = (SuffixProposer(config.suffix_max_tokens, config.suffix_min_match, config.suffix_max_match)
+                       if config.method == "suffix" else None)
 
     def applies_to(self, request) -> bool:
         params = request.sampling_params
-        return params.speculate and request.grammar is None and not params.uses_penalties
+        return params.speculate and not params.uses_penalties
 
     def _state(self, request) -> AdaptiveK:
         if request.spec_state is None:
@@ -36,12 +49,29 @@ class Speculator:
         """Whether the request would propose at its next step (so its last token must be on the host)."""
         return self.applies_to(request) and self._state(request).proposes(request.num_output_tokens)
 
+    def prepare(self, requests, limits) -> None:
+        """Draft model: run the draft once for every request that will ask `propose` this step."""
+        self._prepared = {}
+        if self.draft is not None:
+            chosen = [(r, n) for r, n in zip(requests, limits) if n > 0 and self.wants_host_tokens(r)]
+            if chosen:
+                self._prepared = self.draft.propose([r for r, _ in chosen], [n for _, n in chosen])
+
     def propose(self, request, max_drafts: int) -> list[int]:
-        """Drafts for a request whose tokens are all on the host and whose only uncomputed token is the last."""
+        """Drafts for a request whose tokens are all on the host and whose step runs up to its last token."""
         if max_drafts <= 0 or not self.wants_host_tokens(request):
             return []
-        drafts = propose_ngram(request.token_ids, min(self.k, max_drafts), self.config.prompt_lookup_min,
-                               self.config.prompt_lookup_max)
+        k = min(self.k, max_drafts)
+        if self.draft is not None:
+            # A request the draft did not take this step (pool or budget full) proposes nothing, uncounted.
+            drafts = self._prepared.pop(request.request_id, [])[:k]
+            return request.grammar.legal_drafts(drafts) if drafts and request.grammar is not None else drafts
+        if self.suffix is not None:
+            drafts = self.suffix.propose(request.token_ids, k)
+        else:
+            drafts = propose_ngram(request.token_ids, k, self.config.prompt_lookup_min, self.config.prompt_lookup_max)
+        if drafts and request.grammar is not None:
+            drafts = request.grammar.legal_drafts(drafts)
         if not drafts:  # nothing to verify costs nothing now, but counts against speculating later
             self._state(request).record(request.num_output_tokens, 0, 0)
         return drafts
@@ -50,8 +80,24 @@ class Speculator:
         self.metrics.record(num_drafts, num_accepted)
         self._state(request).record(request.num_output_tokens, num_drafts, num_accepted)
 
+    def finished(self, request, aborted: bool) -> None:
+        """A request ended: suffix decoding indexes its output (not an aborted one's)."""
+        if self.suffix is not None and not aborted:
+            self.suffix.add_finished(request.prompt_token_ids, request.output_token_ids)
+
+    def release(self, request) -> None:
+        """The request finished, was aborted or preempted: drop its draft state (and draft pages)."""
+        self._prepared.pop(request.request_id, None)
+        if self.draft is not None:
+            self.draft.release(request.request_id)
+
     def stats(self) -> dict:
-        return self.metrics.as_dict()
+        stats = self.metrics.as_dict()
+        if self.suffix is not None:
+            stats.update(self.suffix.stats())
+        if self.draft is not None:
+            stats.update(self.draft.stats())
+        return stats
 
 
 __all__ = ["Speculator"]

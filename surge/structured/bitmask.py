@@ -8,12 +8,17 @@ rides in the step's ``SamplingTensors``, or None when no row is constrained
 (the sampler then gets a shared all-ones table and skips the mask).
 Unconstrained and padding rows are all ones (-1); constrained rows are filled
 by llguidance in parallel, straight into the array.
+
+A speculating request (``speculated``: its state, its draft ids and its rows in
+position order, as ``SchedulerOutput.sample_rows`` gives them) has a row per
+verified position: row j is the mask after drafts[:j], filled by consuming the
+drafts one by one and rolling the matcher back after.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,16 +32,33 @@ def bitmask_width(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
-def build_token_bitmask(states: Sequence[Optional[GrammarState]], num_rows_padded: int,
-                        vocab_size: int) -> Optional[np.ndarray]:
-    """The bitmask of a step whose row i belongs to states[i]; None when every state is None."""
+def build_token_bitmask(states: Sequence[Optional[GrammarState]], num_rows_padded: int, vocab_size: int,
+                        speculated: Sequence[Tuple[GrammarState, Sequence[int], Sequence[int]]] = ()
+                        ) -> Optional[np.ndarray]:
+    """The bitmask of a step whose row i belongs to states[i] and whose speculating requests' rows are in
+    `speculated`; None when nothing is constrained."""
     rows = [(state.matcher, i) for i, state in enumerate(states) if state is not None]
-    if not rows:
+    if not rows and not speculated:
         return None
-    from llguidance.numpy import fill_next_token_bitmask_par
+    from llguidance.numpy import fill_next_token_bitmask, fill_next_token_bitmask_par
 
     table = np.full((num_rows_padded, bitmask_width(vocab_size)), -1, dtype=np.int32)
-    fill_next_token_bitmask_par(_shared_executor(), rows, table)
+    if rows:
+        fill_next_token_bitmask_par(_shared_executor(), rows, table)
+    for state, drafts, positions in speculated:
+        if len(positions) != len(drafts) + 1:
+            raise ValueError(f"{len(positions)} rows for {len(drafts)} drafts (expected one more)")
+        matcher = state.matcher
+        consumed = 0
+        for j, row in enumerate(positions):
+            fill_next_token_bitmask(matcher, table, row)
+            if j < len(drafts):
+                if not matcher.consume_token(drafts[j]):
+                    matcher.rollback(consumed)
+                    raise ValueError(f"draft token {drafts[j]} at position {j} breaks the grammar "
+                                     f"({matcher.get_error()}); drafts must come from legal_drafts")
+                consumed += 1
+        matcher.rollback(consumed)
     return table
 
 

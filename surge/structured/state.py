@@ -7,7 +7,9 @@ and computed in its next step together), whether the grammar has finished,
 and, through ``surge.structured.bitmask``, the next step's allowed tokens.
 
 The scheduler calls ``accept`` once per sampled token; the runner asks
-``matcher`` for the mask of every row that samples. A token the matcher
+``matcher`` for the mask of every row that samples. Speculative decoding checks
+drafts with ``legal_drafts`` and builds each verified position's mask by
+consuming the drafts before it (``bitmask``); both roll the matcher back. A token the matcher
 refuses (only possible when something outside the mask chose it) is logged
 and leaves the matcher failed, whose mask then allows only EOS: the request
 ends at its next token.
@@ -41,6 +43,24 @@ class GrammarState:
             return []
         self.num_forced_tokens += len(forced)
         return forced
+
+    def legal_drafts(self, draft_token_ids: list[int]) -> list[int]:
+        """The drafts up to the first one the grammar refuses, and cut after one that ends the grammar or
+        makes it force tokens (those join the request unsampled, so nothing after them is verified).
+        The matcher is left as it was (the drafts it consumed to check are rolled back)."""
+        matcher = self.matcher
+        if matcher.is_stopped() or not draft_token_ids:
+            return []
+        legal = draft_token_ids[:matcher.validate_tokens(draft_token_ids)]
+        kept = 0
+        for token_id in legal:
+            if not matcher.consume_token(token_id):
+                break
+            kept += 1
+            if matcher.is_stopped() or (self.fast_forward and matcher.compute_ff_tokens()):
+                break
+        matcher.rollback(kept)
+        return legal[:kept]
 
     @property
     def is_finished(self) -> bool:
