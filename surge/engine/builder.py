@@ -69,14 +69,21 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         logger.warning("engine.max_model_len=%d exceeds the model's max_position_embeddings=%d",
                        max_model_len, model_limit)
 
-    backend = get_backend(cfg.backend)
+    backend = get_backend(cfg.backend.name, cfg.backend.options)
     backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
+    draft, held_bytes = None, weights_bytes
+    if cfg.engine.speculative.method == "draft_model":
+        # Loaded (weights and its own KV pool) before the target's pool is sized, which counts its bytes.
+        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
+                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
+                                     place_weights=lambda state: shard_state(state, mesh))
+        held_bytes += draft.num_bytes
     kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
     page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
-                         weights_bytes=weights_bytes, max_model_len=max_model_len,
+                         weights_bytes=held_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
     logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
                 cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
@@ -87,10 +94,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     speculator = None
-    if cfg.engine.speculative.method == "draft_model":
-        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
-                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
-                                     place_weights=lambda state: shard_state(state, mesh))
+    if draft is not None:
         if cfg.engine.compile_at_startup:
             compile_started = time.perf_counter()
             draft.compile_all()
@@ -99,7 +103,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
-                          speculator=speculator)
+                          speculator=speculator,
+                          first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:
