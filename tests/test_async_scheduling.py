@@ -249,7 +249,7 @@ def test_the_loop_reports_host_time_and_the_device_idle_gap(engines):
 def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before_reading(engines):
     """AsyncEngine.generate adds the request when called: bad input raises there, before any iteration.
     A request whose only output is made before its caller reads (max_tokens 1, finished in the step that
-    admitted it) still delivers it; a stream closed unread aborts its request."""
+    admitted it) still delivers it; a stream closed unread, or dropped unread, aborts its request."""
     import asyncio
 
     engine = engines["async"]
@@ -276,10 +276,16 @@ def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before
         unread = async_engine.generate(prompt_token_ids=prompts_of(1, seed=14)[0],
                                        params=SamplingParams(max_tokens=500, **GREEDY))
         await unread.aclose()
+        generated = engine.stats()["num_generation_tokens"]
+        dropped = async_engine.generate(prompt_token_ids=prompts_of(1, seed=15)[0],
+                                        params=SamplingParams(max_tokens=1500, **GREEDY))
+        del dropped  # never read nor closed: the loop thread aborts it
         for _ in range(2000):
             if not engine.has_unfinished_requests():
                 break
             await asyncio.sleep(0.005)
+        assert not engine.has_unfinished_requests()
+        assert engine.stats()["num_generation_tokens"] - generated < 1500  # aborted, not run to the end
 
     try:
         asyncio.run(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from typing import AsyncIterator, Optional
 
 from surge.engine.engine import Engine, PromptLike
@@ -28,6 +29,9 @@ class AsyncEngine:
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._queues_lock = threading.Lock()
         self._wake = threading.Event()
+        # Streams dropped unread (garbage-collected): their ids wait here for the loop thread to abort them.
+        # A deque append takes no lock, so a collection that runs while some thread holds one cannot deadlock.
+        self._orphaned: deque = deque()
         self._stopped = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.error: Optional[BaseException] = None
@@ -57,6 +61,8 @@ class AsyncEngine:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            while self._orphaned:
+                self._abort_orphan(self._orphaned.popleft())
             if not self.engine.has_unfinished_requests():
                 self._wake.wait(0.05)
                 self._wake.clear()
@@ -112,6 +118,13 @@ class AsyncEngine:
             raise
         self._wake.set()
         return RequestStream(self, request_id, queue)
+
+    def _abort_orphan(self, request_id: str) -> None:
+        self._unregister(request_id)
+        try:
+            self.engine.abort(request_id)
+        except ValueError:  # it finished in the meantime
+            pass
 
     def _unregister(self, request_id: str) -> None:
         with self._queues_lock:
@@ -177,9 +190,7 @@ class RequestStream:
                 pass
             self._owner._wake.set()
 
-    def __del__(self) -> None:  # dropped without being read to the end or closed: free its pages
-        if not self._closed:
-            try:
-                self._close()
-            except Exception:  # interpreter shutdown: the engine may be gone already
-                pass
+    def __del__(self) -> None:  # dropped without being read to the end or closed: the loop thread aborts it
+        if not self._closed and not self._finished:
+            self._owner._orphaned.append(self.request_id)
+            self._owner._wake.set()
