@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
@@ -227,29 +227,31 @@ class CacheConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16"), "cache.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
 
 
-CPU_ISAS = ("auto", "scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_dotprod")
-
-
 @dataclass(frozen=True)
 class BackendConfig:
-    # Attention kernel backend: auto (tpu->pallas, gpu->triton, cpu->cpu, else reference),
-    # reference, cpu, triton or pallas. Must equal the name of its conf/backend/<name>.yaml.
+    # Kernel backend: auto (resolved at start-up by platform, e.g. tpu->pallas, gpu->triton,
+    # cpu->cpu, falling back to reference) or a name of surge.kernels.registry.names(). Must
+    # equal the name of its conf/backend/<name>.yaml.
     name: str = "auto"
-    # cpu backend: threads of its one pool (GEMM, attention, SiLU-and-multiply), the caller
-    # included; 0 = all cores.
-    num_threads: int = 0
-    # cpu backend: instruction-set variant of its kernels: auto (the best this processor has,
-    # or the SURGE_CPU_ISA environment variable), scalar, avx2, avx512, avx512_bf16 (x86),
-    # neon, neon_dotprod (AArch64). A variant the processor lacks fails at start-up.
-    cpu_isa: str = "auto"
-    # Run Pallas kernels in interpret mode (CPU testing of the TPU kernel).
-    interpret: bool = False
+    # That backend's own keys, written flat (backend.num_threads=4): its options dataclass, in its
+    # module under surge/kernels/, documents each. Checked against it at load; under auto, against
+    # the backend auto resolves to, when the engine starts.
+    options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.name in ("auto", "reference", "cpu", "triton", "pallas"), "backend.name",
-               f"{self.name!r} is not auto|reference|cpu|triton|pallas")
-        _check(self.num_threads >= 0, "backend.num_threads", "must be >= 0")
-        _check(self.cpu_isa in CPU_ISAS, "backend.cpu_isa", f"{self.cpu_isa!r} is not {'|'.join(CPU_ISAS)}")
+        from surge.kernels import registry
+
+        known = registry.names()
+        _check(self.name == registry.AUTO or self.name in known, "backend.name",
+               f"{self.name!r} is not {'|'.join([registry.AUTO, *known])}")
+        _check(isinstance(self.options, Mapping), "backend.options", f"{self.options!r} is not a mapping")
+        if self.name != registry.AUTO:
+            try:
+                built = registry.make_options(self.name, self.options)
+            except ValueError as exc:  # the options dataclass and the registry name the key
+                raise ConfigError(str(exc)) from None
+            # Values as the options dataclass holds them (e.g. an int where a float is declared).
+            object.__setattr__(self, "options", {key: getattr(built, key) for key in self.options})
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,9 @@ def schema() -> DictConfig:
         current = stack.pop()
         current._set_flag("readonly", False)
         stack.extend(v for v in current.values() if isinstance(v, DictConfig))
+    # A backend's keys are its own (its options dataclass), so `backend` is open here; to_config folds them
+    # into backend.options and the registry checks them against the named backend.
+    node.backend._set_flag("struct", False)
     # Dataclass-typed nodes already reject unknown keys; no explicit struct flag on the root, which Hydra
     # would otherwise propagate into its own `hydra.callbacks` dict.
     return node
@@ -475,6 +480,7 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
     """Turn a composed DictConfig into validated frozen dataclasses (raises ConfigError)."""
     if isinstance(cfg, SurgeConfig):
         return cfg
+    cfg = _fold_backend_options(cfg)
     for key in _unknown_keys(cfg, SurgeConfig, ""):  # e.g. added with '+' on the command line
         raise ConfigError(unknown_key_message(key))
     try:
@@ -486,6 +492,24 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
         raise ConfigError(f"invalid config: {_one_line(exc)}") from None
     assert isinstance(obj, SurgeConfig)
     return obj
+
+
+def _fold_backend_options(cfg: DictConfig) -> DictConfig:
+    """`backend: {name: cpu, num_threads: 4}` (the YAML and command-line spelling) -> backend.options."""
+    backend = cfg.get("backend") if isinstance(cfg, DictConfig) else None
+    if not isinstance(backend, DictConfig):
+        return cfg
+    flat = [key for key in backend.keys() if key not in ("name", "options")]
+    if not flat:
+        return cfg
+    folded = OmegaConf.to_container(cfg, resolve=True)
+    section = folded["backend"]
+    nested = section.get("options") or {}
+    options = {**nested, **{key: section.pop(key) for key in flat}}
+    clash = sorted(set(nested) & set(flat))
+    _check(not clash, f"backend.{clash[0] if clash else ''}", "is set both flat and under backend.options")
+    section["options"] = options
+    return OmegaConf.create(folded)
 
 
 def config_keys(cls: type = SurgeConfig, prefix: str = "") -> List[str]:

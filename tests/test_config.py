@@ -192,3 +192,48 @@ def test_engine_limits_say_what_is_not_built_and_what_requests_accept():
     with pytest.raises(ConfigError, match=r"engine.max_logprobs.*\[0, 20\]"):
         make_config(max_logprobs=21)
     assert make_config(max_logprobs=20).engine.max_logprobs == 20
+
+
+def test_each_backend_yaml_holds_exactly_its_options_with_their_defaults():
+    import dataclasses
+
+    import yaml
+
+    from surge.kernels import registry
+
+    assert _options("backend") == sorted([registry.AUTO, *registry.names()])
+    for name in _options("backend"):
+        keys = yaml.safe_load((CONF / "backend" / f"{name}.yaml").read_text())
+        assert keys.pop("name") == name
+        defaults = {} if name == registry.AUTO else {
+            f.name: f.default for f in dataclasses.fields(registry.options_type(name))}
+        assert keys == defaults, name
+
+
+def test_backend_keys_are_the_named_backends_own():
+    cfg = to_config(_compose("generate", ["backend=cpu", "backend.num_threads=2", "backend.cpu_isa=avx2"]))
+    assert (cfg.backend.name, cfg.backend.options) == ("cpu", {"num_threads": 2, "cpu_isa": "avx2"})
+    assert to_config(_compose("generate", ["backend=pallas"])).backend.options == {"interpret": False}
+    assert make_config(backend="cpu", **{"backend.num_threads": 3}).backend.options == {"num_threads": 3}
+    for overrides, message in (
+            (["backend=reference", "backend.num_threads=2"], r"'backend.num_threads': not an option of the reference"),
+            (["backend=cpu", "backend.num_thread=2"], r"'backend.num_thread'.*did you mean backend.num_threads"),
+            (["backend=cpu", "backend.cpu_isa=mmx"], r"'backend.cpu_isa': 'mmx' is not auto\|scalar"),
+            (["backend=cpu", "backend.num_threads=-1"], r"'backend.num_threads': -1 must be >= 0"),
+            (["backend.name=cuda"], r"'backend.name': 'cuda' is not auto\|")):
+        with pytest.raises(ConfigError, match=message):
+            to_config(_compose("generate", overrides))
+    # auto's keys are checked when the engine resolves it (the platform is not known while composing).
+    assert to_config(_compose("generate", ["backend.num_threads=2"])).backend.options == {"num_threads": 2}
+
+
+def test_server_yaml_writes_backend_keys_flat():
+    from omegaconf import OmegaConf
+
+    from surge.server.process import config_yaml
+
+    cfg = make_config(backend="cpu", **{"backend.num_threads": 3})
+    written = OmegaConf.create(config_yaml(cfg))
+    assert dict(written.backend) == {"name": "cpu", "num_threads": 3}
+    assert to_config(OmegaConf.masked_copy(written, [k for k in written if k not in ("defaults", "hydra")])
+                     ).backend == cfg.backend

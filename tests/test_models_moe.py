@@ -150,3 +150,50 @@ def test_cpu_backend_packs_the_expert_stacks(moe):
     assert block.experts_gate_up[...].shape == (experts, hidden * 2 * inter)
     assert block.experts_down[...].shape == (experts, inter * hidden)
     assert len(runner.step([(0, PROMPTS[0])])[0]) == len(PROMPTS[0])
+
+
+_EXPERT_PARALLEL = r"""
+import json, sys
+sys.path.insert(0, "tests")
+import jax
+import numpy as np
+from jax.sharding import Mesh
+import surge
+from family_oracle import PROMPTS
+from surge.runner.mesh import param_sharding
+
+mesh = Mesh(np.array(jax.devices()[:2]).reshape(1, 2), ("dp", "tp"))
+specs = [tuple(param_sharding(name, shape, mesh).spec) for name, shape in
+         [("layers.0.moe.experts_gate_up", (4, 64, 96)), ("layers.0.moe.experts_down", (4, 48 * 64)),
+          ("layers.0.moe.experts_down", (3, 48, 64))]]
+engine = surge.Engine.from_pretrained(sys.argv[1], backend=sys.argv[2], max_num_seqs=4,
+                                      max_model_len=64, max_num_batched_tokens=8, token_buckets=[8], num_pages=64,
+                                      page_size=4, progress=False, **{"engine.tensor_parallel_size": 2})
+outs = engine.generate(prompt_token_ids=PROMPTS,
+                       sampling_params=surge.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
+split = [w.shape for w in engine.runner._weights if w.ndim == 3 and tuple(w.sharding.spec)[:1] == ("tp",)
+         and len(w.sharding.device_set) == 2]
+print(json.dumps({"specs": specs, "split": len(split), "tokens": [list(o.outputs[0].token_ids) for o in outs]}))
+"""
+
+
+def test_expert_parallel_over_two_devices_keeps_the_tokens(moe):
+    # engine.tensor_parallel_size=2 on two host devices: each holds half of every expert stack (split by expert).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from family_oracle import PROMPTS, hf_greedy
+
+    family, ckpt = moe
+    if family != "qwen2_moe":
+        pytest.skip("one family is enough: the sharding rule is the same for all")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", _EXPERT_PARALLEL, ckpt.path, "reference"], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["specs"] == [["tp", None, None], ["tp", None], [None, None, None]]  # 3 experts do not split in 2
+    assert result["split"] == 2 * 2  # both expert stacks of both MoE layers (layer 1 is dense)
+    assert result["tokens"] == [hf_greedy(ckpt.hf_model, p) for p in PROMPTS]

@@ -69,7 +69,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         logger.warning("engine.max_model_len=%d exceeds the model's max_position_embeddings=%d",
                        max_model_len, model_limit)
 
-    backend = get_backend(cfg.backend)
+    backend = get_backend(cfg.backend.name, cfg.backend.options)
     backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
@@ -103,7 +103,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
-                          speculator=speculator)
+                          speculator=speculator,
+                          first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

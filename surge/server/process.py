@@ -43,6 +43,8 @@ def config_yaml(cfg: SurgeConfig) -> str:
 
     cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, host="127.0.0.1", port=0))
     body = OmegaConf.to_container(OmegaConf.structured(cfg))
+    backend = body["backend"]
+    body["backend"] = {"name": backend["name"], **backend["options"]}  # the YAML spelling: the backend's keys flat
     header = {
         "defaults": ["surge_schema", {"override hydra/job_logging": "none"},
                      {"override hydra/hydra_logging": "none"}, "_self_"],
