@@ -128,6 +128,30 @@ def test_a_draft_with_another_vocabulary_fails_at_start_up(tiny, tiny_checkpoint
         make_engine(tiny.path, wide.path)
 
 
+def test_a_tokenizer_that_maps_tokens_differently_is_refused():
+    from types import SimpleNamespace
+
+    from surge.spec_decode.draft_model import DraftMismatch, check_same_vocabulary
+
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def __len__(self):
+            return len(self.vocab)
+
+        def get_vocab(self):
+            return dict(self.vocab)
+
+    arch = SimpleNamespace(vocab_size=3)
+    same = {"a": 0, "b": 1, "c": 2}
+    check_same_vocabulary("d", "t", arch, arch, Tok(same), Tok(dict(same)))
+    with pytest.raises(DraftMismatch, match=r"draft_model='d' vs model.name='t'.*2 tokens, the target's 3"):
+        check_same_vocabulary("d", "t", arch, arch, Tok({"a": 0, "b": 1}), Tok(same))
+    with pytest.raises(DraftMismatch, match=r"3 tokens each\) map 2 tokens differently \(first 'b'"):
+        check_same_vocabulary("d", "t", arch, arch, Tok({"a": 0, "b": 2, "c": 1}), Tok(same))
+
+
 def test_the_draft_bytes_come_out_of_the_target_kv_budget(tiny):
     """On the CPU RAM budget the target's pool is sized after the draft's weights and pool are placed."""
     plain = make_engine(tiny.path, num_pages=None, cpu_memory_gb=0.5)
