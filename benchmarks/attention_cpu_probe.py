@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from surge.kernels.base import AttentionSpec
 from surge.kernels.cpu import CpuBackend, set_num_threads
 from surge.kernels.metadata import AttentionMetadata
 
@@ -105,7 +106,7 @@ class Contender:
 def run_case(label, batch, repeats):
     q, k, v, md, k_logical, v_logical, max_q_len = batch
     cpu = CpuBackend()
-    cpu_jit = jax.jit(lambda q, k, v, kp, vp, md: cpu(q, k, v, (kp, vp), md, scale=SCALE), donate_argnums=(3, 4))
+    cpu_jit = jax.jit(lambda q, k, v, kp, vp, md: cpu.attention(q, k, v, (kp, vp), md, AttentionSpec(SCALE)), donate_argnums=(3, 4))
     dense_jit = jax.jit(lambda q, k, v, kp, vp, md: jax_dense_attention(q, k, v, kp, vp, md, max_q_len=max_q_len),
                         donate_argnums=(3, 4))
 
@@ -126,7 +127,7 @@ def run_case(label, batch, repeats):
         ReferenceBackend = None
     if ReferenceBackend is not None:
         reference = ReferenceBackend()
-        ref_jit = jax.jit(lambda q, k, v, kp, vp, md: reference(q, k, v, (kp, vp), md, scale=SCALE),
+        ref_jit = jax.jit(lambda q, k, v, kp, vp, md: reference.attention(q, k, v, (kp, vp), md, AttentionSpec(SCALE)),
                           donate_argnums=(3, 4))
         contenders.append(Contender("reference", ref_jit, reference_layout()))
 

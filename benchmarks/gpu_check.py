@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from surge.kernels.base import AttentionSpec  # noqa: E402
 from surge.kernels.metadata import AttentionMetadata  # noqa: E402
 
 H100_HBM_BYTES_PER_S = 3.35e12
@@ -153,8 +154,8 @@ def parity_case(seed, backend, oracle_name, reference, name, num_kv_heads, group
     def to_triton_layout(pages):
         return jnp.asarray(pages.transpose(0, 2, 1, 3), jdtype)
 
-    step = jax.jit(lambda q, k, v, cache, md: backend(q, k, v, cache, md, scale=scale, sliding_window=window,
-                                                       logit_soft_cap=cap))
+    step = jax.jit(lambda q, k, v, cache, md: backend.attention(
+        q, k, v, cache, md, AttentionSpec(scale, sliding_window=window, logit_soft_cap=cap)))
     out, (new_k, new_v) = step(jnp.asarray(q, jdtype), jnp.asarray(k, jdtype), jnp.asarray(v, jdtype),
                                (to_triton_layout(ref_k), to_triton_layout(ref_v)), md)
     out = np.asarray(out.astype(jnp.float32))
@@ -163,8 +164,8 @@ def parity_case(seed, backend, oracle_name, reference, name, num_kv_heads, group
 
     if reference is not None:
         ref_out, (want_k, want_v) = jax.jit(
-            lambda q, k, v, cache, md: reference(q, k, v, cache, md, scale=scale, sliding_window=window,
-                                                 logit_soft_cap=cap))(
+            lambda q, k, v, cache, md: reference.attention(
+                q, k, v, cache, md, AttentionSpec(scale, sliding_window=window, logit_soft_cap=cap)))(
             jnp.asarray(q, jdtype), jnp.asarray(k, jdtype), jnp.asarray(v, jdtype),
             (jnp.asarray(ref_k, jdtype), jnp.asarray(ref_v, jdtype)), md)
         expected = np.asarray(ref_out.astype(jnp.float32))[:num_real]
@@ -277,7 +278,7 @@ def time_backend(backend, case: BenchCase, iters: int, dtype=jnp.bfloat16) -> fl
     def layers(q, k, caches, md):
         outs, new_caches = [], []
         for cache in caches:
-            out, cache = backend(q, k, k, cache, md, scale=HEAD_DIM ** -0.5)
+            out, cache = backend.attention(q, k, k, cache, md, AttentionSpec(HEAD_DIM ** -0.5))
             outs.append(out)
             new_caches.append(cache)
         return outs, new_caches

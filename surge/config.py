@@ -3,8 +3,9 @@
 In: Hydra/OmegaConf configs composed from ``conf/`` (or keyword overrides from
 ``Engine.from_pretrained``). Out: frozen dataclasses, validated once at load time.
 
-Every key is documented here, where it is declared; the YAML files in ``conf/``
-repeat the comment next to the default they set. ``OmegaConf.structured`` makes
+Every key is documented here, where it is declared, and only here: the YAML files in
+``conf/`` set values (tests/test_config.py checks that each default they set equals the
+schema's) and say in their header which dataclass documents them. ``OmegaConf.structured`` makes
 unknown keys and wrongly typed values fail at merge time; ``__post_init__``
 checks ranges, so ``cache.page_size=0`` fails with a message naming the key.
 """
@@ -14,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 # Most top log-probabilities a request may ask for (OpenAI's limit); SamplingParams checks requests against it.
 MAX_LOGPROBS = 20
@@ -126,7 +127,8 @@ class EngineConfig:
     max_num_seqs: int = 32
     # Token budget of one step: prefill chunks and decodes together.
     max_num_batched_tokens: int = 512
-    # Token-count buckets the step is compiled for; empty = powers of two from 16 up to the budget.
+    # Token-count buckets the step is compiled for; empty = powers of two from 1 up to the budget
+    # (max_num_batched_tokens, always a bucket).
     token_buckets: List[int] = field(default_factory=list)
     # Sequence-count buckets; empty = powers of two from 1 up to max_num_seqs.
     seq_buckets: List[int] = field(default_factory=list)
@@ -134,7 +136,8 @@ class EngineConfig:
     compile_at_startup: bool = True
     # Keep compiled step programs in $SURGE_CACHE/xla so the next start-up reuses them.
     compilation_cache: bool = True
-    # Top log-probabilities a request may ask for (the width the step is compiled with).
+    # Widest top-logprobs a request may ask for (the width the step is compiled with); at most MAX_LOGPROBS,
+    # what SamplingParams accepts.
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
@@ -142,7 +145,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
     data_parallel_size: int = 1
-    # Logging level of the `surge` logger.
+    # Logging level of the `surge` logger: DEBUG | INFO | WARNING | ERROR.
     log_level: str = "INFO"
     # Tokens a request's grammar forces (fixed keys, closing brackets) join its next step as extra tokens
     # instead of taking one step each; false = one step per token (same text either way at temperature 0).
@@ -224,29 +227,31 @@ class CacheConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16"), "cache.dtype", f"{self.dtype!r} is not auto|float32|bfloat16")
 
 
-CPU_ISAS = ("auto", "scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_dotprod")
-
-
 @dataclass(frozen=True)
 class BackendConfig:
-    # Attention kernel backend: auto (tpu->pallas, gpu->triton, cpu->cpu, else reference),
-    # reference, cpu, triton or pallas. Must equal the name of its conf/backend/<name>.yaml.
+    # Kernel backend: auto (resolved at start-up by platform, e.g. tpu->pallas, gpu->triton,
+    # cpu->cpu, falling back to reference) or a name of surge.kernels.registry.names(). Must
+    # equal the name of its conf/backend/<name>.yaml.
     name: str = "auto"
-    # cpu backend: threads of its one pool (GEMM, attention, SiLU-and-multiply), the caller
-    # included; 0 = all cores.
-    num_threads: int = 0
-    # cpu backend: instruction-set variant of its kernels: auto (the best this processor has,
-    # or the SURGE_CPU_ISA environment variable), scalar, avx2, avx512, avx512_bf16 (x86),
-    # neon, neon_dotprod (AArch64). A variant the processor lacks fails at start-up.
-    cpu_isa: str = "auto"
-    # Run Pallas kernels in interpret mode (CPU testing of the TPU kernel).
-    interpret: bool = False
+    # That backend's own keys, written flat (backend.num_threads=4): its options dataclass, in its
+    # module under surge/kernels/, documents each. Checked against it at load; under auto, against
+    # the backend auto resolves to, when the engine starts.
+    options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.name in ("auto", "reference", "cpu", "triton", "pallas"), "backend.name",
-               f"{self.name!r} is not auto|reference|cpu|triton|pallas")
-        _check(self.num_threads >= 0, "backend.num_threads", "must be >= 0")
-        _check(self.cpu_isa in CPU_ISAS, "backend.cpu_isa", f"{self.cpu_isa!r} is not {'|'.join(CPU_ISAS)}")
+        from surge.kernels import registry
+
+        known = registry.names()
+        _check(self.name == registry.AUTO or self.name in known, "backend.name",
+               f"{self.name!r} is not {'|'.join([registry.AUTO, *known])}")
+        _check(isinstance(self.options, Mapping), "backend.options", f"{self.options!r} is not a mapping")
+        if self.name != registry.AUTO:
+            try:
+                built = registry.make_options(self.name, self.options)
+            except ValueError as exc:  # the options dataclass and the registry name the key
+                raise ConfigError(str(exc)) from None
+            # Values as the options dataclass holds them (e.g. an int where a float is declared).
+            object.__setattr__(self, "options", {key: getattr(built, key) for key in self.options})
 
 
 @dataclass(frozen=True)
@@ -312,13 +317,18 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    # Defaults for surge-generate; requests through the API bring their own.
+    # surge-generate's sampling (surge-serve's requests bring their own, so it does not read this section).
+    # Tokens to generate.
     max_tokens: int = 64
     # OpenAI's default temperature is 1; 0 is greedy.
     temperature: float = 1.0
+    # Nucleus mass kept, in (0, 1].
     top_p: float = 1.0
+    # Keep the k most likely tokens; 0 = off.
     top_k: int = 0
+    # Seed of the request; null = the engine's (engine.seed).
     seed: Optional[int] = None
+    # Keep generating past end-of-sequence.
     ignore_eos: bool = False
     # Constrain the output (vLLM's fields): one of json (a schema), regex, choice, grammar, json_object,
     # e.g. '+sampling.structured_outputs.choice=[yes,no]'; empty = unconstrained.
@@ -339,10 +349,12 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    # offline | serve | attention | prefix
+    # Which workload surge-bench runs: offline | serve | attention | prefix (conf/bench/<mode>.yaml).
     mode: str = "offline"
-    # Requests in the workload.
-    num_prompts: int = 32
+    # Requests in the workload, submitted together (offline) or as the arrival process lets them (serve);
+    # by default engine.max_num_seqs, one full batch, so a sweep over engine.max_num_seqs sweeps the
+    # concurrent sequences (`surge-bench -m engine.max_num_seqs=1,8,32,128`).
+    num_prompts: int = II("engine.max_num_seqs")
     # Prompt length in tokens (random token ids).
     input_len: int = 32
     # Generated tokens per request (ignore_eos).
@@ -365,23 +377,19 @@ class BenchConfig:
     max_concurrency: int = 0
     # prefix: fractions of the prompt shared between requests.
     prefix_shares: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
-    # Warm-up requests run (and excluded) before timing.
+    # Warm-up requests run (and excluded from the figures) before timing.
     num_warmup: int = 1
     # serve: none | json_schema (every request constrained by a JSON schema that cannot close before
     # output_len tokens) | compare (both, alternating, on the same server).
     structured_output: str = "none"
     # serve: times the workload runs (alternating variants with structured_output=compare); medians are given.
     rounds: int = 1
-    # offline: run the workload once per entry, with that many requests submitted together
-    # (the concurrent sequences; engine.max_num_seqs is raised to the largest); [] = num_prompts once.
-    concurrency: List[int] = field(default_factory=list)
-    # offline: model dtypes to run, one engine each (float32 | bfloat16); [] = model.dtype.
-    dtypes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("offline", "serve", "attention", "prefix"), "bench.mode",
                f"{self.mode!r} is not offline|serve|attention|prefix")
-        _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
+        if not isinstance(self.num_prompts, str):  # "${engine.max_num_seqs}" until the tree is resolved
+            _check(self.num_prompts >= 1, "bench.num_prompts", "must be >= 1")
         _check(self.input_len >= 1, "bench.input_len", "must be >= 1")
         _check(self.output_len >= 1, "bench.output_len", "must be >= 1")
         _check(self.workload in ("random", "copy"), "bench.workload", f"{self.workload!r} is not random|copy")
@@ -391,9 +399,6 @@ class BenchConfig:
                f"{self.structured_output!r} is not none|json_schema|compare")
         _check(self.rounds >= 1, "bench.rounds", "must be >= 1")
         _check(self.compare in ("", "transformers"), "bench.compare", f"{self.compare!r} is not ''|transformers")
-        _check(all(c >= 1 for c in self.concurrency), "bench.concurrency", f"{list(self.concurrency)} has an entry < 1")
-        _check(all(d in ("float32", "bfloat16") for d in self.dtypes), "bench.dtypes",
-               f"{list(self.dtypes)} has an entry that is not float32|bfloat16")
 
 
 @dataclass(frozen=True)
@@ -463,6 +468,9 @@ def schema() -> DictConfig:
         current = stack.pop()
         current._set_flag("readonly", False)
         stack.extend(v for v in current.values() if isinstance(v, DictConfig))
+    # A backend's keys are its own (its options dataclass), so `backend` is open here; to_config folds them
+    # into backend.options and the registry checks them against the named backend.
+    node.backend._set_flag("struct", False)
     # Dataclass-typed nodes already reject unknown keys; no explicit struct flag on the root, which Hydra
     # would otherwise propagate into its own `hydra.callbacks` dict.
     return node
@@ -472,6 +480,7 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
     """Turn a composed DictConfig into validated frozen dataclasses (raises ConfigError)."""
     if isinstance(cfg, SurgeConfig):
         return cfg
+    cfg = _fold_backend_options(cfg)
     for key in _unknown_keys(cfg, SurgeConfig, ""):  # e.g. added with '+' on the command line
         raise ConfigError(unknown_key_message(key))
     try:
@@ -483,6 +492,24 @@ def to_config(cfg: DictConfig | SurgeConfig) -> SurgeConfig:
         raise ConfigError(f"invalid config: {_one_line(exc)}") from None
     assert isinstance(obj, SurgeConfig)
     return obj
+
+
+def _fold_backend_options(cfg: DictConfig) -> DictConfig:
+    """`backend: {name: cpu, num_threads: 4}` (the YAML and command-line spelling) -> backend.options."""
+    backend = cfg.get("backend") if isinstance(cfg, DictConfig) else None
+    if not isinstance(backend, DictConfig):
+        return cfg
+    flat = [key for key in backend.keys() if key not in ("name", "options")]
+    if not flat:
+        return cfg
+    folded = OmegaConf.to_container(cfg, resolve=True)
+    section = folded["backend"]
+    nested = section.get("options") or {}
+    options = {**nested, **{key: section.pop(key) for key in flat}}
+    clash = sorted(set(nested) & set(flat))
+    _check(not clash, f"backend.{clash[0] if clash else ''}", "is set both flat and under backend.options")
+    section["options"] = options
+    return OmegaConf.create(folded)
 
 
 def config_keys(cls: type = SurgeConfig, prefix: str = "") -> List[str]:

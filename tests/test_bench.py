@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 from surge.bench.load_generator import arrival_offsets, run_load
 from surge.bench.prometheus import parse_counters
 from surge.bench.serve_metrics import SLO_TPOT_S, SLO_TTFT_S, StreamRecord, meets_slo, summarize_streams
-from surge.bench.server_process import server_yaml
 from surge.bench.summary import collect, write_summary
 from surge.bench.sweep_progress import count_jobs
 from surge.config import make_config, to_config
+from surge.server.process import config_yaml as server_yaml
 
 TINY_ENGINE = dict(backend="reference", max_model_len=256, token_buckets=[16, 64], num_pages=128)
 
@@ -225,14 +225,20 @@ def test_serve_benchmark_against_its_own_server(tiny):
 
 
 @pytest.mark.slow
-def test_offline_runs_every_concurrency_and_dtype(tiny):
-    from surge.bench.offline import format_offline, run_offline
-
-    cfg = make_config(tiny.path, max_num_seqs=2, **TINY_ENGINE,
-                      **{"bench.num_prompts": 3, "bench.input_len": 8, "bench.output_len": 4,
-                         "bench.concurrency": [1, 3], "bench.dtypes": ["float32", "bfloat16"]})
-    result = run_offline(cfg)
-    runs = result["runs"]
+def test_a_dtype_by_concurrency_sweep_is_four_jobs_and_one_pivot(tiny, tmp_path):
+    # What bench.concurrency x bench.dtypes did inside one job is a Hydra sweep: one workload per job,
+    # engine.max_num_seqs requests at once (bench.num_prompts follows it), one engine per dtype.
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text(f"name: tiny-llama\npath: {tiny.path}\n")
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "surge.cli.bench", "-m", "--config-dir", str(tmp_path / "conf"),
+               "model=tiny", "backend=reference", "model.dtype=float32,bfloat16", "engine.max_num_seqs=1,3",
+               "engine.max_model_len=256", "engine.token_buckets=[16,64]", "cache.num_pages=128",
+               "bench.input_len=8", "bench.output_len=4", f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[sweep 4/4]" in done.stderr
+    runs = [json.loads((sweep_dir / str(n) / "result.json").read_text())["result"] for n in range(4)]
     assert [(r["dtype"], r["num_prompts"]) for r in runs] == [
         ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
     assert [r["num_output_tokens"] for r in runs] == [4, 12, 4, 12]
@@ -240,14 +246,17 @@ def test_offline_runs_every_concurrency_and_dtype(tiny):
     # The loop figures: 4 generated tokens per request take at least 4 steps; host and wait time are measured.
     assert all(r["num_steps"] >= 4 and r["host_ms_per_step"] > 0 and r["device_wait_ms_per_step"] > 0
                and 0 <= r["device_idle_ms_per_step"] <= r["step_ms"] and r["async_scheduling"] for r in runs)
+    from surge.bench.offline import format_offline
+
     assert "ms host" in format_offline(runs[0]) and "device idle" in format_offline(runs[0])
-    table = format_offline(result).splitlines()
-    assert table[1] == "| dtype | 1 seqs | 3 seqs |"
-    assert table[3].startswith("| float32 | ") and table[4].startswith("| bfloat16 | ")
-    assert "generated tokens only" in table[0] and "excluded" in table[0]
+    table = (sweep_dir / "summary.md").read_text().splitlines()
+    pivot = table[table.index("output_tokens_per_s by engine.max_num_seqs:") + 2:]
+    assert pivot[0] == "| model.dtype | engine.max_num_seqs=1 | engine.max_num_seqs=3 |"
+    assert pivot[2].startswith("| float32 | ") and pivot[3].startswith("| bfloat16 | ") and len(pivot) == 4
+    assert "generated tokens only" in format_offline(runs[0]) and "excluded" in runs[0]["warmup"]
 
 
-def test_offline_scaling_keys_are_validated():
+def test_the_inner_sweep_keys_are_gone_and_refused_by_name():
     with pytest.raises(ValueError, match="bench.concurrency"):
         make_config("x", **{"bench.concurrency": [0]})
     with pytest.raises(ValueError, match="bench.dtypes"):
@@ -284,3 +293,27 @@ def test_offline_copy_workload_with_suffix_decoding_reports_acceptance(tiny):
     assert result["num_output_tokens"] == 32 and result["input_len"] == 40
     assert result["spec_decode_method"] == "suffix" and result["spec_decode_num_draft_tokens"] > 0
     assert "speculative suffix: " in format_offline(result)
+
+
+def test_num_prompts_follows_max_num_seqs_unless_set():
+    assert make_config("x").bench.num_prompts == 32
+    assert make_config("x", max_num_seqs=8).bench.num_prompts == 8
+    assert make_config("x", max_num_seqs=8, **{"bench.num_prompts": 3}).bench.num_prompts == 3
+    with pytest.raises(ValueError, match="bench.num_prompts"):
+        make_config("x", **{"bench.num_prompts": 0})
+
+
+def test_pivot_puts_the_numeric_key_across_and_the_others_down(tmp_path):
+    figures = {("float32", 1): 40.0, ("float32", 8): 170.0, ("bfloat16", 1): 60.0, ("bfloat16", 8): 180.5}
+    for num, ((dtype, seqs), tps) in enumerate(figures.items()):
+        job = tmp_path / str(num)
+        job.mkdir()
+        result = {"mode": "offline", "output_tokens_per_s": tps, "num_prompts": seqs}
+        (job / "result.json").write_text(json.dumps({"result": result, "overrides": [
+            f"model.dtype={dtype}", f"engine.max_num_seqs={seqs}"]}))
+    write_summary(tmp_path)
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert table[len(figures) + 2:] == [
+        "", "output_tokens_per_s by engine.max_num_seqs:", "",
+        "| model.dtype | engine.max_num_seqs=1 | engine.max_num_seqs=8 |", "|---|---|---|",
+        "| float32 | 40.00 | 170.00 |", "| bfloat16 | 60.00 | 180.50 |"]

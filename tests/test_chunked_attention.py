@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from test_triton_kernels import BOUNDARY, MIXED, Batch, kernels, launch, torch  # sets TRITON_INTERPRET
-from surge.config import BackendConfig
 from surge.kernels import registry
+from surge.kernels.base import AttentionSpec
 from surge.kernels.metadata import AttentionMetadata
-from surge.kernels.pallas import PallasBackend
+from surge.kernels.pallas import PallasBackend, PallasOptions
 
 CASES = [
     # kv_heads, group, head_dim, page_size, chunk, cap, seqs
@@ -67,8 +67,8 @@ def _run_jax_backend(backend, b: Batch, scale, chunk, cap):
     shape = backend.kv_cache_shape(b.k_cache.shape[0], b.page_size, b.num_kv_heads, b.head_dim)
     to_layout = (lambda x: x) if shape == b.k_cache.shape else (lambda x: x.transpose(0, 2, 1, 3))
     cache = (jnp.asarray(to_layout(b.k_cache)), jnp.asarray(to_layout(b.v_cache)))
-    step = jax.jit(lambda q, k, v, c, md: backend(q, k, v, c, md, scale=scale, logit_soft_cap=cap,
-                                                  attention_chunk=chunk)[0])
+    step = jax.jit(lambda q, k, v, c, md: backend.attention(
+        q, k, v, c, md, AttentionSpec(scale, logit_soft_cap=cap, chunk_size=chunk))[0])
     return np.asarray(step(b.q, b.k, b.v, cache, _metadata(b)))
 
 
@@ -103,7 +103,7 @@ def _run_cpu(b: Batch, *args):
 RUNNERS = {
     "reference": lambda b, *a: _run_jax_backend(registry.get_backend("reference"), b, *a),
     "cpu": _run_cpu,
-    "pallas": lambda b, *a: _run_jax_backend(PallasBackend(BackendConfig(name="pallas", interpret=True)), b, *a),
+    "pallas": lambda b, *a: _run_jax_backend(PallasBackend(PallasOptions(interpret=True)), b, *a),
     "triton": _run_triton,
 }
 
@@ -123,10 +123,10 @@ def test_chunked_attention_matches_the_oracle(backend, case):
     assert np.abs(unchunked - expected).max() > 1e-2
 
 
-def test_cpu_backend_refuses_a_non_positive_chunk():
+def test_a_non_positive_chunk_is_refused_before_the_cpu_kernel():
     reason = registry.available().get("cpu")
     if reason is not None:
         pytest.skip(reason)
     b = Batch(np.random.default_rng(0), MIXED, num_kv_heads=1, group=2, head_dim=64, page_size=16, dtype="float32")
-    with pytest.raises(ValueError, match="attention_chunk=0 must be positive"):
+    with pytest.raises(ValueError, match="AttentionSpec.chunk_size=0 must be a positive integer"):
         _run_jax_backend(registry.get_backend("cpu"), b, 0.1, 0, None)

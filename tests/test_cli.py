@@ -42,8 +42,8 @@ def cli(tmp_path_factory):
       "sampling.seed=null", "chat=false"],
      'surge-generate prompt="The capital of France is" sampling.max_tokens=32 sampling=greedy'),
     ("bench", "measure surge",
-     ["bench.mode=offline", "bench.num_prompts=32", "bench.concurrency=[]",
-      "bench.dtypes=[]", 'bench.url=""'],
+     ["bench.mode=offline", "bench.num_prompts=32", "follows engine.max_num_seqs",
+      "engine.max_num_seqs=1,8,32,128 model.dtype=float32,bfloat16", 'bench.url=""'],
      "surge-bench -m backend=reference,cpu engine.max_num_seqs=8,32"),
 ])
 def test_help_says_what_the_app_does(cli, app, says, keys, example):

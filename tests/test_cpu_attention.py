@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from surge.kernels.base import AttentionSpec
 from surge.kernels.cpu import CpuBackend, set_num_threads
 from surge.kernels.metadata import AttentionMetadata
 
@@ -130,8 +131,8 @@ def run_backend(backend, batch, layout, *, scale, sliding_window=None, soft_cap=
 
     @jax.jit
     def step(q, k, v, k_pages, v_pages, md):
-        return backend(q, k, v, (k_pages, v_pages), md, scale=scale, sliding_window=sliding_window,
-                       logit_soft_cap=soft_cap)
+        return backend.attention(q, k, v, (k_pages, v_pages), md,
+                                 AttentionSpec(scale, sliding_window=sliding_window, logit_soft_cap=soft_cap))
 
     out, (k_pages, v_pages) = step(q, k, v, *batch.cache(layout), batch.md)
     return np.asarray(out.astype(jnp.float32)), np.asarray(k_pages.astype(jnp.float32)), \
@@ -201,7 +202,7 @@ def test_cache_is_updated_in_place_when_donated():
     backend = CpuBackend()
 
     def step(q, k, v, k_pages, v_pages, md):
-        return backend(q, k, v, (k_pages, v_pages), md, scale=0.125)
+        return backend.attention(q, k, v, (k_pages, v_pages), md, AttentionSpec(0.125))
 
     k_pages, v_pages = batch.cache("cpu")
     k_ptr, v_ptr = k_pages.unsafe_buffer_pointer(), v_pages.unsafe_buffer_pointer()
@@ -234,7 +235,7 @@ def test_bad_metadata_raises_instead_of_crashing(field, value, message):
         md[field][2, 1] = value  # a page the prefill chunk's sequence uses
     else:
         md[field].reshape(-1)[1] = value
-    step = jax.jit(lambda q, k, v, kp, vp, md: CpuBackend()(q, k, v, (kp, vp), md, scale=0.125))
+    step = jax.jit(lambda q, k, v, kp, vp, md: CpuBackend().attention(q, k, v, (kp, vp), md, AttentionSpec(0.125)))
     with pytest.raises(Exception, match=message):
         out, _ = step(*batch.inputs(), *batch.cache("cpu"), AttentionMetadata(**md))
         out.block_until_ready()
@@ -245,7 +246,7 @@ def test_padding_tokens_and_empty_batch_give_zeros():
     md = AttentionMetadata(**{**{n: getattr(batch.md, n) for n in AttentionMetadata.__dataclass_fields__},
                               "num_seqs": np.array(0, np.int32)})
     q, k, v = batch.inputs()
-    out, (k_pages, _) = jax.jit(lambda *a: CpuBackend()(*a[:3], (a[3], a[4]), a[5], scale=0.125))(
+    out, (k_pages, _) = jax.jit(lambda *a: CpuBackend().attention(*a[:3], (a[3], a[4]), a[5], AttentionSpec(0.125)))(
         q, k, v, *batch.cache("cpu"), md)
     assert np.all(np.asarray(out) == 0.0)
     # Even with no sequence to attend, the step's k/v are written.
@@ -274,4 +275,4 @@ def test_layout_and_availability():
     with pytest.raises(TypeError, match="float16"):
         batch = _small_batch()
         q, k, v = batch.inputs()
-        backend(q.astype(jnp.float16), k, v, batch.cache("cpu"), batch.md, scale=0.1)
+        backend.attention(q.astype(jnp.float16), k, v, batch.cache("cpu"), batch.md, AttentionSpec(0.1))

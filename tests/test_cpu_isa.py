@@ -102,11 +102,11 @@ def test_backend_config_forces_a_variant_and_logs_it(caplog):
     before = cpu.isa()
     try:
         with caplog.at_level("INFO", logger="surge"):
-            CpuBackend(BackendConfig(name="cpu", cpu_isa="scalar"))
+            CpuBackend(cpu.CpuOptions(cpu_isa="scalar"))
         assert cpu.isa() == "scalar"
         assert any("cpu kernels: scalar" in r.getMessage() for r in caplog.records)
         with pytest.raises(ValueError, match="backend.cpu_isa"):
-            BackendConfig(name="cpu", cpu_isa="mmx")
+            BackendConfig(name="cpu", options={"cpu_isa": "mmx"})
     finally:
         cpu.set_isa(before)
 

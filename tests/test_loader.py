@@ -365,3 +365,27 @@ def test_every_catalogue_name_has_a_valid_model_yaml():
         node = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(yaml_path))
         config = OmegaConf.to_object(node)
         assert config.name == name and config.path == ""
+
+
+def test_the_engine_holds_one_tokenizer(tiny_checkpoint, tmp_path):
+    """model.tokenizer is the only tokenizer loaded (the weights' folder need not have one), and a tokenizer
+    object given to the engine is the very object its input side, output side and grammar compiler use."""
+    import surge
+    from surge.models.tokenizer import load_tokenizer
+
+    ckpt = tiny_checkpoint("llama")
+    ckpt.hf_model.save_pretrained(tmp_path)  # weights and config only: no tokenizer files here
+    small = dict(backend="reference", max_num_seqs=2, max_model_len=64, max_num_batched_tokens=16,
+                 token_buckets=[16], num_pages=32, page_size=4, compile_at_startup=False, progress=False)
+    engine = surge.Engine.from_pretrained(str(tmp_path), tokenizer=ckpt.path, **small)
+    assert engine.tokenizer is engine.output_processor.tokenizer
+    assert engine.tokenizer.encode("hello world") == load_tokenizer(ckpt.path).encode("hello world")
+
+    own = load_tokenizer(ckpt.path)
+    engine = surge.Engine(surge.config.make_config(str(tmp_path), **{k: v for k, v in small.items()
+                                                                      if k != "progress"}),
+                          progress=False, tokenizer=own)
+    assert engine.tokenizer is own and engine.output_processor.tokenizer is own
+    assert engine.grammar_compiler._tokenizer_source[0] is own
+    with pytest.raises(ValueError, match="tokenizer must be a path/name or a tokenizer object"):
+        surge.Engine(engine.config, progress=False, tokenizer=42)

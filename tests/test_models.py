@@ -127,3 +127,18 @@ def test_smollm2_greedy_64_tokens_match_transformers(smollm2_surge, smollm2_hf, 
         want = row[len(prompt):].tolist()
         assert tokens == want, (f"prompt {tokenizer.decode(prompt)!r}:\nsurge {tokenizer.decode(tokens)!r}\n"
                                 f"transformers {tokenizer.decode(want)!r}")
+
+
+def test_every_layer_of_a_model_carries_its_own_spec():
+    from flax import nnx
+
+    from surge.kernels.base import AttentionSpec
+    from surge.models.arch import ModelArchConfig
+    from surge.models.decoder import CausalLM
+
+    arch = ModelArchConfig("Gemma2ForCausalLM", vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
+                           num_heads=2, num_kv_heads=1, head_dim=8, sliding_window=4,
+                           sliding_window_layers=(True, False), attn_logit_soft_cap=50.0, attention_scale=0.25)
+    model = CausalLM(arch, rngs=nnx.Rngs(0))
+    assert [layer.attention_spec for layer in model.layers] == [
+        AttentionSpec(0.25, sliding_window=4, logit_soft_cap=50.0), AttentionSpec(0.25, logit_soft_cap=50.0)]

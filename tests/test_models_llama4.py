@@ -73,3 +73,41 @@ def test_all_chunked_model_gives_pages_back_and_still_matches(tmp_path, backend)
             most_held = max(most_held, len([p for p in engine.block_manager.pages(rid) if p]))
     assert most_held <= 4 // 4 + 2  # the chunk's page, the page being written, one straddling page
     assert tokens == hf_greedy(ckpt.hf_model, PROMPTS[0], 30)
+
+
+def test_first_needed_key_is_the_chunk_start_or_the_widest_window():
+    from surge.models import ModelArchConfig
+
+    config = dict(architectures=["Llama4ForCausalLM"], model_type="llama4_text", vocab_size=320, hidden_size=64,
+                  intermediate_size=48, intermediate_size_mlp=96, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                  attention_chunk_size=8, no_rope_layers=[1, 1, 1, 1])
+    arch = ModelArchConfig.from_hf_config(config)
+    assert [arch.first_needed_key(p) for p in (0, 7, 8, 13, 16)] == [0, 0, 8, 8, 16]
+    assert arch.kv_reach() == 8  # releasing by reach alone would keep keys from p - 7: 6 for p = 13
+    import dataclasses
+
+    mixed = dataclasses.replace(arch, sliding_window=3, sliding_window_layers=(False, True, False, False))
+    assert [mixed.first_needed_key(p) for p in (0, 8, 9, 13)] == [0, 6, 7, 8]  # min(p - 2, chunk start)
+    assert dataclasses.replace(arch, chunked_layers=(True, True, True, False)).first_needed_key(13) == 0
+
+
+def test_all_chunked_model_holds_only_the_current_chunks_pages(tmp_path):
+    # chunk 8 = two pages of 4: pages before the current chunk are given back (releasing by reach would keep
+    # up to 7 keys before it); the engine's look-ahead step may hold one more page for a step.
+    import surge
+    from family_oracle import PROMPTS
+
+    ckpt = make_checkpoint(transformers.Llama4TextConfig, tmp_path,
+                           **{**CONFIG, "no_rope_layers": [1, 1, 1, 1], "attention_chunk_size": 8})
+    engine = surge.Engine.from_pretrained(ckpt.path, backend="cpu", max_num_seqs=2, max_model_len=64,
+                                          max_num_batched_tokens=16, token_buckets=[16], num_pages=32,
+                                          page_size=4, progress=False)
+    rid = engine.add_request(prompt_token_ids=PROMPTS[0],
+                             sampling_params=surge.SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True))
+    held = []
+    while engine.has_unfinished_requests():
+        engine.step()
+        if rid in engine.scheduler.requests:
+            held.append(len([p for p in engine.block_manager.pages(rid) if p]))
+    assert max(held) <= 3 and sorted(held)[len(held) // 2] <= 2 and len(held) > 20

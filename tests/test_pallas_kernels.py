@@ -25,9 +25,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from surge.config import BackendConfig
+from surge.kernels.base import AttentionSpec
 from surge.kernels.metadata import AttentionMetadata
-from surge.kernels.pallas import PallasBackend, ragged_paged_attention, write_kv
+from surge.kernels.pallas import PallasBackend, PallasOptions, ragged_paged_attention, write_kv
 
 # (tokens already cached, new tokens) of each real sequence.
 MIXED = [(37, 1), (20, 19), (0, 23), (5, 1)]
@@ -132,14 +132,14 @@ def test_interpreted_kernel_matches_numpy(case):
     args = (jnp.asarray(q, jdtype), jnp.asarray(k, jdtype), jnp.asarray(v, jdtype),
             (jnp.asarray(k_cache, jdtype), jnp.asarray(v_cache, jdtype)), md)
     if block_tokens is None:
-        backend = PallasBackend(BackendConfig(name="pallas", interpret=True))
+        backend = PallasBackend(PallasOptions(interpret=True))
         assert backend.kv_cache_shape(k_cache.shape[0], page_size, num_kv_heads, head_dim) == k_cache.shape
-        step = jax.jit(lambda q, k, v, cache, md: backend(q, k, v, cache, md, scale=scale, sliding_window=window,
-                                                           logit_soft_cap=cap), donate_argnums=(3,))
+        step = jax.jit(lambda q, k, v, cache, md: backend.attention(
+            q, k, v, cache, md, AttentionSpec(scale, sliding_window=window, logit_soft_cap=cap)), donate_argnums=(3,))
     else:
         def step(q, k, v, cache, md):
             cache = write_kv(cache, k, v, md.slot_mapping)
-            out = ragged_paged_attention(q, *cache, md, scale=scale, sliding_window=window, logit_soft_cap=cap,
+            out = ragged_paged_attention(q, *cache, md, AttentionSpec(scale, sliding_window=window, logit_soft_cap=cap),
                                          interpret=True, block_tokens=block_tokens)
             return out, cache
         step = jax.jit(step)
@@ -160,8 +160,8 @@ def test_availability_follows_platform_and_interpret_flag():
         reason = PallasBackend.unavailable_reason()
         assert reason is not None and "TPU" in reason and "interpret" in reason
         with pytest.raises(RuntimeError, match="pallas backend cannot run here"):
-            PallasBackend(BackendConfig(name="pallas"))(*[None] * 5, scale=1.0)
-    assert PallasBackend.unavailable_reason(BackendConfig(name="pallas", interpret=True)) is None
+            PallasBackend(PallasOptions()).attention(*[None] * 5, AttentionSpec(1.0))
+    assert PallasBackend.unavailable_reason(PallasOptions(interpret=True)) is None
 
 
 def _lower_for_tpu(num_tokens=256, max_seqs=32, pages_per_seq=64, num_pages=512, page_size=16, num_kv_heads=8,
@@ -178,7 +178,7 @@ def _lower_for_tpu(num_tokens=256, max_seqs=32, pages_per_seq=64, num_pages=512,
 
     def step(q, k, v, cache, md):
         cache = write_kv(cache, k, v, md.slot_mapping)
-        return ragged_paged_attention(q, *cache, md, scale=0.088, sliding_window=128, logit_soft_cap=30.0), cache
+        return ragged_paged_attention(q, *cache, md, AttentionSpec(0.088, sliding_window=128, logit_soft_cap=30.0)), cache
 
     traced = jax.jit(step, donate_argnums=(3,)).trace(
         jax.ShapeDtypeStruct((num_tokens, num_heads, head_dim), dtype),

@@ -80,3 +80,22 @@ def test_vsurge_example_returns_samples_then_streams_cumulative_text():
         assert len(earlier) == len(later) == 2
         assert all(new.startswith(old) for old, new in zip(earlier, later)), "text is cumulative"
     assert updates[-1] == finals, "greedy: the stream ends where the non-streaming call did"
+
+
+def layout_paths() -> list:
+    """The paths the README's "## Layout" block names: the first word of each line that starts in column 0."""
+    text = README.read_text()
+    start = text.index("## Layout")
+    block = re.search(r"^```\n(.*?)^```", text[start:], flags=re.MULTILINE | re.DOTALL).group(1)
+    return [line.split()[0] for line in block.splitlines() if line and not line[0].isspace()]
+
+
+def test_layout_section_matches_the_tree():
+    repo = README.parent
+    named = layout_paths()
+    assert len(named) == len(set(named)), "a path is named twice"
+    missing = [p for p in named if not (repo / p).exists() or p.endswith("/") != (repo / p).is_dir()]
+    assert not missing, f"README's layout names paths that are not in the tree: {missing}"
+    packages = sorted(f"surge/{p.name}/" for p in (repo / "surge").iterdir() if (p / "__init__.py").is_file())
+    unnamed = [p for p in packages if p not in named]
+    assert not unnamed, f"README's layout leaves out these packages of surge/: {unnamed}"

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from surge.kernels.base import AttentionSpec
 from surge.kernels.metadata import AttentionMetadata
 from surge.kernels.reference import ReferenceBackend
 
@@ -97,8 +98,8 @@ def test_matches_naive_loop(num_kv_heads, num_heads, window, cap):
     backend = ReferenceBackend()
     assert backend.kv_cache_shape(NUM_PAGES, PAGE_SIZE, num_kv_heads, HEAD_DIM) == k_pages.shape
 
-    step = jax.jit(lambda q, k, v, cache, md: backend(q, k, v, cache, md, scale=scale, sliding_window=window,
-                                                       logit_soft_cap=cap))
+    step = jax.jit(lambda q, k, v, cache, md: backend.attention(
+        q, k, v, cache, md, AttentionSpec(scale, sliding_window=window, logit_soft_cap=cap)))
     out, (new_k, new_v) = step(q, k, v, (jnp.asarray(k_pages), jnp.asarray(v_pages)), md)
     out = np.asarray(out)
     expected, expected_k, expected_v = _naive(q, k, v, k_pages, v_pages, md, num_real, scale, window, cap)
@@ -117,7 +118,7 @@ def test_long_batch_takes_the_chunked_path_and_agrees():
     q, k, v, k_pages, v_pages, md, num_real = _ragged_batch(rng, 1, 3, num_padding_tokens=128 - 8)
     assert q.shape[0] == 128
     backend = ReferenceBackend()
-    out, _ = jax.jit(lambda *a: backend(*a, scale=0.5, sliding_window=4))(
+    out, _ = jax.jit(lambda *a: backend.attention(*a, AttentionSpec(0.5, sliding_window=4)))(
         q, k, v, (jnp.asarray(k_pages), jnp.asarray(v_pages)), md)
     expected, _, _ = _naive(q, k, v, k_pages, v_pages, md, num_real, 0.5, 4, None)
     np.testing.assert_allclose(np.asarray(out)[:num_real], expected, rtol=1e-5, atol=1e-5)
@@ -128,7 +129,8 @@ def test_bfloat16_cache_keeps_query_dtype():
     rng = np.random.default_rng(5)
     q, k, v, k_pages, v_pages, md, num_real = _ragged_batch(rng, 2, 4)
     cache = (jnp.asarray(k_pages, jnp.bfloat16), jnp.asarray(v_pages, jnp.bfloat16))
-    out, (new_k, _) = ReferenceBackend()(jnp.asarray(q, jnp.bfloat16), k, v, cache, md, scale=0.3)
+    out, (new_k, _) = ReferenceBackend().attention(jnp.asarray(q, jnp.bfloat16), k, v, cache, md,
+                                                AttentionSpec(0.3))
     assert out.dtype == jnp.bfloat16 and new_k.dtype == jnp.bfloat16
     expected, _, _ = _naive(q, k, v, k_pages, v_pages, md, num_real, 0.3, None, None)
     np.testing.assert_allclose(np.asarray(out[:num_real], np.float32), expected, rtol=0.05, atol=0.05)

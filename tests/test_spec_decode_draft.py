@@ -128,6 +128,16 @@ def test_a_draft_with_another_vocabulary_fails_at_start_up(tiny, tiny_checkpoint
         make_engine(tiny.path, wide.path)
 
 
+def test_the_draft_bytes_come_out_of_the_target_kv_budget(tiny):
+    """On the CPU RAM budget the target's pool is sized after the draft's weights and pool are placed."""
+    plain = make_engine(tiny.path, num_pages=None, cpu_memory_gb=0.5)
+    drafted = make_engine(tiny.path, tiny.path, num_pages=None, cpu_memory_gb=0.5, draft_num_pages=50)
+    draft = drafted.scheduler.speculator.draft
+    assert draft.block_manager.num_total_pages == 49
+    share = plain.config.cache.hbm_utilization
+    assert plain.kv_plan.budget_bytes - drafted.kv_plan.budget_bytes == pytest.approx(share * draft.num_bytes, abs=2)
+
+
 def test_the_target_as_its_own_draft_is_always_accepted(engines):
     """Greedy: the draft's argmax is the target's token at every position, so every draft is accepted."""
     prompts = prompts_of(6, seed=11)

@@ -297,6 +297,7 @@ def test_backend_call_matches_reference_backend(monkeypatch, dtype):
     import jax.numpy as jnp
 
     from surge.kernels.metadata import AttentionMetadata
+    from surge.kernels.base import AttentionSpec
     from surge.kernels.reference import ReferenceBackend
     from surge.kernels.triton import TritonBackend
 
@@ -308,14 +309,14 @@ def test_backend_call_matches_reference_backend(monkeypatch, dtype):
                            num_seqs=np.int32(len(b.seqs)))
     jdtype = jnp.dtype(dtype)
     new = [jnp.asarray(x, jdtype) for x in (b.q, b.k, b.v)]
-    options = dict(scale=0.25, sliding_window=30, logit_soft_cap=4.0)
+    spec = AttentionSpec(scale=0.25, sliding_window=30, logit_soft_cap=4.0)
 
     triton_backend = TritonBackend()
     assert triton_backend.kv_cache_shape(b.k_cache.shape[0], 16, 2, 64) == b.k_cache.shape
-    out, (k_cache, v_cache) = jax.jit(lambda *a: triton_backend(*a, **options), donate_argnums=(3,))(
+    out, (k_cache, v_cache) = jax.jit(lambda *a: triton_backend.attention(*a, spec), donate_argnums=(3,))(
         *new, (jnp.asarray(b.k_cache, jdtype), jnp.asarray(b.v_cache, jdtype)), md)
     reference_layout = (0, 2, 1, 3)  # [pages, KV, page_size, hd] <-> [pages, page_size, KV, hd]
-    want, (want_k, want_v) = jax.jit(lambda *a: ReferenceBackend()(*a, **options))(
+    want, (want_k, want_v) = jax.jit(lambda *a: ReferenceBackend().attention(*a, spec))(
         *new, (jnp.asarray(b.k_cache.transpose(reference_layout), jdtype),
                jnp.asarray(b.v_cache.transpose(reference_layout), jdtype)), md)
 

@@ -92,14 +92,13 @@ def run_attention(cfg: SurgeConfig) -> dict:
     backends: dict = {}
     with tqdm(total=len(names) * len(CASES), desc="attention cases", unit="case") as bar:
         for name in names:
-            backend_cfg = dataclasses.replace(cfg.backend, name=name)
-            reason = registry.unavailable_reason(name, backend_cfg)
             backend = None
-            if reason is None:
-                try:
-                    backend = registry.get_backend(backend_cfg)
-                except Exception as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
+            try:  # under auto every backend gets the given options; one without such a key is skipped, saying so
+                reason = registry.unavailable_reason(name, registry.make_options(name, cfg.backend.options))
+                if reason is None:
+                    backend = registry.get_backend(name, cfg.backend.options)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
             if backend is None:
                 backends[name] = {"status": "skipped", "reason": reason}
                 bar.update(len(CASES))
@@ -137,7 +136,7 @@ def run_attention(cfg: SurgeConfig) -> dict:
 
 
 def _dtypes(cfg: SurgeConfig) -> tuple[str, str]:
-    from surge.engine.builder import resolve_dtype
+    from surge.models.loader import resolve_dtype
 
     dtype = resolve_dtype(cfg.model.dtype)
     return dtype, dtype if cfg.cache.dtype == "auto" else cfg.cache.dtype
@@ -202,8 +201,10 @@ def time_case(backend, case: Case, page_size: int, dtype: str, kv_dtype: str) ->
     import jax
 
     q, k, v, cache, md = build_case(backend, case, page_size, dtype, kv_dtype)
-    scale = HEAD_DIM ** -0.5
-    step = jax.jit(lambda q, k, v, cache, md: backend(q, k, v, cache, md, scale=scale), donate_argnums=(3,))
+    from surge.kernels.base import AttentionSpec
+
+    spec = AttentionSpec(scale=HEAD_DIM ** -0.5)
+    step = jax.jit(lambda q, k, v, cache, md: backend.attention(q, k, v, cache, md, spec), donate_argnums=(3,))
 
     def calls(count: int) -> float:
         """Seconds per call of `count` calls issued back to back (the cache threaded through), then waited for."""

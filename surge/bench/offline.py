@@ -4,16 +4,16 @@ In: a SurgeConfig (engine/cache/backend knobs + bench workload). Out: a result
 dict — requests/s, input and output tokens/s (output tokens = generated tokens
 only, over the whole run's wall time, prompt processing included), TTFT / TPOT /
 E2E percentiles — measured after a warm-up that is run first and excluded (and
-said so in the result). With bench.concurrency and bench.dtypes the workload runs
-once per (dtype, number of requests submitted together), one engine per dtype,
-and ``runs`` holds one row each (the top-level figures are the last run's). With
-bench.compare=transformers the same prompts then run through transformers
-`generate` (batched, same weights, float32) and the ratio is reported.
+said so in the result). One job is one workload: bench.num_prompts requests
+(engine.max_num_seqs unless set) submitted together, in model.dtype; a table over
+concurrency and dtype is a sweep (`surge-bench -m engine.max_num_seqs=1,8,32,128
+model.dtype=float32,bfloat16`) whose summary pivots it. With
+bench.compare=transformers the same prompts then run through transformers `generate`
+(batched, same weights, float32) and the ratio is reported.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from surge.bench.stats import percentiles, request_latencies
@@ -22,41 +22,12 @@ from surge.config import SurgeConfig
 
 
 def run_offline(cfg: SurgeConfig, engine=None) -> dict:
-    bench = cfg.bench
-    if not bench.concurrency and not bench.dtypes:
-        return _run_one(cfg, engine)
-    from surge.config import replace
-
-    concurrency = list(bench.concurrency) or [bench.num_prompts]
-    runs = []
-    for dtype in list(bench.dtypes) or [cfg.model.dtype]:
-        engine_cfg = replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype),
-                             engine=dataclasses.replace(cfg.engine,
-                                                        max_num_seqs=max(cfg.engine.max_num_seqs, *concurrency)))
-        engine = _make_engine(engine_cfg)
-        for num_seqs in concurrency:
-            run_cfg = replace(engine_cfg, bench=dataclasses.replace(bench, num_prompts=num_seqs))
-            runs.append(_run_one(run_cfg, engine))
-            run = runs[-1]
-            print(f"  {run['dtype']:>8}  {num_seqs:>4} seqs: {run['output_tokens_per_s']:8.1f} generated tok/s, "
-                  f"{run['host_ms_per_step'] or 0:.2f} host ms/step, device idle "
-                  f"{run['device_idle_ms_per_step'] or 0:.3f} ms/step", flush=True)
-        del engine
-    return dict(runs[-1], runs=runs)
-
-
-def _make_engine(cfg: SurgeConfig):
     from surge.engine.engine import Engine
-
-    return Engine(cfg)
-
-
-def _run_one(cfg: SurgeConfig, engine=None) -> dict:
-    from surge.engine.builder import resolve_dtype
+    from surge.models.loader import resolve_dtype
     from surge.sampling.params import SamplingParams
 
     bench = cfg.bench
-    engine = engine or _make_engine(cfg)
+    engine = engine or Engine(cfg)
     prompts = load_prompts(bench, engine.arch.vocab_size)
     params = SamplingParams(max_tokens=bench.output_len, temperature=0.0, ignore_eos=True)
     warmup = prompts[: max(bench.num_warmup, 0)]
@@ -93,6 +64,8 @@ def _run_one(cfg: SurgeConfig, engine=None) -> dict:
         "num_compiles_during_run": engine.stats()["num_compiles"] - compiles_before,
         "num_preemptions": engine.stats()["num_preemptions"],
         "warmup": f"{len(warmup)} request(s) x 4 tokens run before timing, excluded; compile time excluded",
+        "measures": "tok/s = generated tokens only / wall time of the whole run (prompt processing included); "
+                    "greedy, ignore_eos",
         **_loop_figures(cfg, before, after, elapsed),
     }
     spec = {k: v for k, v in engine.stats().items() if k.startswith("spec_decode_")}
@@ -137,12 +110,11 @@ def _resolved_source(cfg: SurgeConfig) -> str:
 
 
 def format_offline(result: dict) -> str:
-    if "runs" in result:
-        return _format_runs(result["runs"])
     lines = [
         f"requests: {result['num_prompts']} x ({result['input_len']} in, {result['output_len']} out), "
         f"backend {result['backend']}, dtype {result['dtype']}",
         f"elapsed: {result['elapsed_s']:.2f} s   ({result['warmup']})",
+        f"({result['measures']})",
         f"throughput: {result['output_tokens_per_s']:.1f} generated tok/s, {result['requests_per_s']:.2f} req/s, "
         f"{result['input_tokens_per_s']:.1f} prompt tok/s",
         f"TTFT ms p50/p90/p99: {_p(result['ttft_ms'])}   TPOT ms: {_p(result['tpot_ms'])}",
@@ -170,23 +142,3 @@ def _p(stats: dict) -> str:
     if stats["p50"] is None:
         return "-"
     return f"{stats['p50']:.1f}/{stats['p90']:.1f}/{stats['p99']:.1f}"
-
-
-def _format_runs(runs: list) -> str:
-    dtypes = list(dict.fromkeys(r["dtype"] for r in runs))
-    sizes = list(dict.fromkeys(r["num_prompts"] for r in runs))
-    table = {(r["dtype"], r["num_prompts"]): r["output_tokens_per_s"] for r in runs}
-    first = runs[0]
-    lines = [
-        f"generated tok/s, {first['input_len']} prompt tokens + {first['output_len']} generated per request, "
-        f"greedy, ignore_eos, backend {first['backend']}; wall time of the whole run (prompt processing "
-        f"included), generated tokens only; {first['warmup']}",
-        "| dtype | " + " | ".join(f"{n} seqs" for n in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
-    ]
-    for dtype in dtypes:
-        lines.append(f"| {dtype} | " + " | ".join(
-            f"{table[(dtype, n)]:.1f}" if (dtype, n) in table else "-" for n in sizes) + " |")
-    compiles = sum(r["num_compiles_during_run"] for r in runs)
-    lines.append(f"compiles during the runs: {compiles}   preemptions: {sum(r['num_preemptions'] for r in runs)}")
-    return "\n".join(lines)

@@ -30,9 +30,9 @@ import statistics
 from surge.bench.load_generator import run_load
 from surge.bench.prometheus import GENERATION_TOKENS, PROMPT_TOKENS, scrape_counters
 from surge.bench.serve_metrics import summarize_streams
-from surge.bench.server_process import ServerProcess
 from surge.bench.workload import load_prompts
 from surge.config import SurgeConfig
+from surge.server.process import ServerProcess
 
 
 def run_serve(cfg: SurgeConfig) -> dict:
@@ -40,7 +40,8 @@ def run_serve(cfg: SurgeConfig) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if cfg.bench.url:
         return _measure(cfg, cfg.bench.url.rstrip("/"), started_here=False)
-    with ServerProcess(cfg) as server:
+    # Start-up compiles every bucket: on a CPU that can take many minutes.
+    with ServerProcess.from_config(cfg, startup_timeout_s=1800.0) as server:
         return _measure(cfg, server.url, started_here=True)
 
 

@@ -3,7 +3,9 @@
 In: the job folders under the sweep dir (`hydra.sweep.dir`): each job's
 `result.json`, or, for a job that failed before writing one, its
 `.hydra/overrides.yaml`. Out: `summary.csv` (every figure, one row per job),
-`summary.md` (the swept keys and the mode's headline figures) and `summary.png`
+`summary.md` (the swept keys and the mode's headline figures; with two or more
+swept keys also the main figure pivoted: one row per combination of the other keys,
+one column per value of the first numeric one, e.g. dtype x concurrency) and `summary.png`
 (`summary_plot.py`), written by the `SweepSummary` Hydra callback after every
 job (so a long or failing sweep still leaves a summary of what ran) and once
 more when the sweep ends. The callback also prints the sweep's progress.
@@ -19,7 +21,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from surge.bench.summary_plot import plot_summary
+from surge.bench.summary_plot import numeric_axis_key, plot_summary
 from surge.bench.sweep_progress import SweepProgress, swept_keys
 
 logger = logging.getLogger("surge")
@@ -117,12 +119,32 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    ok = [r for r in rows if r["status"] == "ok"]
+    if len(swept) >= 2 and any(metric in r for r in ok):
+        lines += ["", *pivot_table(swept, ok, metric)]
     md_path.write_text("\n".join(lines) + "\n")
     written = [csv_path, md_path]
-    png = plot_summary(sweep_dir / "summary.png", swept, [r for r in rows if r["status"] == "ok"], metric, mode)
+    png = plot_summary(sweep_dir / "summary.png", swept, ok, metric, mode)
     if png:
         written.append(png)
     return written
+
+
+def pivot_table(swept: list[str], rows: list[dict], metric: str) -> list[str]:
+    """`metric` of each job in a grid: a column per value of the plot's x key (the first numeric swept key),
+    a row per combination of the other swept keys, both in the order the jobs ran; '-' where no job ran."""
+    x_key = numeric_axis_key(swept, rows)
+    others = [k for k in swept if k != x_key]
+    columns = list(dict.fromkeys(str(r.get(x_key)) for r in rows))
+    grid: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        grid.setdefault(tuple(str(row.get(k)) for k in others), {})[str(row.get(x_key))] = row.get(metric)
+    lines = [f"{metric} by {x_key}:", "",
+             "| " + " | ".join([*others, *(f"{x_key}={c}" for c in columns)]) + " |",
+             "|" + "---|" * (len(others) + len(columns))]
+    for combo, cells in grid.items():
+        lines.append("| " + " | ".join([*combo, *(_cell(cells[c]) if c in cells else "-" for c in columns)]) + " |")
+    return lines
 
 
 def _cell(value: Any) -> str:

@@ -30,7 +30,7 @@ def plot_summary(path: Path, swept: list[str], rows: list[dict], metric: str, mo
     if not rows or not any(_number(r.get(metric)) is not None for r in rows):
         return None
     metrics = [metric] + [m for m in ("ttft_ms.p50",) if any(_number(r.get(m)) is not None for r in rows)]
-    x_key = _x_key(swept, rows)
+    x_key = numeric_axis_key(swept, rows)
     others = [k for k in swept if k != x_key]
     numeric_x = x_key is not None and all(_number(r.get(x_key)) is not None for r in rows)
     categories = _ordered({str(r.get(x_key)) for r in rows}) if x_key and not numeric_x else []
@@ -72,7 +72,8 @@ def plot_summary(path: Path, swept: list[str], rows: list[dict], metric: str, mo
     return path
 
 
-def _x_key(swept: list[str], rows: list[dict]) -> Optional[str]:
+def numeric_axis_key(swept: list[str], rows: list[dict]) -> Optional[str]:
+    """The x axis: the first swept key whose every value is a number, else the first swept key."""
     for key in swept:
         if all(_number(r.get(key)) is not None for r in rows):
             return key

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from surge.config import SurgeConfig
 from surge.engine.output_processor import OutputProcessor
 from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
-from surge.models.loader import load_model
+from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
@@ -48,13 +49,10 @@ class EngineParts:
     output_processor: OutputProcessor
 
 
-def resolve_dtype(name: str) -> str:
-    if name != "auto":
-        return name
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
+def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any = None) -> EngineParts:
+    """Every part of an engine for `cfg`. `tokenizer`: a tokenizer object to use instead of loading one
+    (model.tokenizer or the model's own); the one tokenizer is shared by the input side, the output side
+    and the grammar compiler."""
     _configure_logging(cfg.engine.log_level)
     compile_counter.install()
     if cfg.engine.compilation_cache:
@@ -62,11 +60,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype)
-    if cfg.model.tokenizer:
-        from transformers import AutoTokenizer
-
-        loaded.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    loaded = load_model(source, dtype=dtype,
+                        tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
     max_model_len = cfg.engine.max_model_len or model_limit
@@ -74,14 +69,21 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
         logger.warning("engine.max_model_len=%d exceeds the model's max_position_embeddings=%d",
                        max_model_len, model_limit)
 
-    backend = get_backend(cfg.backend)
+    backend = get_backend(cfg.backend.name, cfg.backend.options)
     backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
+    draft, held_bytes = None, weights_bytes
+    if cfg.engine.speculative.method == "draft_model":
+        # Loaded (weights and its own KV pool) before the target's pool is sized, which counts its bytes.
+        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
+                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
+                                     place_weights=lambda state: shard_state(state, mesh))
+        held_bytes += draft.num_bytes
     kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
     page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
-                         weights_bytes=weights_bytes, max_model_len=max_model_len,
+                         weights_bytes=held_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
     logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
                 cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
@@ -92,10 +94,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     speculator = None
-    if cfg.engine.speculative.method == "draft_model":
-        draft = build_draft_proposer(cfg, target_arch=arch, target_tokenizer=loaded.tokenizer, backend=backend,
-                                     mesh=mesh, max_model_len=max_model_len, dtype=dtype,
-                                     place_weights=lambda state: shard_state(state, mesh))
+    if draft is not None:
         if cfg.engine.compile_at_startup:
             compile_started = time.perf_counter()
             draft.compile_all()
@@ -104,7 +103,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True) -> EngineParts:
         speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
-                          speculator=speculator)
+                          speculator=speculator,
+                          first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
     if cfg.engine.compile_at_startup:

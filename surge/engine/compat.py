@@ -49,18 +49,6 @@ def _model_source(model) -> str:
                      "surge loads its own weights")
 
 
-def _use_tokenizer(engine: Engine, tokenizer) -> None:
-    """Make a caller's tokenizer object the engine's (input and output side); its EOS stops generation too."""
-    if not callable(getattr(tokenizer, "encode", None)) or not callable(getattr(tokenizer, "decode", None)):
-        raise ValueError(f"tokenizer must be a path/name or a tokenizer object with encode/decode "
-                         f"(got {type(tokenizer).__name__})")
-    engine.tokenizer = tokenizer
-    engine.output_processor.tokenizer = tokenizer
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None:
-        engine.eos_token_ids = tuple(sorted(set(engine.eos_token_ids) | {int(eos)}))
-
-
 def _cache_options(cache_config, explicit: dict) -> dict:
     """cache.* overrides from a CacheConfig, refusing an explicit argument that contradicts it."""
     if cache_config is None:
@@ -105,9 +93,8 @@ class eSurge(Engine):
             options["token_buckets"] = powers_of_two(min_input_pad, budget)
         if runner_verbose:
             options["engine.log_level"] = "DEBUG"
-        super().__init__(make_config(_model_source(model), **options), progress=progress)
-        if tokenizer is not None and not isinstance(tokenizer, str):
-            _use_tokenizer(self, tokenizer)
+        super().__init__(make_config(_model_source(model), **options), progress=progress,
+                         tokenizer=None if isinstance(tokenizer, str) else tokenizer)
         self.esurge_name = esurge_name or f"esurge-{self.model_name}"
         logger.info("eSurge %r ready (%s)", self.esurge_name, self.model_name)
 
@@ -159,9 +146,8 @@ class vSurge:
             options["token_buckets"] = sorted(set(int(x) for x in prefill_lengths if x <= budget) | {budget})
         if isinstance(processor, str):
             options["tokenizer"] = processor
-        engine = Engine(make_config(_model_source(model), **options), progress=progress)
-        if processor is not None and not isinstance(processor, str):
-            _use_tokenizer(engine, processor)
+        engine = Engine(make_config(_model_source(model), **options), progress=progress,
+                        tokenizer=None if isinstance(processor, str) else processor)
         return cls(engine, vsurge_name)
 
     create_odriver = from_model

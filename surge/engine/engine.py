@@ -40,9 +40,11 @@ PromptLike = Union[str, Sequence[int]]
 
 
 class Engine:
-    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, **overrides) -> None:
+    def __init__(self, config: Optional[SurgeConfig] = None, *, progress: bool = True, tokenizer=None,
+                 **overrides) -> None:
+        """`tokenizer`: a tokenizer object (encode/decode) to use instead of the model's own or model.tokenizer."""
         self.config = config if config is not None else make_config(**overrides)
-        parts: EngineParts = build_engine_parts(self.config, progress=progress)
+        parts: EngineParts = build_engine_parts(self.config, progress=progress, tokenizer=tokenizer)
         self.tokenizer = parts.tokenizer
         self.arch = parts.arch
         self.max_model_len = parts.max_model_len

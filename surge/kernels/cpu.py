@@ -8,7 +8,8 @@ step's k, v written at ``slot_mapping``.
 
 The backend also runs the model's projections through surge's C++ GEMM on weights it
 packs into panels at load (``prepare_model``; see surge.kernels.cpu_matmul), the
-mixture-of-experts projections as loops over each expert's rows (surge.kernels.grouped_matmul), the gated
+mixture-of-experts projections as one C++ matmul per expert over that expert's rows and packed
+weights (``surge_cpu_grouped_matmul``), the gated
 MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtype``).
 
 Every kernel runs in the instruction-set variant surge._C picked at load from the processor
@@ -27,6 +28,7 @@ inconsistent lengths) raises an error from the call naming the input, never a cr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import List, Optional, Tuple
@@ -35,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surge.kernels.base import KernelBackend, KVCache
+from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.registry import register_backend
 
 TARGET = "surge_cpu_paged_attention"
 SILU_MUL_TARGET = "surge_cpu_silu_mul"
@@ -94,23 +97,42 @@ def set_isa(name: str) -> None:
     _NATIVE.set_cpu_isa(str(name))
 
 
-class CpuBackend(KernelBackend):
-    name = "cpu"
+CPU_ISAS = ("auto", "scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_dotprod")
 
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        num_threads = getattr(config, "num_threads", None)
-        if num_threads is not None and _NATIVE is not None:
-            set_num_threads(num_threads)
+
+@dataclasses.dataclass(frozen=True)
+class CpuOptions:
+    # Threads of the cpu backend's one pool (GEMM, attention, SiLU-and-multiply), the caller
+    # included; 0 = all cores.
+    num_threads: int = 0
+    # Instruction-set variant of the kernels: auto (the best this processor has, or the
+    # SURGE_CPU_ISA environment variable), scalar, avx2, avx512, avx512_bf16 (x86), neon,
+    # neon_dotprod (AArch64). A variant the processor lacks fails at start-up.
+    cpu_isa: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.num_threads < 0:
+            raise ValueError(f"invalid config value for 'backend.num_threads': {self.num_threads} must be >= 0")
+        if self.cpu_isa not in CPU_ISAS:
+            raise ValueError(f"invalid config value for 'backend.cpu_isa': {self.cpu_isa!r} is not "
+                             f"{'|'.join(CPU_ISAS)}")
+
+
+@register_backend("cpu", options=CpuOptions, platforms=("cpu",))
+class CpuBackend(KernelBackend):
+    def __init__(self, options: Optional[CpuOptions] = None) -> None:
+        """Given options set the process-wide pool size and ISA; without, both stay as they are."""
+        super().__init__(options)
         if _NATIVE is not None:
-            if config is not None:
+            if options is not None:
+                set_num_threads(options.num_threads)
                 # auto: SURGE_CPU_ISA when set, else the best variant (undoing an earlier engine's choice).
-                cpu_isa = getattr(config, "cpu_isa", "auto")
+                cpu_isa = options.cpu_isa
                 set_isa(os.environ.get("SURGE_CPU_ISA") or "auto" if cpu_isa == "auto" else cpu_isa)
             logger.info("cpu kernels: %s (this processor runs %s)", isa(), ", ".join(supported_isas()))
 
     @classmethod
-    def unavailable_reason(cls, config=None) -> Optional[str]:
+    def unavailable_reason(cls, options=None) -> Optional[str]:
         if _NATIVE_REASON is not None:
             return _NATIVE_REASON
         platform = jax.default_backend()
@@ -125,10 +147,21 @@ class CpuBackend(KernelBackend):
         return cpu_matmul.matmul(x, w, transpose_w=transpose_w).astype(out_dtype or x.dtype)
 
     def grouped_matmul(self, x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        """Expert projections as XLA loops over each expert's own rows (XLA:CPU runs ragged_dot densely)."""
+        """Expert projections in C++: each expert's rows times its own (packed) weights, nothing dense.
+
+        Where the C++ kernel cannot run (no surge._C, another default platform, a quantized stack), XLA
+        loops over each expert's own rows (surge.kernels.grouped_matmul; XLA:CPU runs ragged_dot densely).
+        """
+        from surge.kernels import cpu_matmul
         from surge.kernels.grouped_matmul import grouped_matmul_loops
 
-        return grouped_matmul_loops(x, w, group_sizes).astype(x.dtype)
+        y = cpu_matmul.grouped_matmul(x, w, group_sizes)
+        if y is None:
+            if w.ndim == 2:
+                raise RuntimeError("cpu grouped matmul: packed expert weights need the C++ kernel, which is "
+                                   f"unavailable: {cpu_matmul.unavailable_reason()}")
+            y = grouped_matmul_loops(x, w, group_sizes)
+        return y.astype(x.dtype)
 
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """The gated MLP's activation in C++ (float32; XLA:CPU's exp is several times slower)."""
@@ -167,6 +200,13 @@ class CpuBackend(KernelBackend):
         for layer in getattr(model, "layers", ()):
             for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
                 pack(layer, name)
+            moe = getattr(layer, "moe", None)
+            if moe is not None:  # expert stacks [E, K, N] -> [E, K * N] of panels; the shared expert as any MLP
+                for name in ("experts_gate_up", "experts_down"):
+                    if cpu_matmul.can_pack_experts(getattr(moe, name)[...]):
+                        setattr(moe, name, nnx.Param(cpu_matmul.pack_experts(getattr(moe, name)[...])))
+                for name in ("shared_gate_up", "shared_down"):
+                    pack(moe, name)
         if getattr(model, "lm_head", None) is not None:
             pack(model, "lm_head")
         elif hasattr(model, "embed_tokens") and cpu_matmul.can_pack(model.embed_tokens[...], transpose_w=True):
@@ -175,21 +215,10 @@ class CpuBackend(KernelBackend):
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return (num_pages, num_kv_heads, page_size, head_dim)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        kv_cache: KVCache,
-        md: AttentionMetadata,
-        *,
-        scale: float,
-        sliding_window: Optional[int] = None,
-        logit_soft_cap: Optional[float] = None,
-        attention_chunk: Optional[int] = None,
-    ) -> Tuple[jax.Array, KVCache]:
-        if attention_chunk is not None and attention_chunk <= 0:
-            raise ValueError(f"cpu attention: attention_chunk={attention_chunk} must be positive or None")
+    def attention(self, q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: KVCache, md: AttentionMetadata,
+                  spec: AttentionSpec) -> Tuple[jax.Array, KVCache]:
+        scale, sliding_window, logit_soft_cap, attention_chunk = (
+            spec.scale, spec.sliding_window, spec.logit_soft_cap, spec.chunk_size)
         k_pages, v_pages = kv_cache
         _check_dtypes(q, k_pages, v_pages)
         call = jax.ffi.ffi_call(

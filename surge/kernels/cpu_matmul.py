@@ -177,6 +177,45 @@ def _matmul_quantized(x: jax.Array, w: jax.Array) -> jax.Array:
     return call(rows, w).reshape(*x.shape[:-1], n)
 
 
+GROUPED_TARGET = "surge_cpu_grouped_matmul"
+
+
+def can_pack_experts(w: jax.Array) -> bool:
+    """Whether ``pack_experts`` takes this stack: [E, K, N] float32/bfloat16 with N a multiple of 16."""
+    return w.ndim == 3 and jnp.dtype(w.dtype) in _WEIGHT_DTYPES and w.shape[2] % PANEL_MULTIPLE == 0
+
+
+def pack_experts(w: jax.Array) -> jax.Array:
+    """Experts' weights [E, K, N] -> [E, K * N], each expert's [K, N] packed into panels (``pack``)."""
+    if not can_pack_experts(w):
+        raise ValueError(f"cpu matmul: cannot pack an expert stack of shape {w.shape} and dtype {w.dtype} "
+                         "([E, K, N] float32/bfloat16 with N a multiple of 16 only)")
+    return jnp.stack([pack(w[e]) for e in range(w.shape[0])])
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> Optional[jax.Array]:
+    """y [M, N] float32: rows of x [M, K] grouped by expert (group g = the next group_sizes[g] rows) times
+    that expert's weight, w [E, K, N] or packed [E, K * N] (``pack_experts``); rows past the groups: zeros.
+
+    Each expert's rows go through the C++ matmul against that expert's weights only. None when the
+    kernel cannot run here (the caller then uses its own loop), or for a quantized stack.
+    """
+    if unavailable_reason() is not None or jnp.dtype(w.dtype) not in _WEIGHT_DTYPES or w.ndim not in (2, 3):
+        return None
+    num_rows, k = x.shape
+    if w.ndim == 3:
+        if w.shape[1] != k:
+            raise ValueError(f"cpu grouped matmul: w {w.shape} must be [E, K={k}, N] for x of shape {x.shape}")
+        n = w.shape[2]
+    else:
+        if w.shape[1] % k:
+            raise ValueError(f"cpu grouped matmul: packed w {w.shape} does not hold [K={k}, N] per expert")
+        n = w.shape[1] // k
+    call = jax.ffi.ffi_call(GROUPED_TARGET, jax.ShapeDtypeStruct((num_rows, n), jnp.float32),
+                            vmap_method="sequential")
+    return call(x.astype(jnp.float32), w, group_sizes.astype(jnp.int32), panels=w.ndim == 2)
+
+
 def _call_kernel(x: jax.Array, w: jax.Array, k: int, n: int, *, transpose_w: bool, panels: bool) -> jax.Array:
     """The FFI call on x's rows flattened to [M, K] float32; y comes back shaped [..., N]."""
     rows = x.reshape(math.prod(x.shape[:-1]), k).astype(jnp.float32)

@@ -27,6 +27,7 @@ ones), which bounds the pages a block visits; the per-row masks are exact.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Tuple
 
@@ -35,8 +36,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from surge.kernels.base import KernelBackend, KVCache
+from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.registry import register_backend
 
 # Keys per inner step (rounded down to whole pages): a 128-lane score tile.
 _KEYS_PER_STEP = 128
@@ -46,12 +48,17 @@ _ROWS_PER_BLOCK = 128
 _TOKEN_ALIGN = 16
 
 
-class PallasBackend(KernelBackend):
-    name = "pallas"
+@dataclasses.dataclass(frozen=True)
+class PallasOptions:
+    # Run the Pallas kernels in interpret mode (CPU testing of the TPU kernel).
+    interpret: bool = False
 
+
+@register_backend("pallas", options=PallasOptions, platforms=("tpu",))
+class PallasBackend(KernelBackend):
     @classmethod
-    def unavailable_reason(cls, config=None) -> Optional[str]:
-        if config is not None and getattr(config, "interpret", False):
+    def unavailable_reason(cls, options: Optional[PallasOptions] = None) -> Optional[str]:
+        if options is not None and options.interpret:
             return None
         platform = jax.default_backend()
         if platform != "tpu":
@@ -61,31 +68,18 @@ class PallasBackend(KernelBackend):
 
     @property
     def interpret(self) -> bool:
-        return bool(getattr(self.config, "interpret", False))
+        return self.options.interpret
 
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return (num_pages, num_kv_heads, page_size, head_dim)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        kv_cache: KVCache,
-        md: AttentionMetadata,
-        *,
-        scale: float,
-        sliding_window: Optional[int] = None,
-        logit_soft_cap: Optional[float] = None,
-        attention_chunk: Optional[int] = None,
-    ) -> Tuple[jax.Array, KVCache]:
-        reason = self.unavailable_reason(self.config)
+    def attention(self, q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: KVCache, md: AttentionMetadata,
+                  spec: AttentionSpec) -> Tuple[jax.Array, KVCache]:
+        reason = self.unavailable_reason(self.options)
         if reason is not None:
             raise RuntimeError(f"pallas backend cannot run here: {reason}")
         k_pages, v_pages = write_kv(kv_cache, k, v, md.slot_mapping)
-        out = ragged_paged_attention(q, k_pages, v_pages, md, scale=scale, sliding_window=sliding_window,
-                                     logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk,
-                                     interpret=self.interpret)
+        out = ragged_paged_attention(q, k_pages, v_pages, md, spec, interpret=self.interpret)
         return out, (k_pages, v_pages)
 
 
@@ -105,11 +99,8 @@ def ragged_paged_attention(
     k_pages: jax.Array,
     v_pages: jax.Array,
     md: AttentionMetadata,
+    spec: AttentionSpec,
     *,
-    scale: float,
-    sliding_window: Optional[int] = None,
-    logit_soft_cap: Optional[float] = None,
-    attention_chunk: Optional[int] = None,
     interpret: bool = False,
     block_tokens: Optional[int] = None,
 ) -> jax.Array:
@@ -123,12 +114,6 @@ def ragged_paged_attention(
         raise ValueError(f"cache head_dim {cache_head_dim} differs from q's head_dim {head_dim}")
     if num_heads % num_kv_heads:
         raise ValueError(f"q has {num_heads} heads, not a multiple of the cache's {num_kv_heads} KV heads")
-    if sliding_window is not None and sliding_window <= 0:
-        raise ValueError(f"sliding_window={sliding_window} must be positive or None")
-    if logit_soft_cap is not None and logit_soft_cap <= 0:
-        raise ValueError(f"logit_soft_cap={logit_soft_cap} must be positive or None")
-    if attention_chunk is not None and attention_chunk <= 0:
-        raise ValueError(f"attention_chunk={attention_chunk} must be positive or None")
     group = num_heads // num_kv_heads
     if block_tokens is None:
         block_tokens = _default_block_tokens(num_tokens, max_seqs, group)
@@ -152,8 +137,8 @@ def ragged_paged_attention(
     keys_per_step = pages_per_step * page_size
     kernel = functools.partial(
         _attention_kernel, block_tokens=block_tokens, page_size=page_size, pages_per_seq=pages_per_seq,
-        pages_per_step=pages_per_step, scale=float(scale), window=sliding_window, soft_cap=logit_soft_cap,
-        chunk=attention_chunk)
+        pages_per_step=pages_per_step, scale=spec.scale, window=spec.sliding_window, soft_cap=spec.logit_soft_cap,
+        chunk=spec.chunk_size)
     row_block = pl.BlockSpec((block_rows, 1), lambda i, h, *_: (i, 0))
     q_block = pl.BlockSpec((None, block_rows, head_dim), lambda i, h, *_: (h, i, 0))
     grid_spec = pltpu.PrefetchScalarGridSpec(

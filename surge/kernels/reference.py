@@ -7,7 +7,7 @@ with this step's K/V written.
 
 Each token gathers the pages of its own sequence (``page_table[token_seq_ids]``)
 and attends over them with a mask built from ``kv_lens``, ``positions`` and the
-optional sliding window or attention chunk; masked scores and values are replaced before they can
+spec's sliding window or attention chunk; masked scores and values are replaced before they can
 reach a sum, so whatever the free pages hold (the tests fill them with NaN)
 never reaches the output. Tokens with no visible key (padding) return zeros.
 Long batches are processed in fixed chunks of tokens to bound the size of the
@@ -16,41 +16,29 @@ gathered keys; every shape is static.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 
-from surge.kernels.base import KernelBackend, KVCache
+from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.registry import register_backend
 
 # Tokens attended together; the gathered K/V of a chunk is [chunk, pages_per_seq * page_size, KV, hd].
 _TOKEN_CHUNK = 64
 
 
+@register_backend("reference", fallback=True)
 class ReferenceBackend(KernelBackend):
-    name = "reference"
 
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return (num_pages, page_size, num_kv_heads, head_dim)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        kv_cache: KVCache,
-        md: AttentionMetadata,
-        *,
-        scale: float,
-        sliding_window: Optional[int] = None,
-        logit_soft_cap: Optional[float] = None,
-        attention_chunk: Optional[int] = None,
-    ) -> Tuple[jax.Array, KVCache]:
+    def attention(self, q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: KVCache, md: AttentionMetadata,
+                  spec: AttentionSpec) -> Tuple[jax.Array, KVCache]:
         k_pages, v_pages = write_kv(kv_cache, k, v, md.slot_mapping)
-        out = paged_attention(q, k_pages, v_pages, md, scale=scale, sliding_window=sliding_window,
-                              logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk)
-        return out, (k_pages, v_pages)
+        return paged_attention(q, k_pages, v_pages, md, spec), (k_pages, v_pages)
 
 
 def write_kv(kv_cache: KVCache, k: jax.Array, v: jax.Array, slot_mapping: jax.Array) -> KVCache:
@@ -71,25 +59,17 @@ def paged_attention(
     k_pages: jax.Array,
     v_pages: jax.Array,
     md: AttentionMetadata,
-    *,
-    scale: float,
-    sliding_window: Optional[int] = None,
-    logit_soft_cap: Optional[float] = None,
-    attention_chunk: Optional[int] = None,
+    spec: AttentionSpec,
 ) -> jax.Array:
     """Attention of each token over its sequence's cached keys (already including this step's)."""
-    if attention_chunk is not None and attention_chunk <= 0:
-        raise ValueError(f"attention_chunk={attention_chunk} must be positive or None")
     num_tokens = q.shape[0]
     if num_tokens <= _TOKEN_CHUNK or num_tokens % _TOKEN_CHUNK:
-        return _attend(q, md.positions, md.token_seq_ids, k_pages, v_pages, md, scale, sliding_window,
-                       logit_soft_cap, attention_chunk)
+        return _attend(q, md.positions, md.token_seq_ids, k_pages, v_pages, md, spec)
     num_chunks = num_tokens // _TOKEN_CHUNK
 
     def chunk(args):
         q_c, pos_c, seq_c = args
-        return _attend(q_c, pos_c, seq_c, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap,
-                       attention_chunk)
+        return _attend(q_c, pos_c, seq_c, k_pages, v_pages, md, spec)
 
     out = jax.lax.map(chunk, (q.reshape(num_chunks, _TOKEN_CHUNK, *q.shape[1:]),
                               md.positions.reshape(num_chunks, _TOKEN_CHUNK),
@@ -97,8 +77,7 @@ def paged_attention(
     return out.reshape(q.shape)
 
 
-def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_window, logit_soft_cap,
-            attention_chunk=None):
+def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, spec: AttentionSpec):
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_pages.shape
     group = num_heads // num_kv_heads
@@ -114,18 +93,18 @@ def _attend(q, positions, token_seq_ids, k_pages, v_pages, md, scale, sliding_wi
     key_pos = jnp.arange(context, dtype=jnp.int32)[None, :]
     query_pos = positions[:, None]
     visible = is_real_token[:, None] & (key_pos < md.kv_lens[seq][:, None]) & (key_pos <= query_pos)
-    if sliding_window is not None:
-        visible &= key_pos > query_pos - sliding_window  # [T, C]
-    if attention_chunk is not None:
-        visible &= key_pos >= query_pos // attention_chunk * attention_chunk
+    if spec.sliding_window is not None:
+        visible &= key_pos > query_pos - spec.sliding_window  # [T, C]
+    if spec.chunk_size is not None:
+        visible &= key_pos >= query_pos // spec.chunk_size * spec.chunk_size
 
     # Scores of hidden keys are replaced below, but a hidden value times a zero weight is still
     # NaN when the slot holds NaN, so hidden values are zeroed here.
     values = jnp.where(visible[:, :, None, None], values, 0).astype(jnp.float32)
     q_grouped = q.astype(jnp.float32).reshape(num_tokens, num_kv_heads, group, head_dim)
-    scores = jnp.einsum("tkgd,tckd->tkgc", q_grouped, keys.astype(jnp.float32)) * scale
-    if logit_soft_cap is not None:
-        scores = logit_soft_cap * jnp.tanh(scores / logit_soft_cap)
+    scores = jnp.einsum("tkgd,tckd->tkgc", q_grouped, keys.astype(jnp.float32)) * spec.scale
+    if spec.logit_soft_cap is not None:
+        scores = spec.logit_soft_cap * jnp.tanh(scores / spec.logit_soft_cap)
     mask = visible[:, None, None, :]
     scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)

@@ -24,8 +24,9 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from surge.kernels.base import KernelBackend, KVCache
+from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.registry import register_backend
 from surge.triton_kernels import launch
 
 _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
@@ -34,11 +35,10 @@ _NUM_WARPS = 4
 _NUM_STAGES = 2
 
 
+@register_backend("triton", platforms=("gpu", "cuda", "rocm"))
 class TritonBackend(KernelBackend):
-    name = "triton"
-
     @classmethod
-    def unavailable_reason(cls, config=None) -> Optional[str]:
+    def unavailable_reason(cls, options=None) -> Optional[str]:
         platform = jax.default_backend()
         if platform not in _GPU_PLATFORMS:
             return f"needs a GPU, but jax's default backend is {platform!r}"
@@ -52,19 +52,8 @@ class TritonBackend(KernelBackend):
     def kv_cache_shape(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int) -> tuple:
         return launch.kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim)
 
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        kv_cache: KVCache,
-        md: AttentionMetadata,
-        *,
-        scale: float,
-        sliding_window: Optional[int] = None,
-        logit_soft_cap: Optional[float] = None,
-        attention_chunk: Optional[int] = None,
-    ) -> Tuple[jax.Array, KVCache]:
+    def attention(self, q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: KVCache, md: AttentionMetadata,
+                  spec: AttentionSpec) -> Tuple[jax.Array, KVCache]:
         import jax_triton
         from surge.triton_kernels import paged_attention as kernels
 
@@ -83,8 +72,8 @@ class TritonBackend(KernelBackend):
 
         grid, meta = launch.attention_launch(
             num_tokens=num_tokens, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-            page_size=page_size, max_seqs=max_seqs, pages_per_seq=pages_per_seq, scale=scale,
-            sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, attention_chunk=attention_chunk,
+            page_size=page_size, max_seqs=max_seqs, pages_per_seq=pages_per_seq, scale=spec.scale,
+            sliding_window=spec.sliding_window, logit_soft_cap=spec.logit_soft_cap, attention_chunk=spec.chunk_size,
             cache_dtype=jnp.dtype(k_pages.dtype).name)
         out = jax_triton.triton_call(
             q, k_pages, v_pages, _i32(md.page_table), _i32(md.cu_q_lens), _i32(md.kv_lens), _i32(md.positions),

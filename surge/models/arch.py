@@ -176,6 +176,20 @@ class ModelArchConfig:
         reaches = [self.layer_window(i) or self.layer_chunk(i) for i in range(self.num_layers)]
         return None if any(r is None for r in reaches) else max(reaches)
 
+    def first_needed_key(self, position: int) -> int:
+        """The earliest key position any layer reads for a token at `position` (and so for every later one):
+        position - window + 1 on a windowed layer, the start of its chunk on a chunked one, 0 on a global one."""
+        first = position
+        for i in range(self.num_layers):
+            window, chunk = self.layer_window(i), self.layer_chunk(i)
+            if window is None and chunk is None:
+                return 0
+            if window is not None:
+                first = min(first, position - window + 1)
+            if chunk is not None:
+                first = min(first, position // chunk * chunk)
+        return max(0, first)
+
     def layer_uses_rope(self, layer: int) -> bool:
         return not (self.nope_layers and self.nope_layers[layer])
 

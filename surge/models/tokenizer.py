@@ -71,7 +71,7 @@ def _gguf_tokenizer(path: str):
 
 
 def _cache_candidates(path: str) -> list[str]:
-    from surge.models.catalogue import cache_dir
+    from surge.paths import cache_dir
 
     absolute = os.path.abspath(path)
     digest = hashlib.sha1(absolute.encode()).hexdigest()[:12]

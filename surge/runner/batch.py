@@ -33,8 +33,9 @@ class StepInput:
     logits_indices: jax.Array
     # SamplingTensors of surge.sampling (per-sequence parameters, seeds, penalties).
     sampling: object
-    # ((cos, sin), ...) float32[T, rope_dim] at md.positions, one pair per RoPE (surge.models.rope.rope_inputs).
-    rope: tuple
+    # The model's position inputs at md.positions, from its own hook (CausalLM.position_inputs_fn: one
+    # (cos, sin) float32[T, rope_dim] pair per RoPE for the decoder families).
+    position_inputs: tuple
     # int32[T]: per token row, the prompt token after it when its request wants prompt log-probs, else -1;
     # and bool[]: whether any row has one (build_prompt_targets).
     prompt_targets: jax.Array

@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from surge.models.catalogue import cache_dir
+from surge.paths import cache_dir
 
 
 def enable_compilation_cache() -> str:

@@ -2,7 +2,8 @@
 
 In: the engine config's data/tensor parallel sizes. Out: a jax.sharding.Mesh, and
 the NamedSharding of each parameter (a rule per weight kind: column-parallel for
-projections that fan out, row-parallel for those that fan in, replicated else).
+projections that fan out, row-parallel for those that fan in, mixture-of-experts stacks
+split by expert (expert parallel), replicated else).
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ _COLUMN_PARALLEL = ("qkv", "q_proj", "k_proj", "v_proj", "gate_up", "gate_proj",
 _ROW_PARALLEL = ("o_proj", "down_proj", "out_proj")
 
 
+# Mixture-of-experts stacks [E, in, out] (or packed [E, in * out]): split by expert over tp (expert parallel).
+_EXPERT_STACKS = ("experts_gate_up", "experts_down")
+
+
 def param_sharding(path: str, shape: tuple, mesh: Mesh) -> NamedSharding:
     tp = mesh.shape["tp"]
     spec = [None] * len(shape)
-    if len(shape) == 2 and tp > 1:
+    if tp > 1 and any(k in path for k in _EXPERT_STACKS):
+        if shape[0] % tp == 0:
+            spec[0] = "tp"
+    elif len(shape) == 2 and tp > 1:
         lowered = path.lower()
         if any(k in lowered for k in _COLUMN_PARALLEL) and shape[1] % tp == 0:
             spec[1] = "tp"

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
-from surge.models.rope import rope_inputs
 from surge.runner import transfer
 from surge.runner.mesh import shard_state
 from surge.sampling.prompt_logprobs import prompt_logprobs
@@ -68,6 +67,9 @@ class ModelRunner:
         self.rows_per_seq = 1 + spec.num_speculative_tokens if spec.enabled else 1
         self.buckets = Buckets(engine_config)
         self.mesh = mesh
+        # The model's own hook for its per-token position inputs (RoPE tables for these models), built on the
+        # host each step: the runner does not know what they are.
+        self._position_inputs = model.position_inputs_fn()
         self.graphdef, state = nnx.split(model)
         # The weights go to each call as a flat list: flattening the nnx State (a few hundred
         # Variables) on every step would cost the host more than the step's own inputs.
@@ -92,7 +94,8 @@ class ModelRunner:
         batch: StepInput = transfer.unpack(layout, buffers)
         model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
         input_ids = jnp.where(batch.input_src >= 0, last_sampled[jnp.maximum(batch.input_src, 0)], batch.input_ids)
-        hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend, rope=batch.rope)
+        hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend,
+                                                position_inputs=batch.position_inputs)
         prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
                                  batch.any_prompt_logprobs, self.num_logprobs)
 
@@ -125,11 +128,8 @@ class ModelRunner:
         input_ids, input_src, md, logits_indices = build_attention_inputs(
             _Empty(), num_tokens, num_seqs, self.pages_per_seq, self.page_size, num_rows=num_rows)
         sampling = build_sampling_tensors([], num_rows, self.arch.vocab_size, self.max_model_len)
-        return StepInput(input_ids, input_src, md, logits_indices, sampling, self._rope(md.positions),
+        return StepInput(input_ids, input_src, md, logits_indices, sampling, self._position_inputs(md.positions),
                          *build_prompt_targets(_Empty(), num_tokens), np.bool_(False))
-
-    def _rope(self, positions: np.ndarray) -> tuple:
-        return rope_inputs(self.arch, positions, xp=np)
 
     def compile(self, num_tokens: int, num_seqs: int):
         key = (num_tokens, num_seqs)
@@ -170,7 +170,7 @@ class ModelRunner:
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
         num_drafts = out.num_draft_tokens
         layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
-                                                  self._rope(md.positions), prompt_targets, any_prompt,
+                                                  self._position_inputs(md.positions), prompt_targets, any_prompt,
                                                   np.bool_(num_drafts > 0)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
         if layout != compiled_layout:

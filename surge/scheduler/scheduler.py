@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from surge.cache.block_manager import BlockManager
 from surge.config import EngineConfig, SchedulerConfig
@@ -58,10 +58,14 @@ class RequestUpdate:
 class Scheduler:
     def __init__(self, config: SchedulerConfig, engine: EngineConfig, block_manager: BlockManager,
                  max_model_len: int, sliding_window: Optional[int] = None,
-                 speculator: Optional[Speculator] = None) -> None:
+                 speculator: Optional[Speculator] = None,
+                 first_needed_key: Optional[Callable[[int], int]] = None) -> None:
         self.config = config
         # Set when every layer attends within this window: pages wholly behind it are given back.
         self.sliding_window = sliding_window
+        # With it, position -> the earliest key any layer still reads (chunked layers read from their chunk's
+        # start, which is past position - reach + 1): pages before that are given back.
+        self.first_needed_key = first_needed_key
         self.max_num_seqs = engine.max_num_seqs
         self.max_num_batched_tokens = engine.max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -299,7 +303,10 @@ class Scheduler:
     def _release_pages_behind_window(self, request: Request, num_computed: int) -> None:
         # The next token (position num_computed) and every later one attend keys at positions
         # > position - window, so pages that end before that are never read again.
-        first_needed = num_computed - self.sliding_window + 1
+        if self.first_needed_key is not None:
+            first_needed = self.first_needed_key(num_computed)
+        else:
+            first_needed = num_computed - self.sliding_window + 1
         if first_needed >= self.block_manager.page_size:
             self.block_manager.release_leading_pages(request.request_id, first_needed // self.block_manager.page_size)
 

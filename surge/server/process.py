@@ -1,10 +1,11 @@
-"""`surge-serve` as a child process: for tests, benchmarks and scripts.
+"""`surge-serve` as a child process: the one helper for tests, benchmarks and scripts.
 
-In: Hydra overrides for the server (the port is always 0, so the child picks
-a free one). Out: a `ServerProcess` that knows the child's port (read from
-its `surge-serve listening on http://HOST:PORT` line), waits for `/health` to
-answer 200, and stops it with SIGTERM, returning the exit code. The child's
-output goes to a log file whose tail is quoted when something goes wrong.
+In: Hydra overrides for the server, or (`ServerProcess.from_config`) a whole SurgeConfig, written as
+the child's own primary config file so every value reaches it unchanged, whatever it holds. The port
+is always 0, so the child picks a free one. Out: a `ServerProcess` that knows the child's port (read
+from its `surge-serve listening on http://HOST:PORT` line), waits for `/health` to answer 200, and
+stops it with SIGTERM (SIGKILL after a timeout), returning the exit code. The child's output goes to
+a log file whose tail is quoted when something goes wrong.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Optional, Sequence
 
 import httpx
 
+from surge.config import SurgeConfig
+
 _LISTENING = re.compile(r"surge-serve listening on (http://\S+)")
 
 
@@ -27,15 +30,50 @@ class ServerProcessError(RuntimeError):
     """The child server did not start (or exited); the message quotes its log."""
 
 
+# Seconds `with ServerProcess(...)` waits for /health (from_config callers that compile many buckets pass more).
+STARTUP_TIMEOUT_S = 300.0
+CONFIG_NAME = "surge_server"
+
+
+def config_yaml(cfg: SurgeConfig) -> str:
+    """A primary config for surge-serve that reproduces `cfg` on a free loopback port."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, host="127.0.0.1", port=0))
+    body = OmegaConf.to_container(OmegaConf.structured(cfg))
+    backend = body["backend"]
+    body["backend"] = {"name": backend["name"], **backend["options"]}  # the YAML spelling: the backend's keys flat
+    header = {
+        "defaults": ["surge_schema", {"override hydra/job_logging": "none"},
+                     {"override hydra/hydra_logging": "none"}, "_self_"],
+        "hydra": {"output_subdir": None, "run": {"dir": "."}},
+    }
+    return OmegaConf.to_yaml(OmegaConf.create({**header, **body}))
+
+
 class ServerProcess:
     def __init__(self, overrides: Sequence[str] = (), *, host: str = "127.0.0.1", cwd: Optional[str] = None,
-                 env: Optional[dict] = None, log_path: Optional[str] = None) -> None:
+                 env: Optional[dict] = None, log_path: Optional[str] = None,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         self.overrides = [f"server.host={host}", "server.port=0", *overrides]
         self.cwd = cwd or tempfile.mkdtemp(prefix="surge-serve-")
         self.env = env
         self.log_path = log_path or os.path.join(self.cwd, "surge-serve.log")
+        self.startup_timeout_s = startup_timeout_s
         self.url: Optional[str] = None
         self.process: Optional[subprocess.Popen] = None
+
+    @classmethod
+    def from_config(cls, cfg: SurgeConfig, **kwargs) -> "ServerProcess":
+        """A child serving exactly `cfg` (model, engine, cache, backend, scheduler, server keys), on 127.0.0.1:0."""
+        cwd = kwargs.pop("cwd", None) or tempfile.mkdtemp(prefix="surge-serve-")
+        with open(os.path.join(cwd, f"{CONFIG_NAME}.yaml"), "w") as handle:
+            handle.write(config_yaml(cfg))
+        process = cls(cwd=cwd, **kwargs)
+        process.overrides = ["--config-dir", cwd, "--config-name", CONFIG_NAME, *process.overrides]
+        return process
 
     @property
     def base_url(self) -> str:
@@ -108,7 +146,11 @@ class ServerProcess:
 
     def __enter__(self) -> "ServerProcess":
         self.start()
-        self.wait_ready()
+        try:
+            self.wait_ready(self.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -168,6 +168,12 @@ class DraftModelProposer:
             self.compile(num_tokens, num_seqs)
 
     @property
+    def num_bytes(self) -> int:
+        """Device bytes the draft holds: its weights and its KV pool."""
+        leaves = list(self._weights) + jax.tree_util.tree_leaves(self.kv_caches)
+        return int(sum(x.size * x.dtype.itemsize for x in leaves))
+
+    @property
     def num_compiled_buckets(self) -> int:
         return len(self._compiled)
 

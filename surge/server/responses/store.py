@@ -148,7 +148,7 @@ class SQLiteResponseStore(ResponseStore):
 
 
 def default_store_path() -> str:
-    from surge.models.catalogue import cache_dir
+    from surge.paths import cache_dir
 
     return os.path.join(cache_dir(), "responses.sqlite")
 
