@@ -283,6 +283,18 @@ def test_copy_workload_repeats_a_piece_and_is_validated():
         make_config("x", **{"bench.workload": "copy", "bench.mode": "prefix"})
 
 
+def test_offline_copy_workload_with_suffix_decoding_reports_acceptance(tiny):
+    from surge.bench.offline import format_offline, run_offline
+
+    cfg = make_config(tiny.path, max_num_seqs=2, **TINY_ENGINE,
+                      **{"bench.num_prompts": 2, "bench.input_len": 40, "bench.output_len": 16,
+                         "bench.workload": "copy", "engine.speculative.method": "suffix"})
+    result = run_offline(cfg)
+    assert result["num_output_tokens"] == 32 and result["input_len"] == 40
+    assert result["spec_decode_method"] == "suffix" and result["spec_decode_num_draft_tokens"] > 0
+    assert "speculative suffix: " in format_offline(result)
+
+
 def test_num_prompts_follows_max_num_seqs_unless_set():
     assert make_config("x").bench.num_prompts == 32
     assert make_config("x", max_num_seqs=8).bench.num_prompts == 8

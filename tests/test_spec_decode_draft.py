@@ -128,6 +128,30 @@ def test_a_draft_with_another_vocabulary_fails_at_start_up(tiny, tiny_checkpoint
         make_engine(tiny.path, wide.path)
 
 
+def test_a_tokenizer_that_maps_tokens_differently_is_refused():
+    from types import SimpleNamespace
+
+    from surge.spec_decode.draft_model import DraftMismatch, check_same_vocabulary
+
+    class Tok:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def __len__(self):
+            return len(self.vocab)
+
+        def get_vocab(self):
+            return dict(self.vocab)
+
+    arch = SimpleNamespace(vocab_size=3)
+    same = {"a": 0, "b": 1, "c": 2}
+    check_same_vocabulary("d", "t", arch, arch, Tok(same), Tok(dict(same)))
+    with pytest.raises(DraftMismatch, match=r"draft_model='d' vs model.name='t'.*2 tokens, the target's 3"):
+        check_same_vocabulary("d", "t", arch, arch, Tok({"a": 0, "b": 1}), Tok(same))
+    with pytest.raises(DraftMismatch, match=r"3 tokens each\) map 2 tokens differently \(first 'b'"):
+        check_same_vocabulary("d", "t", arch, arch, Tok({"a": 0, "b": 2, "c": 1}), Tok(same))
+
+
 def test_the_draft_bytes_come_out_of_the_target_kv_budget(tiny):
     """On the CPU RAM budget the target's pool is sized after the draft's weights and pool are placed."""
     plain = make_engine(tiny.path, num_pages=None, cpu_memory_gb=0.5)
@@ -307,3 +331,31 @@ def test_smollm2_as_its_own_draft(smollm2_gguf):
     stats = engine.stats()
     assert stats["spec_decode_acceptance_rate"] > 0.9 and stats["spec_decode_num_draft_tokens"] >= 4 * 16, stats
     assert_clean(engine)
+
+
+# Repeated objects: forced keys, a chosen name and a code of 6 free letters (as in test_spec_decode_engine).
+ITEMS_SCHEMA = {"type": "array", "minItems": 2, "maxItems": 3, "items": {
+    "type": "object", "properties": {"name": {"enum": ["alpha", "beta", "gamma"]},
+                                     "code": {"type": "string", "pattern": "^[a-e]{6}$"}},
+    "required": ["name", "code"], "additionalProperties": False}}
+
+
+def test_json_schema_requests_with_draft_model_match_none(tiny, near_draft):
+    """Draft-model drafts for a constrained request are cut by its grammar and what is left is verified
+    under its masks (fast-forward off, so every step is a decode the draft proposes for). The draft does
+    not see the grammar, so a random draft's tokens are nearly always cut at once: the test checks that
+    the draft ran and that the tokens stay none's and schema-valid."""
+    import json
+
+    import jsonschema
+
+    pool = {"none": make_engine(tiny.path, structured_output_fast_forward=False),
+            "near": make_engine(tiny.path, near_draft, structured_output_fast_forward=False)}
+    prompts = [f"item list number {i}: " * (1 + i % 3) for i in range(4)]
+    params = [SamplingParams(max_tokens=160, temperature=0.0, structured_outputs={"json": ITEMS_SCHEMA}),
+              SamplingParams(max_tokens=160, temperature=0.8, seed=3, structured_outputs={"json": ITEMS_SCHEMA})] * 2
+    outs, moved = run_all(pool, prompts=prompts, sampling_params=params)
+    assert moved["near"]["spec_decode_draft_num_calls"] > 0, moved
+    for out in outs:
+        assert out.outputs[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.outputs[0].text), ITEMS_SCHEMA)

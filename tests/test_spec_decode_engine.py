@@ -299,8 +299,9 @@ def test_json_schema_requests_speculate_and_match_none(tiny, fast_forward):
 
     import jsonschema
 
-    pool = {name: make_engine(tiny.path, name, structured_output_fast_forward=fast_forward)
-            for name in ("none", "ngram")}
+    pool = {name: make_engine(tiny.path, name.split("-")[0], name.endswith("async"),
+                              structured_output_fast_forward=fast_forward)
+            for name in ("none", "ngram", "ngram-async", "suffix")}
     # Text prompts (random byte-level ids could leave a partial UTF-8 character before the JSON).
     prompts = [f"item list number {i}: " * (1 + i % 3) for i in range(6)]
     params = [SamplingParams(max_tokens=160, temperature=0.0, structured_outputs={"json": ITEMS_SCHEMA}),

@@ -23,6 +23,7 @@ tokens each); the request's own tokens cost one numpy pass, as n-gram lookup doe
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from typing import Sequence
 
 import numpy as np
@@ -96,13 +97,15 @@ class SuffixIndex:
             return []
         limit = min(self.max_match, len(context))
         found = []
-        for serial, position in list(entries)[-MAX_CANDIDATES:]:
+        # The most recent occurrences, newest first (no copy of a long deque), reversed to oldest first below.
+        for serial, position in islice(reversed(entries), MAX_CANDIDATES):
             tokens = self._by_serial[serial]
             length = n
             while length < limit and position - length - 1 >= 0 and \
                     tokens[position - length - 1] == context[len(context) - length - 1]:
                 length += 1
             found.append((length, tokens, position))
+        found.reverse()
         return found
 
 
