@@ -21,8 +21,8 @@
 #endif
 
 #include "cpu/kernels.h"
-#include "cpu/numeric.h"
-#include "cpu_attention_kernel.h"
-#include "cpu_matmul.h"
-#include "cpu_matmul_work.h"
-#include "cpu_pool.h"
+#include "common/numeric.h"
+#include "attention/kernel.h"
+#include "matmul/panels.h"
+#include "matmul/work.h"
+#include "common/pool.h"

@@ -8,7 +8,7 @@ Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed 
 float32 (bfloat16 weights are widened in registers, never copied whole).
 
 ``pack`` rewrites a weight once, at load, into panels of 48 columns stored one after
-another (a 1-D array; see csrc/cpu_matmul.h; N a multiple of 16, so every instruction
+another (a 1-D array; see csrc/matmul/panels.h; N a multiple of 16, so every instruction
 set's vectors divide a panel): a thread then streams one contiguous run
 of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
 weight as packed and takes N from ``n``.

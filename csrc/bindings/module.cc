@@ -7,15 +7,15 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu_pool.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace surge {
 void bind_block_allocator(pybind11::module_& m);
 void bind_cpu_isa(pybind11::module_& m);
 
-// The FFI handlers, each defined beside its kernel (cpu_attention.cc, cpu_matmul.cc,
-// cpu_quant_matmul.cc, cpu_silu_mul.cc).
+// The FFI handlers, each defined beside its kernel (attention/ffi.cc, matmul/ffi.cc,
+// matmul/quant_ffi.cc, activation/silu_mul_ffi.cc).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(SurgeCpuPagedAttention);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(SurgeCpuMatmul);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(SurgeCpuGroupedMatmul);

@@ -1,6 +1,6 @@
 // BlockAllocator implementation: free queue, reference counts, prefix-hash
-// table and the integrity check. See block_allocator.h for the contract.
-#include "block_allocator.h"
+// table and the integrity check. See block_allocator/block_allocator.h for the contract.
+#include "block_allocator/block_allocator.h"
 
 #include <algorithm>
 #include <limits>

@@ -8,13 +8,13 @@
 // Out: attention [T, H, hd] in q's dtype, then both caches with this step's k, v
 // written. The caches are meant to be aliased operand -> result (input_output_aliases),
 // so XLA hands the same buffer in and out and the update happens in place.
-// bindings.cc hands it to Python in surge._C.ffi_targets() (name -> PyCapsule).
+// bindings/module.cc hands it to Python in surge._C.ffi_targets() (name -> PyCapsule).
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#include "cpu_attention_kernel.h"
-#include "cpu_pool.h"
+#include "attention/kernel.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;

@@ -4,13 +4,13 @@
 // last I. Out: y [M, I] float32 = silu(gate) * up, silu(g) = g / (1 + e^-g).
 // XLA:CPU evaluates this elementwise with a slow exp; here it runs a vector at a time with
 // the kernels' exp, in the variant picked at run time (cpu/isa.h), rows spread over the
-// shared CpuPool. bindings.cc hands it to Python in surge._C.ffi_targets().
+// shared CpuPool. bindings/module.cc hands it to Python in surge._C.ffi_targets().
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "cpu/isa.h"
-#include "cpu_pool.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;

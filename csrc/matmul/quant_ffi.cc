@@ -4,7 +4,7 @@
 // GGUF blocks as the file stores them; block_bytes names the type (34 Q8_0, 18 Q4_0,
 // 20 Q4_1; cpu/kernels.h). Out: y [M, N] float32 = x @ W^T, x quantized per block to int8,
 // int32 block dots (cpu/kernels/quant_matmul.inc) in the variant picked at run time.
-// bindings.cc hands it to Python in surge._C.ffi_targets().
+// bindings/module.cc hands it to Python in surge._C.ffi_targets().
 #include <string>
 
 #include "cpu/isa.h"

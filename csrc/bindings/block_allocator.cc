@@ -4,7 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "block_allocator.h"
+#include "block_allocator/block_allocator.h"
 
 namespace py = pybind11;
 

@@ -2,18 +2,18 @@
 //
 // In (FFI operands): x [M, K] float32 and w, float32 or bfloat16, [K, N] — or [N, K]
 // when the attribute transpose_w is true (an embedding table used as a tied lm_head),
-// or, when the attribute panels is true, 1-D [K * N] packed into panels (cpu_matmul.h;
+// or, when the attribute panels is true, 1-D [K * N] packed into panels (matmul/panels.h;
 // N is then read from y).
 // Out: y [M, N] float32 = x @ w (x @ w^T when transposed). Shapes come from the buffers,
 // so one compiled target serves every M. Also SurgeCpuGroupedMatmul, the mixture-of-experts
-// projection below. bindings.cc hands both to Python in surge._C.ffi_targets(); which
-// instruction set runs is surge._C.cpu_isa() (cpu_isa_bindings.cc).
+// projection below. bindings/module.cc hands both to Python in surge._C.ffi_targets(); which
+// instruction set runs is surge._C.cpu_isa() (bindings/cpu_isa.cc).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
-#include "cpu_matmul.h"
-#include "cpu_pool.h"
+#include "matmul/panels.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -98,7 +98,7 @@ ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, bool
 
 // The mixture-of-experts projection: rows of x grouped by expert, each group times its own
 // expert's weight. x [M, K] float32 (group g = the next group_sizes[g] rows), w [G, K, N] float32
-// or bfloat16 — or, with panels, [G, K * N], each expert's [K, N] packed as cpu_matmul.h describes
+// or bfloat16 — or, with panels, [G, K * N], each expert's [K, N] packed as matmul/panels.h describes
 // (N then read from y) — and group_sizes int32 [G]. y [M, N] float32; rows past the groups' sum
 // are zeros. Each group is one matmul over its rows that reads only its expert's weights, so the
 // work is the routed rows, not every row against every expert.
