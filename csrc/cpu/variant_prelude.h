@@ -20,9 +20,9 @@
 #include <arm_neon.h>
 #endif
 
-#include "cpu/kernels.h"
-#include "common/numeric.h"
 #include "attention/kernel.h"
+#include "common/numeric.h"
+#include "common/pool.h"
+#include "cpu/kernels.h"
 #include "matmul/panels.h"
 #include "matmul/work.h"
-#include "common/pool.h"
