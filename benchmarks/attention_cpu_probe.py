@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from surge.kernels.base import AttentionSpec
-from surge.kernels.cpu import CpuBackend, set_num_threads
+from surge.kernels.cpu import CpuBackend
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.native import set_num_threads
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE = 9, 3, 64, 16
 SCALE = HEAD_DIM ** -0.5

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from surge.kernels import cpu_matmul
+from surge.kernels import cpu_matmul, native
 
 # name -> (K, N, transpose_w)
 SHAPES = {
@@ -144,7 +144,7 @@ def main() -> None:
     if not cpu_matmul.available():
         raise SystemExit(f"surge cpu matmul unavailable: {cpu_matmul.unavailable_reason()}")
     if args.threads:
-        cpu_matmul.set_num_threads(args.threads)
+        native.set_num_threads(args.threads)
 
     ms = [int(m) for m in args.ms.split(",")]
     rng = np.random.default_rng(0)

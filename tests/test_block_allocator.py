@@ -86,7 +86,7 @@ def test_eviction_is_oldest_first_and_tail_pages_go_first():
     assert alloc.page_hash(3) is None
     assert alloc.stats()["num_evictions"] == 1
     # The head of the chain is still cached: a lookup finds pages 1 and 2, then misses page 3's content.
-    assert alloc.find_prefix([1, 2, 3, 4, 5, 6], PAGE_SIZE) == [1, 2]
+    assert alloc.find_prefix([1, 2, 3, 4, 5, 6]) == [1, 2]
     assert [alloc.page_hash(p) for p in (1, 2)] == hashes[:2]
     alloc.check_integrity()
 
@@ -117,12 +117,12 @@ def test_find_prefix_compares_tokens_stops_at_first_miss_and_respects_salt_and_c
     alloc = make(6)
     alloc.allocate(3)
     register_chain(alloc, [1, 2, 3], [1, 2, 3, 4, 5, 6], extra_key=0)
-    assert alloc.find_prefix([1, 2, 3, 4, 5, 6, 7], PAGE_SIZE) == [1, 2, 3]
-    assert alloc.find_prefix([1, 2, 3, 9, 5, 6], PAGE_SIZE) == [1]
-    assert alloc.find_prefix([9, 2, 3, 4], PAGE_SIZE) == []
-    assert alloc.find_prefix([1, 2, 3, 4, 5, 6], PAGE_SIZE, max_pages=2) == [1, 2]
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE, extra_key=99) == []
-    assert alloc.find_prefix([1], PAGE_SIZE) == []
+    assert alloc.find_prefix([1, 2, 3, 4, 5, 6, 7]) == [1, 2, 3]
+    assert alloc.find_prefix([1, 2, 3, 9, 5, 6]) == [1]
+    assert alloc.find_prefix([9, 2, 3, 4]) == []
+    assert alloc.find_prefix([1, 2, 3, 4, 5, 6], max_pages=2) == [1, 2]
+    assert alloc.find_prefix([1, 2, 3, 4], extra_key=99) == []
+    assert alloc.find_prefix([1]) == []
     stats = alloc.stats()
     # queried: 3 + 3 + 2 + 2 + 2 + 0 full pages; hits: 3 + 1 + 0 + 2 + 0 + 0.
     assert (stats["num_queried_pages"], stats["num_hit_pages"]) == (12, 6)
@@ -132,8 +132,8 @@ def test_salted_chain_is_found_only_with_its_salt():
     alloc = make(6)
     alloc.allocate(2)
     register_chain(alloc, [1, 2], [1, 2, 3, 4], extra_key=42)
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE, extra_key=42) == [1, 2]
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == []
+    assert alloc.find_prefix([1, 2, 3, 4], extra_key=42) == [1, 2]
+    assert alloc.find_prefix([1, 2, 3, 4]) == []
 
 
 def test_register_rules():
@@ -163,7 +163,7 @@ def test_reset_prefix_cache_is_refused_while_pages_are_in_use():
     assert alloc.reset_prefix_cache()
     assert alloc.page_hash(1) is None and alloc.page_hash(2) is None
     assert alloc.stats()["num_cached_pages"] == 0
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == []
+    assert alloc.find_prefix([1, 2, 3, 4]) == []
     assert alloc.free_queue() == [3, 1, 2]
     alloc.check_integrity()
 
@@ -180,8 +180,7 @@ def test_reset_prefix_cache_is_refused_while_pages_are_in_use():
     (lambda a: a.page_hash(-2), IndexError, r"page -2 is out of range"),
     (lambda a: a.allocate(4), ValueError, r"allocate n=4 pages: only 3 are free"),
     (lambda a: a.allocate(-1), ValueError, r"n=-1 pages: n must be >= 0"),
-    (lambda a: a.find_prefix([1, 2], 3), ValueError, r"page_size=3 differs"),
-    (lambda a: a.find_prefix([1, 2], PAGE_SIZE, 0, -1), ValueError, r"max_pages=-1 must be >= 0"),
+    (lambda a: a.find_prefix([1, 2], 0, -1), ValueError, r"max_pages=-1 must be >= 0"),
 ])
 def test_bad_calls_raise_and_change_nothing(call, error, message):
     alloc = make(6)
@@ -204,7 +203,7 @@ def test_stats():
     pages = alloc.allocate(4)
     register_chain(alloc, pages[:2], [1, 2, 3, 4])
     alloc.free(pages[1:])
-    alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE)
+    alloc.find_prefix([1, 2, 3, 4])
     assert alloc.stats() == {
         "num_total_pages": 5,
         "num_free_pages": 4,
@@ -240,9 +239,9 @@ def test_capacity_zero_caches_nothing_once_freed_but_shares_pages_in_use():
     alloc = BlockAllocator(6, PAGE_SIZE, 0)
     pages = alloc.allocate(2)
     register_chain(alloc, pages, [1, 2, 3, 4])
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == pages  # held pages are still found
+    assert alloc.find_prefix([1, 2, 3, 4]) == pages  # held pages are still found
     alloc.free(pages)
-    assert alloc.find_prefix([1, 2, 3, 4], PAGE_SIZE) == []
+    assert alloc.find_prefix([1, 2, 3, 4]) == []
     assert alloc.stats()["num_cached_pages"] == 0
     alloc.check_integrity()
 

@@ -9,6 +9,8 @@ so a kernel that reads a key it must not see fails the comparison.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -16,8 +18,9 @@ import numpy as np
 import pytest
 
 from surge.kernels.base import AttentionSpec
-from surge.kernels.cpu import CpuBackend, set_num_threads
+from surge.kernels.cpu import CpuBackend
 from surge.kernels.metadata import AttentionMetadata
+from surge.kernels.native import get_num_threads, set_num_threads
 
 pytestmark = pytest.mark.skipif(CpuBackend.unavailable_reason() is not None,
                                 reason=str(CpuBackend.unavailable_reason()))
@@ -266,6 +269,17 @@ def test_thread_count_does_not_change_results():
     np.testing.assert_array_equal(single, double)
     with pytest.raises(ValueError, match="num_threads"):
         set_num_threads(-1)
+
+
+def test_one_pool_size_for_every_kernel():
+    """set_num_threads sizes the one pool get_num_threads reads; 0 = every core."""
+    try:
+        set_num_threads(3)
+        assert get_num_threads() == 3
+        set_num_threads(0)
+        assert get_num_threads() == os.cpu_count()
+    finally:
+        set_num_threads(0)
 
 
 def test_layout_and_availability():

@@ -148,8 +148,8 @@ def test_silu_and_mul_matches_jax(isa):
 
 # ---- the C++ kernel tests, native and under qemu-aarch64 ----
 
-KERNEL_SOURCES = ["csrc/tests/cpu_kernel_tests.cc", "csrc/cpu/isa.cc", "csrc/cpu_attention_kernel.cc",
-                  "csrc/cpu_matmul_work.cc", "csrc/cpu_pool.cc", "csrc/cpu/scalar/kernels.cc"]
+KERNEL_SOURCES = ["csrc/tests/cpu_kernel_tests.cc", "csrc/cpu/isa.cc", "csrc/attention/kernel.cc",
+                  "csrc/matmul/work.cc", "csrc/common/pool.cc", "csrc/cpu/scalar/kernels.cc"]
 ARCH_SOURCES = {
     "x86_64": ["csrc/cpu/x86/avx2/kernels.cc", "csrc/cpu/x86/avx512/kernels.cc",
                "csrc/cpu/x86/avx512_bf16/kernels.cc"],

@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from surge.kernels import cpu_matmul
+from surge.kernels import cpu_matmul, native
 from surge.kernels.cpu_matmul import matmul
 
 pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason=str(cpu_matmul.unavailable_reason()))
@@ -133,10 +133,10 @@ def test_results_do_not_depend_on_thread_count():
     outputs = []
     try:
         for threads in (1, 2, 3):
-            cpu_matmul.set_num_threads(threads)
+            native.set_num_threads(threads)
             outputs.append(np.asarray(_jitted[False](jnp.asarray(x), w_arg)))
     finally:
-        cpu_matmul.set_num_threads(0)
+        native.set_num_threads(0)
     for other in outputs[1:]:
         np.testing.assert_array_equal(outputs[0], other)
 

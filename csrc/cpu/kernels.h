@@ -1,6 +1,6 @@
 // The kernels one instruction-set variant provides, as a table of entry points.
 //
-// In: the problems of csrc/cpu_matmul.h (float matmul), csrc/cpu_attention_kernel.h (paged
+// In: the problems of csrc/matmul/panels.h (float matmul), csrc/attention/kernel.h (paged
 // attention), SiLU-and-multiply rows, and QuantMatmulProblem (GGUF-quantized weights).
 // Out: every variant compiled into this build has a table (kernels_<isa>() below);
 // cpu/isa.h picks one at run time. Each variant lives in its own namespace
@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "cpu_attention_kernel.h"
-#include "cpu_matmul.h"
+#include "attention/kernel.h"
+#include "matmul/panels.h"
 
 namespace surge::cpu {
 

@@ -20,9 +20,9 @@
 #include <arm_neon.h>
 #endif
 
+#include "attention/kernel.h"
+#include "common/numeric.h"
+#include "common/pool.h"
 #include "cpu/kernels.h"
-#include "cpu/numeric.h"
-#include "cpu_attention_kernel.h"
-#include "cpu_matmul.h"
-#include "cpu_matmul_work.h"
-#include "cpu_pool.h"
+#include "matmul/panels.h"
+#include "matmul/work.h"

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
-#include "cpu/numeric.h"
+#include "common/numeric.h"
 
 using namespace surge;
 

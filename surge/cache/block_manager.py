@@ -74,7 +74,7 @@ class BlockManager:
         if not self.enable_prefix_caching or len(token_ids) == 0:
             return []
         max_pages = (len(token_ids) - 1) // self.page_size
-        return self._allocator.find_prefix(list(token_ids), self.page_size, salt_to_extra_key(cache_salt), max_pages)
+        return self._allocator.find_prefix(list(token_ids), salt_to_extra_key(cache_salt), max_pages)
 
     def _plan(self, request_id: str, num_tokens: int, computed_pages: Sequence[int]) -> tuple[int, int]:
         """(pages to allocate, pages free for it) for allocate/can_allocate; validates the call."""

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from surge.kernels import native
 from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.kernels.registry import register_backend
@@ -48,43 +49,14 @@ _STORAGE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 logger = logging.getLogger("surge")
 
 
-def _register_targets() -> Tuple[Optional[object], Optional[str]]:
-    """Register the FFI targets of surge._C with jax; returns (module, None) or (None, reason)."""
-    try:
-        from surge import _C
-    except ImportError as exc:
-        return None, f"the native module surge._C is not built ({exc}); run `pip install -e .`"
-    if not hasattr(_C, "ffi_targets"):
-        return None, "surge._C was built without the CPU attention kernel (no ffi_targets); rebuild it"
-    for name, capsule in _C.ffi_targets().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    for name, capsule in getattr(_C, "cpu_silu_mul_ffi_targets", dict)().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    return _C, None
-
-
-_NATIVE, _NATIVE_REASON = _register_targets()
-
-
-def set_num_threads(num_threads: int) -> None:
-    """Threads the kernel uses (process-wide), the calling thread included; 0 = every core."""
-    if _NATIVE is None:
-        raise RuntimeError(_NATIVE_REASON)
-    _NATIVE.set_cpu_attention_threads(int(num_threads))
-
-
 def isa() -> str:
     """The instruction-set variant the kernels run now."""
-    if _NATIVE is None:
-        raise RuntimeError(_NATIVE_REASON)
-    return _NATIVE.cpu_isa()
+    return native.module().cpu_isa()
 
 
 def supported_isas() -> List[str]:
     """Variants this processor runs, lowest first."""
-    if _NATIVE is None:
-        raise RuntimeError(_NATIVE_REASON)
-    return [info["name"] for info in _NATIVE.cpu_isas() if info["supported"]]
+    return [info["name"] for info in native.module().cpu_isas() if info["supported"]]
 
 
 def set_isa(name: str) -> None:
@@ -92,9 +64,7 @@ def set_isa(name: str) -> None:
 
     ValueError names the features the processor lacks, or the variants this build has.
     """
-    if _NATIVE is None:
-        raise RuntimeError(_NATIVE_REASON)
-    _NATIVE.set_cpu_isa(str(name))
+    native.module().set_cpu_isa(str(name))
 
 
 CPU_ISAS = ("auto", "scalar", "avx2", "avx512", "avx512_bf16", "neon", "neon_dotprod")
@@ -123,9 +93,9 @@ class CpuBackend(KernelBackend):
     def __init__(self, options: Optional[CpuOptions] = None) -> None:
         """Given options set the process-wide pool size and ISA; without, both stay as they are."""
         super().__init__(options)
-        if _NATIVE is not None:
+        if native.unavailable_reason() is None:
             if options is not None:
-                set_num_threads(options.num_threads)
+                native.set_num_threads(options.num_threads)
                 # auto: SURGE_CPU_ISA when set, else the best variant (undoing an earlier engine's choice).
                 cpu_isa = options.cpu_isa
                 set_isa(os.environ.get("SURGE_CPU_ISA") or "auto" if cpu_isa == "auto" else cpu_isa)
@@ -133,8 +103,8 @@ class CpuBackend(KernelBackend):
 
     @classmethod
     def unavailable_reason(cls, options=None) -> Optional[str]:
-        if _NATIVE_REASON is not None:
-            return _NATIVE_REASON
+        if native.unavailable_reason() is not None:
+            return native.unavailable_reason()
         platform = jax.default_backend()
         if platform != "cpu":
             return f"the cpu kernel runs on jax's cpu platform, but the default backend is {platform}"
@@ -165,7 +135,7 @@ class CpuBackend(KernelBackend):
 
     def silu_and_mul(self, gate_up: jax.Array) -> jax.Array:
         """The gated MLP's activation in C++ (float32; XLA:CPU's exp is several times slower)."""
-        if gate_up.dtype != jnp.float32 or not hasattr(_NATIVE, "cpu_silu_mul_ffi_targets"):
+        if gate_up.dtype != jnp.float32 or SILU_MUL_TARGET not in native.TARGETS:
             return super().silu_and_mul(gate_up)
         width = gate_up.shape[-1]
         rows = gate_up.reshape(-1, width)

@@ -8,7 +8,7 @@ Out: y [..., N] float32 = x @ w (x @ w.T when transposed), every product summed 
 float32 (bfloat16 weights are widened in registers, never copied whole).
 
 ``pack`` rewrites a weight once, at load, into panels of 48 columns stored one after
-another (a 1-D array; see csrc/cpu_matmul.h; N a multiple of 16, so every instruction
+another (a 1-D array; see csrc/matmul/panels.h; N a multiple of 16, so every instruction
 set's vectors divide a panel): a thread then streams one contiguous run
 of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
 weight as packed and takes N from ``n``.
@@ -19,10 +19,11 @@ quantizes x's rows per block of 32 to int8 and sums int32 block dots: nothing is
 
 One FFI target, ``surge_cpu_matmul`` in ``surge._C``, takes its shapes from the buffers:
 any number of rows works without recompiling anything on the kernel's side, and the call
-is usable inside ``jit``. When the target is missing (surge._C built without it), the
+is usable inside ``jit``. When the target is missing (surge._C not built), the
 default backend is not cpu, or w's dtype is neither float32 nor bfloat16, ``matmul``
 falls back to ``jnp.dot(x, w, preferred_element_type=float32)`` and logs the reason once.
-The kernel runs on its own persistent thread pool (``set_num_threads`` sets its size; by
+The kernel runs on the CPU kernels' one persistent thread pool (surge.kernels.native.set_num_threads
+sets its size; by
 default every core), whose helpers spin briefly between calls instead of sleeping, since
 waking a sleeping thread takes about as long as a one-token matmul.
 """
@@ -36,7 +37,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from surge.kernels import quantized
+from surge.kernels import native, quantized
 
 TARGET = "surge_cpu_matmul"
 QUANT_TARGET = "surge_cpu_quant_matmul"
@@ -45,31 +46,9 @@ _WEIGHT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 logger = logging.getLogger("surge")
 
 
-def _has_quant_target() -> bool:
-    from surge import _C
-    return hasattr(_C, "cpu_quant_matmul_ffi_targets")
-
-
-def _register_target() -> Optional[str]:
-    """Register the FFI target with jax; returns None, or why it cannot be used."""
-    try:
-        from surge import _C
-    except ImportError as exc:
-        return f"the native module surge._C is not built ({exc}); run `pip install -e .`"
-    targets = getattr(_C, "cpu_matmul_ffi_targets", None)
-    if targets is None:
-        return ("surge._C was built without the CPU matmul (no cpu_matmul_ffi_targets): csrc/bindings.cc must "
-                "call surge::bind_cpu_matmul, then rebuild")
-    for name, capsule in targets().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    for name, capsule in getattr(_C, "cpu_quant_matmul_ffi_targets", dict)().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-    return None
-
-
-_TARGET_REASON = _register_target()
-_QUANT_REASON = None if _TARGET_REASON is not None or _has_quant_target() else (
-    "surge._C was built without the quantized matmul (no cpu_quant_matmul_ffi_targets); rebuild it")
+_TARGET_REASON = native.unavailable_reason()
+_QUANT_REASON = None if _TARGET_REASON is not None or QUANT_TARGET in native.TARGETS else (
+    "surge._C is out of date (no surge_cpu_quant_matmul among its ffi_targets); rebuild it")
 _logged_reasons: set = set()
 
 
@@ -85,14 +64,6 @@ def unavailable_reason() -> Optional[str]:
 
 def available() -> bool:
     return unavailable_reason() is None
-
-
-def set_num_threads(num_threads: int) -> None:
-    """Threads the kernel uses (process-wide), the calling thread included; 0 = every core."""
-    if _TARGET_REASON is not None:
-        raise RuntimeError(_TARGET_REASON)
-    from surge import _C
-    _C.set_cpu_matmul_threads(int(num_threads))
 
 
 PANEL_COLUMNS = 48

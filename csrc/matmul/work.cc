@@ -1,11 +1,11 @@
-// Work splitting of the CPU matmul and its entry point (see cpu_matmul_work.h).
-#include "cpu_matmul_work.h"
+// Work splitting of the CPU matmul and its entry point (see matmul/work.h).
+#include "matmul/work.h"
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu/isa.h"
-#include "cpu_pool.h"
+#include "common/pool.h"
 
 namespace surge::matmul {
 namespace {

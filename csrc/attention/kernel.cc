@@ -1,8 +1,8 @@
-// Ragged paged attention on the CPU (see cpu_attention_kernel.h): the parts every instruction
+// Ragged paged attention on the CPU (see attention/kernel.h): the parts every instruction
 // set shares — checking the metadata, writing the new K/V, planning the work items — and
 // attend(), which hands the items to the kernel variant cpu/isa.h picked at run time
 // (cpu/kernels/attention.inc).
-#include "cpu_attention_kernel.h"
+#include "attention/kernel.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,6 +1,6 @@
 // BlockAllocator implementation: free queue, reference counts, prefix-hash
-// table and the integrity check. See block_allocator.h for the contract.
-#include "block_allocator.h"
+// table and the integrity check. See block_allocator/block_allocator.h for the contract.
+#include "block_allocator/block_allocator.h"
 
 #include <algorithm>
 #include <limits>
@@ -228,12 +228,8 @@ bool BlockAllocator::register_page(int64_t page, uint64_t hash, const std::vecto
   return true;
 }
 
-std::vector<int32_t> BlockAllocator::find_prefix(const std::vector<int32_t>& token_ids, int64_t page_size,
-                                                 uint64_t extra_key, std::optional<int64_t> max_pages) {
-  if (page_size != page_size_) {
-    throw std::invalid_argument("find_prefix page_size=" + std::to_string(page_size) +
-                                " differs from the allocator's page_size=" + std::to_string(page_size_));
-  }
+std::vector<int32_t> BlockAllocator::find_prefix(const std::vector<int32_t>& token_ids, uint64_t extra_key,
+                                                 std::optional<int64_t> max_pages) {
   if (max_pages && *max_pages < 0) {
     throw std::invalid_argument("find_prefix max_pages=" + std::to_string(*max_pages) + " must be >= 0");
   }

@@ -1,4 +1,4 @@
-// The CPU paged-attention kernel as an XLA FFI target, bound into surge._C.
+// The CPU paged-attention kernel as an XLA FFI target (SurgeCpuPagedAttention).
 //
 // In (FFI operands, in order): q [T, H, hd], k [T, KV, hd], v [T, KV, hd],
 // k_cache and v_cache [num_pages, KV, page_size, hd], slot_mapping [T], positions [T],
@@ -8,15 +8,13 @@
 // Out: attention [T, H, hd] in q's dtype, then both caches with this step's k, v
 // written. The caches are meant to be aliased operand -> result (input_output_aliases),
 // so XLA hands the same buffer in and out and the update happens in place.
-// Python sees surge._C.ffi_targets() (name -> PyCapsule) and the thread-count setter.
-#include <pybind11/pybind11.h>
-
+// bindings/module.cc hands it to Python in surge._C.ffi_targets() (name -> PyCapsule).
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#include "cpu_attention_kernel.h"
-#include "cpu_pool.h"
+#include "attention/kernel.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -182,27 +180,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuPagedAttention, paged_attention,
                                   .Ret<ffi::AnyBuffer>()   // out
                                   .Ret<ffi::AnyBuffer>()   // k_cache
                                   .Ret<ffi::AnyBuffer>());  // v_cache
-
-void bind_cpu_attention(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def(
-      "ffi_targets",
-      [] {
-        py::dict targets;
-        targets["surge_cpu_paged_attention"] = py::capsule(reinterpret_cast<void*>(&SurgeCpuPagedAttention));
-        return targets;
-      },
-      "XLA FFI targets of the CPU attention kernel: name -> PyCapsule for jax.ffi.register_ffi_target.");
-  m.def(
-      "set_cpu_attention_threads",
-      [](int n) {
-        if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = every core), got " + std::to_string(n));
-        CpuPool::global().set_num_threads(n);
-      },
-      py::arg("num_threads"), "Threads the CPU attention kernel uses, the caller included; 0 = every core.");
-  m.def(
-      "cpu_attention_threads", [] { return CpuPool::global().num_threads(); },
-      "Threads the CPU attention kernel uses now.");
-}
 
 }  // namespace surge

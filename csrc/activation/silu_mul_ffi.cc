@@ -1,18 +1,16 @@
-// SiLU-and-multiply of a gated MLP as an XLA FFI target, bound into surge._C.
+// SiLU-and-multiply of a gated MLP as an XLA FFI target (SurgeCpuSiluMul).
 //
 // In: x [M, 2 I] float32, the gate in its first I columns and the up projection in the
 // last I. Out: y [M, I] float32 = silu(gate) * up, silu(g) = g / (1 + e^-g).
 // XLA:CPU evaluates this elementwise with a slow exp; here it runs a vector at a time with
 // the kernels' exp, in the variant picked at run time (cpu/isa.h), rows spread over the
-// shared CpuPool.
-#include <pybind11/pybind11.h>
-
+// shared CpuPool. bindings/module.cc hands it to Python in surge._C.ffi_targets().
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "cpu/isa.h"
-#include "cpu_pool.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -51,16 +49,5 @@ ffi::Error cpu_silu_mul(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuSiluMul, cpu_silu_mul,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
-
-void bind_cpu_silu_mul(pybind11::module_& m) {
-  m.def(
-      "cpu_silu_mul_ffi_targets",
-      [] {
-        pybind11::dict targets;
-        targets["surge_cpu_silu_mul"] = pybind11::capsule(reinterpret_cast<void*>(&SurgeCpuSiluMul));
-        return targets;
-      },
-      "XLA FFI target of the CPU SiLU-and-multiply: name -> PyCapsule for jax.ffi.register_ffi_target.");
-}
 
 }  // namespace surge

@@ -74,9 +74,9 @@ class BlockAllocator {
   // Walks the hash chain over the full pages of token_ids (at most max_pages
   // of them, all if unset) and returns the pages that hold that prefix,
   // stopping at the first miss. Stored token ids are compared, not just hashes.
-  // Takes no references. page_size must equal the allocator's page size.
-  std::vector<int32_t> find_prefix(const std::vector<int32_t>& token_ids, int64_t page_size,
-                                   uint64_t extra_key, std::optional<int64_t> max_pages);
+  // Takes no references. Pages are the allocator's page_size tokens long.
+  std::vector<int32_t> find_prefix(const std::vector<int32_t>& token_ids, uint64_t extra_key,
+                                   std::optional<int64_t> max_pages);
   // Drops every hash registration. Refused (returns false, changes nothing)
   // while any page is in use, since live requests would keep hashing onto it.
   bool reset_prefix_cache();

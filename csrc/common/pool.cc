@@ -1,5 +1,5 @@
-// The CPU matmul's thread pool (see cpu_pool.h).
-#include "cpu_pool.h"
+// The thread pool every CPU kernel shares (see common/pool.h).
+#include "common/pool.h"
 
 #include <sched.h>
 #include <unistd.h>

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <functional>
 
-#include "cpu_matmul.h"
+#include "matmul/panels.h"
 
 namespace surge::matmul {
 

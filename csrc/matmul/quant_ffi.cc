@@ -1,12 +1,10 @@
-// The CPU matmul on GGUF-quantized weights as an XLA FFI target, bound into surge._C.
+// The CPU matmul on GGUF-quantized weights as an XLA FFI target (SurgeCpuQuantMatmul).
 //
 // In (FFI operands): x [M, K] float32 and w uint8 [N, K / 32, block_bytes] — N rows of
 // GGUF blocks as the file stores them; block_bytes names the type (34 Q8_0, 18 Q4_0,
 // 20 Q4_1; cpu/kernels.h). Out: y [M, N] float32 = x @ W^T, x quantized per block to int8,
 // int32 block dots (cpu/kernels/quant_matmul.inc) in the variant picked at run time.
-// Python sees surge._C.cpu_quant_matmul_ffi_targets() (name -> PyCapsule).
-#include <pybind11/pybind11.h>
-
+// bindings/module.cc hands it to Python in surge._C.ffi_targets().
 #include <string>
 
 #include "cpu/isa.h"
@@ -76,16 +74,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuQuantMatmul, cpu_quant_matmul,
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // w
                                   .Ret<ffi::AnyBuffer>());  // y
-
-void bind_cpu_quant_matmul(pybind11::module_& m) {
-  m.def(
-      "cpu_quant_matmul_ffi_targets",
-      [] {
-        pybind11::dict targets;
-        targets["surge_cpu_quant_matmul"] = pybind11::capsule(reinterpret_cast<void*>(&SurgeCpuQuantMatmul));
-        return targets;
-      },
-      "XLA FFI target of the CPU matmul on GGUF-quantized weights: name -> PyCapsule.");
-}
 
 }  // namespace surge

@@ -1,4 +1,4 @@
-// The persistent thread pool of the CPU kernels (matmul and attention): helpers that spin briefly before sleeping.
+// The persistent thread pool every CPU kernel shares (matmul, attention, SiLU-and-multiply): helpers that spin briefly before sleeping.
 //
 // In: a count n and a function of an index. Out: the function has run once for every
 // index in [0, n), spread over the calling thread and the helper threads, which claim

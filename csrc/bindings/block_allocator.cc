@@ -4,7 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "block_allocator.h"
+#include "block_allocator/block_allocator.h"
 
 namespace py = pybind11;
 
@@ -26,7 +26,7 @@ void bind_block_allocator(py::module_& m) {
                   py::arg("extra_key") = 0, "64-bit chained hash of one full page.")
       .def("register", &BlockAllocator::register_page, py::arg("page"), py::arg("hash"), py::arg("token_ids"),
            "Record an in-use full page under its hash; False if another page already holds the hash.")
-      .def("find_prefix", &BlockAllocator::find_prefix, py::arg("token_ids"), py::arg("page_size"),
+      .def("find_prefix", &BlockAllocator::find_prefix, py::arg("token_ids"),
            py::arg("extra_key") = 0, py::arg("max_pages") = py::none(),
            "Pages holding the longest cached prefix of full pages of token_ids; takes no references.")
       .def("reset_prefix_cache", &BlockAllocator::reset_prefix_cache,

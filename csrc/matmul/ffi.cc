@@ -1,22 +1,19 @@
-// The CPU matmul as an XLA FFI target, bound into surge._C.
+// The CPU matmul as an XLA FFI target (SurgeCpuMatmul).
 //
 // In (FFI operands): x [M, K] float32 and w, float32 or bfloat16, [K, N] — or [N, K]
 // when the attribute transpose_w is true (an embedding table used as a tied lm_head),
-// or, when the attribute panels is true, 1-D [K * N] packed into panels (cpu_matmul.h;
+// or, when the attribute panels is true, 1-D [K * N] packed into panels (matmul/panels.h;
 // N is then read from y).
 // Out: y [M, N] float32 = x @ w (x @ w^T when transposed). Shapes come from the buffers,
-// so one compiled target serves every M. Python sees surge._C.cpu_matmul_ffi_targets()
-// (name -> PyCapsule; also surge_cpu_grouped_matmul, the mixture-of-experts projection
-// below), set_cpu_matmul_threads(n) and cpu_matmul_threads(); which
-// instruction set runs is surge._C.cpu_isa() (cpu_isa_bindings.cc).
-#include <pybind11/pybind11.h>
-
+// so one compiled target serves every M. Also SurgeCpuGroupedMatmul, the mixture-of-experts
+// projection below. bindings/module.cc hands both to Python in surge._C.ffi_targets(); which
+// instruction set runs is surge._C.cpu_isa() (bindings/cpu_isa.cc).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
-#include "cpu_matmul.h"
-#include "cpu_pool.h"
+#include "matmul/panels.h"
+#include "common/pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -101,7 +98,7 @@ ffi::Error cpu_matmul(ffi::AnyBuffer x, ffi::AnyBuffer w, bool transpose_w, bool
 
 // The mixture-of-experts projection: rows of x grouped by expert, each group times its own
 // expert's weight. x [M, K] float32 (group g = the next group_sizes[g] rows), w [G, K, N] float32
-// or bfloat16 — or, with panels, [G, K * N], each expert's [K, N] packed as cpu_matmul.h describes
+// or bfloat16 — or, with panels, [G, K * N], each expert's [K, N] packed as matmul/panels.h describes
 // (N then read from y) — and group_sizes int32 [G]. y [M, N] float32; rows past the groups' sum
 // are zeros. Each group is one matmul over its rows that reads only its expert's weights, so the
 // work is the routed rows, not every row against every expert.
@@ -184,28 +181,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SurgeCpuMatmul, cpu_matmul,
                                   .Attr<bool>("transpose_w")
                                   .Attr<bool>("panels")
                                   .Ret<ffi::AnyBuffer>());  // y
-
-void bind_cpu_matmul(pybind11::module_& m) {
-  namespace py = pybind11;
-  m.def(
-      "cpu_matmul_ffi_targets",
-      [] {
-        py::dict targets;
-        targets["surge_cpu_matmul"] = py::capsule(reinterpret_cast<void*>(&SurgeCpuMatmul));
-        targets["surge_cpu_grouped_matmul"] = py::capsule(reinterpret_cast<void*>(&SurgeCpuGroupedMatmul));
-        return targets;
-      },
-      "XLA FFI targets of the CPU matmul: name -> PyCapsule for jax.ffi.register_ffi_target.");
-  m.def(
-      "set_cpu_matmul_threads",
-      [](int n) {
-        if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = every core), got " + std::to_string(n));
-        CpuPool::global().set_num_threads(n);
-      },
-      py::arg("num_threads"), "Threads the CPU matmul uses, the caller included; 0 = every core.");
-  m.def(
-      "cpu_matmul_threads", [] { return CpuPool::global().num_threads(); },
-      "Threads the CPU matmul uses now.");
-}
 
 }  // namespace surge
