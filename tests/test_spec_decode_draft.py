@@ -18,8 +18,7 @@ import pytest
 import surge
 from surge import SamplingParams
 from surge.config import ConfigError
-
-GREEDY = dict(temperature=0.0, ignore_eos=True)
+from spec_decode_cases import GREEDY, assert_clean, chi_square_p, completions, run_all, tokens_kept_after_aborts
 
 
 def make_engine(path, draft=None, async_scheduling=False, **overrides):
@@ -73,42 +72,6 @@ def engines(tiny, near_draft):
 def prompts_of(n, seed=0, low=4, high=30):
     rng = np.random.default_rng(seed)
     return [rng.integers(3, 320, int(rng.integers(low, high))).tolist() for _ in range(n)]
-
-
-def assert_clean(engine):
-    stats = engine.stats()
-    assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0, stats
-    assert stats["num_free_pages"] == stats["num_total_pages"], stats
-    assert not engine.has_unfinished_requests()
-    engine.block_manager.check_integrity()
-    speculator = engine.scheduler.speculator
-    if speculator is not None and speculator.draft is not None:
-        assert stats["spec_decode_draft_num_free_pages"] == stats["spec_decode_draft_num_total_pages"], stats
-        assert stats["spec_decode_draft_num_requests"] == 0, stats
-        speculator.draft.block_manager.check_integrity()
-
-
-def completions(outputs):
-    return [[(c.text, list(c.token_ids), c.finish_reason, c.stop_reason) for c in o.outputs] for o in outputs]
-
-
-def run_all(engines, **kwargs):
-    """Generate with every engine; all must match method=none. Returns none's outputs and the counters moved."""
-    results, moved = {}, {}
-    for name, engine in engines.items():
-        before = engine.stats()
-        results[name] = engine.generate(use_tqdm=False, **kwargs)
-        after = engine.stats()
-        moved[name] = {k: after[k] - before.get(k, 0) for k in ("spec_decode_num_draft_tokens",
-                                                                 "spec_decode_num_accepted_tokens",
-                                                                 "spec_decode_draft_num_calls") if k in after}
-        if "spec_decode_acceptance_lengths" in after:
-            moved[name]["lengths"] = [a - b for a, b in zip(after["spec_decode_acceptance_lengths"],
-                                                           before["spec_decode_acceptance_lengths"])]
-        assert_clean(engine)
-    for name in engines:
-        assert completions(results[name]) == completions(results["none"]), name
-    return results["none"], moved
 
 
 def test_config_needs_a_draft_and_rejects_a_stray_one():
@@ -252,26 +215,9 @@ def test_preemptions(tiny, near_draft, far_draft):
 def test_aborts_leak_nothing(engines):
     prompts = prompts_of(40, seed=7)
     to_abort = set(random.Random(0).sample(range(40), 12))
-    for name in ("none", "self", "near", "near-async"):
-        engine = engines[name]
-        ids = [engine.add_request(prompt_token_ids=p, sampling_params=SamplingParams(max_tokens=20, **GREEDY))
-               for p in prompts]
-        done, num_steps = {}, 0
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    done[out.request_id] = out
-            num_steps += 1
-            if num_steps == 4:
-                for i in to_abort:
-                    if ids[i] not in done:
-                        engine.abort(ids[i])
-        assert len(done) == 40
-        assert_clean(engine)
-        kept = [list(done[ids[i]].outputs[0].token_ids) for i in range(40) if i not in to_abort]
-        if name == "none":
-            expected = kept
-        assert kept == expected, name
+    expected = tokens_kept_after_aborts(engines["none"], prompts, to_abort)
+    for name in ("self", "near", "near-async"):
+        assert tokens_kept_after_aborts(engines[name], prompts, to_abort) == expected, name
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +231,6 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
     over the joint of the first 3 tokens (cells seen < 10 times pooled). Fixed seeds: the same p every run.
     The draft is the target itself: its greedy tokens are the target's most likely ones, often sampled, so
     the accept/resample rule runs on most requests and accepts often."""
-    from scipy.stats import chi2_contingency
-
     num = 5000
     prompt = [17, 40, 99, 5, 61, 17, 40]
 
@@ -302,17 +246,8 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
     none, _ = run(None, 0)
     speculated, stats = run(peaked.path, num)
     assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
-    counts = {m: {} for m in ("none", "draft")}
-    for method, samples in (("none", none), ("draft", speculated)):
-        for key in samples:
-            counts[method][key] = counts[method].get(key, 0) + 1
-    cells = sorted(set(counts["none"]) | set(counts["draft"]))
-    observed = np.array([[counts[m].get(c, 0) for c in cells] for m in ("none", "draft")], dtype=float)
-    big = observed.sum(axis=0) >= 10
-    pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
-    assert pooled.shape[1] > 10
-    _, p_value, _, _ = chi2_contingency(pooled)
-    print(f"draft_model chi-square: p = {p_value:.3f} over {pooled.shape[1]} cells; {stats}")
+    p_value = chi_square_p(none, speculated)
+    print(f"draft_model chi-square: p = {p_value:.3f}; {stats}")
     assert p_value > 0.01, p_value
 
 

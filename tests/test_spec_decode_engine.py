@@ -15,8 +15,7 @@ import pytest
 
 import surge
 from surge import SamplingParams
-
-GREEDY = dict(temperature=0.0, ignore_eos=True)
+from spec_decode_cases import GREEDY, assert_clean, chi_square_p, completions, run_all, tokens_kept_after_aborts
 
 
 def make_engine(path, method, async_scheduling=False, **overrides):
@@ -48,33 +47,6 @@ def copy_prompts(n, seed=0, low=4, high=30):
         piece = rng.integers(3, 320, int(rng.integers(low, high))).tolist()
         prompts.append(piece * 2 + piece[: len(piece) // 2])
     return prompts
-
-
-def assert_clean(engine):
-    stats = engine.stats()
-    assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0, stats
-    assert stats["num_free_pages"] == stats["num_total_pages"], stats
-    assert not engine.has_unfinished_requests()
-    engine.block_manager.check_integrity()
-
-
-def completions(outputs):
-    return [[(c.text, list(c.token_ids), c.finish_reason, c.stop_reason) for c in o.outputs] for o in outputs]
-
-
-def run_all(engines, **kwargs):
-    """Generate with every engine; all must match method=none. Returns none's outputs and ngram's stats moved."""
-    results, moved = {}, {}
-    for name, engine in engines.items():
-        before = engine.stats()
-        results[name] = engine.generate(use_tqdm=False, **kwargs)
-        after = engine.stats()
-        moved[name] = {k: after[k] - before.get(k, 0) for k in ("spec_decode_num_draft_tokens",
-                                                                 "spec_decode_num_accepted_tokens") if k in after}
-        assert_clean(engine)
-    for name in engines:
-        assert completions(results[name]) == completions(results["none"]), name
-    return results["none"], moved
 
 
 def test_stops_and_max_tokens_inside_accepted_runs(engines):
@@ -140,26 +112,9 @@ def test_preemptions(tiny):
 def test_aborts_leak_nothing(engines):
     prompts = copy_prompts(40, seed=7)
     to_abort = set(random.Random(0).sample(range(40), 12))
-    for name in ("none", "ngram", "ngram-async", "suffix", "suffix-async"):
-        engine = engines[name]
-        ids = [engine.add_request(prompt_token_ids=p, sampling_params=SamplingParams(max_tokens=20, **GREEDY))
-               for p in prompts]
-        done, num_steps = {}, 0
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    done[out.request_id] = out
-            num_steps += 1
-            if num_steps == 4:
-                for i in to_abort:
-                    if ids[i] not in done:
-                        engine.abort(ids[i])
-        assert len(done) == 40
-        assert_clean(engine)
-        kept = [list(done[ids[i]].outputs[0].token_ids) for i in range(40) if i not in to_abort]
-        if name == "none":
-            expected = kept
-        assert kept == expected, name
+    expected = tokens_kept_after_aborts(engines["none"], prompts, to_abort)
+    for name in ("ngram", "ngram-async", "suffix", "suffix-async"):
+        assert tokens_kept_after_aborts(engines[name], prompts, to_abort) == expected, name
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +132,6 @@ def test_first_three_tokens_have_the_target_distribution(peaked, monkeypatch):
     followed t1 under method=none), a deterministic proposer like n-gram lookup that is often right,
     so the accept/resample rule is exercised on most requests.
     """
-    from scipy.stats import chi2_contingency
-
     import surge.spec_decode.speculator as speculator_module
 
     num = 5000
@@ -208,16 +161,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked, monkeypatch):
     monkeypatch.setattr(speculator_module, "propose_ngram", propose)
     speculated, stats = run("ngram", num)
     assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
-    counts = {m: {} for m in ("none", "ngram")}
-    for method, samples in (("none", none), ("ngram", speculated)):
-        for key in samples:
-            counts[method][key] = counts[method].get(key, 0) + 1
-    cells = sorted(set(counts["none"]) | set(counts["ngram"]))
-    observed = np.array([[counts[m].get(c, 0) for c in cells] for m in ("none", "ngram")], dtype=float)
-    big = observed.sum(axis=0) >= 10
-    pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
-    assert pooled.shape[1] > 10
-    _, p_value, _, _ = chi2_contingency(pooled)
+    p_value = chi_square_p(none, speculated)
     assert p_value > 0.01, p_value
 
 
@@ -255,22 +199,6 @@ def _first_three_tokens(path, method, seed_base, prompt, num):
     return [tuple(o.outputs[0].token_ids) for o in outs], engine.stats()
 
 
-def _chi_square_p(a, b):
-    """p of a chi-square test that two samples of tuples have one distribution (cells < 10 pooled)."""
-    from scipy.stats import chi2_contingency
-
-    counts = [{}, {}]
-    for side, samples in zip(counts, (a, b)):
-        for key in samples:
-            side[key] = side.get(key, 0) + 1
-    cells = sorted(set(counts[0]) | set(counts[1]))
-    observed = np.array([[side.get(c, 0) for c in cells] for side in counts], dtype=float)
-    big = observed.sum(axis=0) >= 10
-    pooled = np.concatenate([observed[:, big], observed[:, ~big].sum(axis=1, keepdims=True)], axis=1)
-    assert pooled.shape[1] > 10
-    return chi2_contingency(pooled)[1]
-
-
 def test_suffix_first_three_tokens_have_the_target_distribution(peaked):
     """As the n-gram test, with the real suffix proposer: every request has the same prompt, so once the
     first batch finished the index proposes, after the prompt and t1, the continuation most earlier
@@ -280,7 +208,7 @@ def test_suffix_first_three_tokens_have_the_target_distribution(peaked):
     none, _ = _first_three_tokens(peaked.path, "none", 0, prompt, num)
     speculated, stats = _first_three_tokens(peaked.path, "suffix", num, prompt, num)
     assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
-    p_value = _chi_square_p(none, speculated)
+    p_value = chi_square_p(none, speculated)
     assert p_value > 0.01, p_value
 
 
