@@ -143,8 +143,16 @@ class EngineConfig:
     seed: int = 0
     # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
     tensor_parallel_size: int = 1
-    # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
+    # Replicas of the model (the `dp` axis of the mesh, surge.parallel): each runs on its own
+    # tensor_parallel_size devices (mesh row r) with its own KV page pool (cache.num_pages /
+    # hbm_utilization size each replica's pool), scheduler and max_num_seqs, behind the one engine and server.
+    # data_parallel_size x tensor_parallel_size devices must be visible (checked at start-up).
     data_parallel_size: int = 1
+    # Data parallel: a prompt whose first full page is cached on a replica (or is being computed there for
+    # a live request) joins that replica while it holds at most this many more sequences (running +
+    # waiting) than the least-loaded replica; beyond that it joins the least-loaded one. 0 = affinity only
+    # between equally loaded replicas.
+    data_parallel_affinity_slack: int = 8
     # Logging level of the `surge` logger: DEBUG | INFO | WARNING | ERROR.
     log_level: str = "INFO"
     # Tokens a request's grammar forces (fixed keys, closing brackets) join its next step as extra tokens
@@ -169,9 +177,8 @@ class EngineConfig:
         _check(all(b > 0 for b in self.seq_buckets), "engine.seq_buckets", "buckets must be positive")
         _check(self.tensor_parallel_size >= 1, "engine.tensor_parallel_size", "must be >= 1")
         _check(self.data_parallel_size >= 1, "engine.data_parallel_size", "must be >= 1")
-        # Until replicas exist (each with its own page pool and scheduler), a dp axis would only be unused devices.
-        _check(self.data_parallel_size == 1, "engine.data_parallel_size",
-               f"{self.data_parallel_size}: data-parallel replicas are not built yet; run one surge-serve per replica")
+        _check(self.data_parallel_affinity_slack >= 0, "engine.data_parallel_affinity_slack",
+               f"{self.data_parallel_affinity_slack} must be >= 0")
         _check(0 <= self.max_logprobs <= MAX_LOGPROBS, "engine.max_logprobs",
                f"{self.max_logprobs} must be in [0, {MAX_LOGPROBS}] (what a request's SamplingParams may ask for)")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "engine.log_level",

@@ -187,8 +187,12 @@ def test_bench_variants_inherit_offline_and_list_only_what_differs():
 def test_engine_limits_say_what_is_not_built_and_what_requests_accept():
     from surge.config import ConfigError, make_config
 
-    with pytest.raises(ConfigError, match="engine.data_parallel_size.*not built yet"):
-        make_config(**{"engine.data_parallel_size": 2})
+    # Data-parallel replicas are built (surge.parallel); the devices they need are checked at start-up.
+    assert make_config(**{"engine.data_parallel_size": 2}).engine.data_parallel_size == 2
+    with pytest.raises(ConfigError, match="engine.data_parallel_size.*>= 1"):
+        make_config(**{"engine.data_parallel_size": 0})
+    with pytest.raises(ConfigError, match="engine.data_parallel_affinity_slack.*>= 0"):
+        make_config(**{"engine.data_parallel_affinity_slack": -1})
     with pytest.raises(ConfigError, match=r"engine.max_logprobs.*\[0, 20\]"):
         make_config(max_logprobs=21)
     assert make_config(max_logprobs=20).engine.max_logprobs == 20

@@ -76,6 +76,19 @@ class BlockManager:
         max_pages = (len(token_ids) - 1) // self.page_size
         return self._allocator.find_prefix(list(token_ids), salt_to_extra_key(cache_salt), max_pages)
 
+    def first_page_hash(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int | None:
+        """The prefix-cache hash of token_ids' first full page (salt included), or None when no page of them
+        could be reused: prefix caching off, or too few tokens (the last token is always computed)."""
+        if not self.enable_prefix_caching or len(token_ids) <= self.page_size:
+            return None
+        return BlockAllocator.hash_page(0, list(token_ids[:self.page_size]), salt_to_extra_key(cache_salt))
+
+    def holds_first_page(self, token_ids: Sequence[int], cache_salt: str | None = None) -> bool:
+        """Whether token_ids' first full page is cached here (a lookup: the pool's page counters count it)."""
+        if self.first_page_hash(token_ids, cache_salt) is None:
+            return False
+        return len(self.lookup_prefix(token_ids[:self.page_size + 1], cache_salt)) == 1
+
     def _plan(self, request_id: str, num_tokens: int, computed_pages: Sequence[int]) -> tuple[int, int]:
         """(pages to allocate, pages free for it) for allocate/can_allocate; validates the call."""
         if num_tokens < 0:

@@ -1,9 +1,11 @@
 """Start-up: from a SurgeConfig to the live parts of an engine.
 
 In: a validated SurgeConfig. Out: EngineParts — the loaded model and tokenizer,
-the resolved kernel backend, the KV cache (sized and logged), the block
-manager, scheduler, model runner (all buckets compiled) and output processor.
-Start-up fails early, with the knob to turn, when max_model_len cannot fit.
+the resolved kernel backend, the KV cache (sized and logged), and per data-parallel
+replica (surge.parallel.data_parallel; one unless engine.data_parallel_size > 1) a
+block manager, scheduler and model runner (all buckets compiled) on its own row of
+the device mesh; and the output processor. Start-up fails early, with the knob to
+turn, when the mesh needs more devices than are visible or max_model_len cannot fit.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import jax.numpy as jnp
 from surge.cache.block_manager import BlockManager
 from surge.cache.kv_cache import KVCachePlan, allocate_kv_cache, plan_kv_cache
 from surge.config import SurgeConfig
+from surge.engine.loop_clock import LoopClock
 from surge.engine.output_processor import OutputProcessor
 from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
+from surge.parallel.data_parallel import Replica, replica_meshes
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh, shard_state
@@ -43,10 +47,21 @@ class EngineParts:
     kv_plan: KVCachePlan
     backend_name: str
     eos_token_ids: tuple[int, ...]
-    block_manager: BlockManager
-    scheduler: Scheduler
-    runner: ModelRunner
+    replicas: list[Replica]  # one per data-parallel replica, in mesh-row order
     output_processor: OutputProcessor
+
+    # Replica 0's parts (the only ones unless engine.data_parallel_size > 1).
+    @property
+    def block_manager(self) -> BlockManager:
+        return self.replicas[0].block_manager
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.replicas[0].scheduler
+
+    @property
+    def runner(self) -> ModelRunner:
+        return self.replicas[0].runner
 
 
 def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any = None) -> EngineParts:
@@ -58,6 +73,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     if cfg.engine.compilation_cache:
         enable_compilation_cache()
     started = time.perf_counter()
+    mesh = make_mesh(cfg.engine)  # before any weight loads: a mesh that needs absent devices fails at once
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
     loaded = load_model(source, dtype=dtype,
@@ -71,8 +87,32 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
 
     backend = get_backend(cfg.backend.name, cfg.backend.options)
     backend.prepare_model(loaded.model)
-    mesh = make_mesh(cfg.engine)
     weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
+    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
+    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
+    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
+                cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
+    replicas = [_build_replica(cfg, index, replica_mesh, loaded=loaded, arch=arch, backend=backend,
+                               max_model_len=max_model_len, dtype=dtype, kv_dtype=kv_dtype, page_shape=page_shape,
+                               weights_bytes=weights_bytes, progress=progress)
+                for index, replica_mesh in enumerate(replica_meshes(mesh))]
+    plan = replicas[0].kv_plan
+    if len(replicas) > 1:
+        logger.info("data parallel: %d replicas x %d devices, %d pages each", len(replicas),
+                    cfg.engine.tensor_parallel_size, plan.num_usable_pages)
+    eos = set(arch.eos_token_ids or ())
+    if getattr(loaded.tokenizer, "eos_token_id", None) is not None:
+        eos.add(int(loaded.tokenizer.eos_token_id))
+    logger.info("engine ready in %.1f s", time.perf_counter() - started)
+    return EngineParts(
+        tokenizer=loaded.tokenizer, arch=arch, max_model_len=max_model_len, kv_plan=plan, backend_name=backend.name,
+        eos_token_ids=tuple(sorted(eos)), replicas=replicas, output_processor=OutputProcessor(loaded.tokenizer))
+
+
+def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, arch, backend, max_model_len: int, dtype,
+                   kv_dtype, page_shape, weights_bytes: int, progress: bool) -> Replica:
+    """One replica on its (1, tp) mesh: its weights, KV pool, block manager, scheduler, runner (compiled)."""
+    where = f"replica {index}: " if cfg.engine.data_parallel_size > 1 else ""
     draft, held_bytes = None, weights_bytes
     if cfg.engine.speculative.method == "draft_model":
         # Loaded (weights and its own KV pool) before the target's pool is sized, which counts its bytes.
@@ -80,17 +120,13 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                                      mesh=mesh, max_model_len=max_model_len, dtype=dtype,
                                      place_weights=lambda state: shard_state(state, mesh))
         held_bytes += draft.num_bytes
-    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
-    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=held_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
-    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
-                cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
-    logger.info(plan.describe(max_model_len))
+    if index == 0:
+        logger.info(plan.describe(max_model_len))
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
                                   head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
-
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     speculator = None
@@ -98,7 +134,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         if cfg.engine.compile_at_startup:
             compile_started = time.perf_counter()
             draft.compile_all()
-            logger.info("compiled %d draft-model buckets in %.1f s", draft.num_compiled_buckets,
+            logger.info("%scompiled %d draft-model buckets in %.1f s", where, draft.num_compiled_buckets,
                         time.perf_counter() - compile_started)
         speculator = Speculator(cfg.engine.speculative, draft=draft)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
@@ -110,16 +146,10 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     if cfg.engine.compile_at_startup:
         compile_started = time.perf_counter()
         runner.compile_all(progress=progress)
-        logger.info("compiled %d step buckets in %.1f s", runner.num_compiled_buckets,
+        logger.info("%scompiled %d step buckets in %.1f s", where, runner.num_compiled_buckets,
                     time.perf_counter() - compile_started)
-    eos = set(arch.eos_token_ids or ())
-    if getattr(loaded.tokenizer, "eos_token_id", None) is not None:
-        eos.add(int(loaded.tokenizer.eos_token_id))
-    logger.info("engine ready in %.1f s", time.perf_counter() - started)
-    return EngineParts(
-        tokenizer=loaded.tokenizer, arch=arch, max_model_len=max_model_len, kv_plan=plan, backend_name=backend.name,
-        eos_token_ids=tuple(sorted(eos)), block_manager=block_manager, scheduler=scheduler, runner=runner,
-        output_processor=OutputProcessor(loaded.tokenizer))
+    return Replica(index=index, mesh=mesh, kv_plan=plan, block_manager=block_manager, scheduler=scheduler,
+                   runner=runner, loop_clock=LoopClock())
 
 
 def _params_of(model):

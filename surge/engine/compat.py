@@ -165,11 +165,11 @@ class vSurge:
     @property
     def num_used_slots(self) -> int:
         """Sequences in flight (running), out of get_total_concurrent_requests()."""
-        return self.engine.scheduler.num_running
+        return sum(replica.scheduler.num_running for replica in self.engine.replicas)
 
     def get_total_concurrent_requests(self) -> int:
-        """The slots: most sequences decoding at once (max_concurrent_decodes)."""
-        return self.engine.scheduler.max_num_seqs
+        """The slots: most sequences decoding at once (max_concurrent_decodes), over every replica."""
+        return sum(replica.scheduler.max_num_seqs for replica in self.engine.replicas)
 
     def submit_request(self, prompt: str, sampling_params: Optional[SamplingParams] = None) -> "asyncio.Task":
         """Queue one prompt from inside a running event loop; the task's result is its final ReturnSample."""
@@ -183,7 +183,8 @@ class vSurge:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def compile(self) -> None:
-        self.engine.runner.compile_all(progress=True)
+        for replica in self.engine.replicas:
+            replica.runner.compile_all(progress=True)
         self.engine._num_compiles_after_warmup = self.engine.stats()["num_compiles"]
 
     def start(self) -> None:

@@ -9,7 +9,11 @@ the host, so the device runs N+1 while the host updates, detokenizes and emits
 N; off, each step is dispatched and reconciled in turn (the same tokens).
 Requests and aborts may arrive from other threads (the AsyncEngine's event
 loop): they go through an inbox that `step()` drains, so the step itself never
-waits on a caller.
+waits on a caller. With engine.data_parallel_size = D the engine holds D replicas
+(surge.parallel), each with its own scheduler, page pool and runner on its own
+devices; a new request is placed on one (surge.parallel.placement) and one step
+schedules and dispatches every replica before it waits on any, so they compute
+at the same time.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
 from surge.engine.outputs import RequestOutput, SampledLogprobs
+from surge.engine.replica_stats import aggregate_replica_stats, replica_stats
 from surge.engine.prompt_logprobs import prompt_logprob_rows
+from surge.parallel.placement import ReplicaRouter
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import RequestStatus
@@ -44,6 +50,10 @@ class Engine:
         parts: EngineParts = build_engine_parts(self.config, progress=progress, tokenizer=tokenizer)
         self.arch = parts.arch
         self.max_model_len = parts.max_model_len
+        self.replicas = parts.replicas
+        # Which replica each request joins (least loaded, prefix-cache affinity); one replica: always 0.
+        self.router = ReplicaRouter(self.replicas, affinity_slack=self.config.engine.data_parallel_affinity_slack)
+        # Replica 0's parts: the engine's only ones unless engine.data_parallel_size > 1.
         self.block_manager = parts.block_manager
         self.scheduler = parts.scheduler
         self.runner = parts.runner
@@ -58,9 +68,11 @@ class Engine:
         self._pending_outputs: list[RequestOutput] = []
         self._num_steps = 0
         self.async_scheduling = self.config.engine.async_scheduling
-        # The dispatched step not reconciled yet (async scheduling): (SchedulerOutput, PendingStep).
-        self._in_flight: Optional[tuple] = None
-        self._loop_clock = LoopClock()  # host time per step and the device's idle gap between steps
+        # The steps dispatched and not reconciled yet (async scheduling): [(Replica, SchedulerOutput, PendingStep)].
+        self._in_flight: Optional[list] = None
+        # Host time per step and the device's idle gap between steps. One replica: its clock is the engine's.
+        # More: the engine's clock times the loop (host, waits) and each replica's its own device's gaps.
+        self._loop_clock = self.replicas[0].loop_clock if len(self.replicas) == 1 else LoopClock()
         self.grammar_compiler = GrammarCompiler(parts.tokenizer, self.arch.vocab_size, parts.eos_token_ids,
                                                 num_workers=self.config.engine.structured_output_compile_workers)
         self._waiting_for_grammar = WaitingForGrammar(self.config.engine.structured_output_fast_forward)
@@ -122,7 +134,7 @@ class Engine:
             if kind == "add":
                 self._register_outputs(item)
                 if item.grammar is None:
-                    self.scheduler.add_siblings(item.children)
+                    self._add_to_replica(item.request_id, item.children)
                 else:  # it waits in the queue, not the batch, until its grammar is compiled
                     self._waiting_for_grammar.add(item.request_id, item.children, item.grammar)
                 continue
@@ -130,8 +142,11 @@ class Engine:
             with self._inbox_lock:
                 children = self._live.pop(request_id, [])
             self._waiting_for_grammar.discard(request_id)
-            for child_id in children:
-                self.scheduler.finish(child_id, RequestStatus.FINISHED_ABORTED)
+            index = self.router.replica_of(request_id)
+            if index is not None:  # placed (not still waiting for its grammar)
+                for child_id in children:
+                    self.replicas[index].scheduler.finish(child_id, RequestStatus.FINISHED_ABORTED)
+                self.router.forget(request_id)
             final = self.output_processor.abort(request_id)
             if final is not None:
                 self._pending_outputs.append(final)
@@ -143,10 +158,16 @@ class Engine:
                                               new.arrival_time,
                                               parent_id=new.request_id if new.is_fanned_out else None, index=index)
 
+    def _add_to_replica(self, request_id: str, children: list) -> None:
+        """Place one user request (all its n sequences, so they share its prompt's pages) on a replica."""
+        first = children[0]
+        index = self.router.place(request_id, first.prompt_token_ids, first.cache_salt)
+        self.replicas[index].scheduler.add_siblings(children)
+
     def _admit_compiled(self) -> None:
         ready = self._waiting_for_grammar.take_ready()
-        for requests in ready.admitted:
-            self.scheduler.add_siblings(requests)
+        for request_id, requests in zip(ready.admitted_ids, ready.admitted):
+            self._add_to_replica(request_id, requests)
         for request_id, message in ready.failed:
             logger.warning("request %s: %s", request_id, message)
             with self._inbox_lock:
@@ -159,59 +180,80 @@ class Engine:
     # ---- one step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one engine iteration; returns the outputs that changed (deltas and finished requests)."""
-        self._loop_clock.start_step()
+        clocks = self._step_clocks()
+        for clock in clocks:
+            clock.start_step()
         try:
             return self._step()
         finally:
-            self._loop_clock.end_step(busy=self.has_unfinished_requests())
+            busy = self.has_unfinished_requests()
+            for clock in clocks:
+                clock.end_step(busy=busy)
+
+    def _step_clocks(self) -> list[LoopClock]:
+        """The engine's loop clock, and each replica's own when there are several."""
+        if len(self.replicas) == 1:
+            return [self._loop_clock]
+        return [self._loop_clock] + [replica.loop_clock for replica in self.replicas]
 
     def _step(self) -> list[RequestOutput]:
         self._drain_inbox()
         self._admit_compiled()
-        out = self.scheduler.schedule()
-        if (out.is_empty and self._in_flight is None and len(self._waiting_for_grammar)
+        scheduled = [(replica, replica.scheduler.schedule()) for replica in self.replicas]
+        if (all(out.is_empty for _, out in scheduled) and self._in_flight is None and len(self._waiting_for_grammar)
                 and not self._pending_outputs):
             self._loop_clock.end_step(busy=False)  # waiting on a grammar compile is not loop time
             self._waiting_for_grammar.wait(timeout=0.01)  # nothing to run until a grammar is ready
             return []
-        for item in out.scheduled:
-            if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
-                self.output_processor.record_scheduled(item.request.request_id,
-                                                       num_cached_tokens=item.request.num_cached_tokens)
-        dispatched = None
-        if not out.is_empty:
-            self._loop_clock.before_dispatch()
-            dispatched = (out, self.runner.execute(out))
-            self._loop_clock.dispatched(dispatched[1])
+        dispatched = []
+        # Every replica's step is dispatched before any is waited on: replicas on separate devices run together.
+        for replica, out in scheduled:
+            for item in out.scheduled:
+                if item.num_computed_tokens == item.request.num_cached_tokens:  # first chunk of this admission
+                    self.output_processor.record_scheduled(item.request.request_id,
+                                                           num_cached_tokens=item.request.num_cached_tokens)
+            if not out.is_empty:
+                replica.loop_clock.before_dispatch()
+                pending = replica.runner.execute(out)
+                replica.loop_clock.dispatched(pending)
+                dispatched.append((replica, out, pending))
+        if dispatched:
             self._num_steps += 1
         if self.async_scheduling:
-            finished_step, self._in_flight = self._in_flight, dispatched
+            finished_steps, self._in_flight = self._in_flight, dispatched or None
         else:
-            finished_step = dispatched
-        return self._reconcile(finished_step)
+            finished_steps = dispatched or None
+        return self._reconcile(finished_steps)
 
     def _settle(self) -> None:
-        """Reconcile the step in flight now; its outputs are returned by the next `step()`."""
+        """Reconcile the steps in flight now; their outputs are returned by the next `step()`."""
         if self._in_flight is not None:
-            finished_step, self._in_flight = self._in_flight, None
-            self._pending_outputs = self._reconcile(finished_step)
+            finished_steps, self._in_flight = self._in_flight, None
+            self._pending_outputs = self._reconcile(finished_steps)
 
-    def _reconcile(self, finished_step) -> list[RequestOutput]:
-        """Wait for a dispatched step, advance the scheduler by its tokens and build the outputs."""
-        if finished_step is None:
-            return self._emit(None, [], None)
-        out, pending = finished_step
-        result = self._loop_clock.wait(pending)
-        if result.prompt_logprobs is not None:
-            for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
-                self.output_processor.record_prompt_logprobs(request_id, position, entries)
-        updates = self.scheduler.update(out, result.token_ids)
-        return self._emit(out, updates, result)
-
-    def _emit(self, out, updates, result) -> list[RequestOutput]:
+    def _reconcile(self, finished_steps) -> list[RequestOutput]:
+        """Wait for each replica's dispatched step, advance its scheduler by its tokens and build the outputs."""
         outputs, self._pending_outputs = self._pending_outputs, []
-        if out is None:
-            return outputs
+        for replica, out, pending in finished_steps or ():
+            result = self._wait(replica, pending)
+            if result.prompt_logprobs is not None:
+                for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
+                    self.output_processor.record_prompt_logprobs(request_id, position, entries)
+            updates = replica.scheduler.update(out, result.token_ids)
+            outputs.extend(self._emit(replica, out, updates, result))
+        return outputs
+
+    def _wait(self, replica, pending):
+        """A replica's step results, timed on its clock (its device's gaps) and on the engine's (the loop)."""
+        if replica.loop_clock is self._loop_clock:
+            return self._loop_clock.wait(pending)
+        waited_before = replica.loop_clock.wait_seconds
+        result = replica.loop_clock.wait(pending)
+        self._loop_clock.count_wait(replica.loop_clock.wait_seconds - waited_before)
+        return result
+
+    def _emit(self, replica, out, updates, result) -> list[RequestOutput]:
+        outputs = []
         rows = {item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
         for update in updates:
             request = update.request
@@ -227,12 +269,13 @@ class Engine:
             output, stop_hit = self.output_processor.process(
                 request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
-                self.scheduler.finish(request.request_id, RequestStatus.FINISHED_STOPPED)
+                replica.scheduler.finish(request.request_id, RequestStatus.FINISHED_STOPPED)
             if output is not None:
                 outputs.append(output)
                 if output.finished:
                     with self._inbox_lock:
                         self._live.pop(output.request_id, None)
+                    self.router.forget(output.request_id)
         return outputs
 
     def has_unfinished_requests(self) -> bool:
@@ -312,37 +355,30 @@ class Engine:
         return start_monitoring(self, prometheus_port=prometheus_port, enable_console=enable_console, **kwargs)
 
     def reset_prefix_cache(self) -> bool:
-        return self.block_manager.reset_prefix_cache()
+        """Drop every replica's cached prefixes; False when some replica refused (a request holds pages)."""
+        return all([replica.block_manager.reset_prefix_cache() for replica in self.replicas])
 
     def stats(self) -> dict:
-        bm = self.block_manager.stats()
-        queried = self.scheduler.num_prefix_queried_tokens
+        """Engine-wide counters: each replica's summed (surge.engine.replica_stats), the loop's and the
+        compiler's; `replicas` holds every replica's own dict, in replica order (one unless data parallel)."""
+        per_replica = [replica_stats(replica, self.router.counters[replica.index]) for replica in self.replicas]
+        totals = aggregate_replica_stats(per_replica)
         return {
-            **bm,
-            "num_running": self.scheduler.num_running,
-            "num_waiting": self.scheduler.num_waiting + len(self._waiting_for_grammar),
+            **totals,
+            "num_waiting": totals["num_waiting"] + len(self._waiting_for_grammar),
             "num_waiting_for_grammar": len(self._waiting_for_grammar),
             "num_grammar_compiles": self.grammar_compiler.num_compiles,
             "num_grammar_cache_hits": self.grammar_compiler.num_cache_hits,
-            "num_preemptions": self.scheduler.num_preemptions,
-            "num_prompt_tokens": self.scheduler.num_prompt_tokens,
-            "num_generation_tokens": self.scheduler.num_generation_tokens,
-            "num_finished_requests": self.scheduler.num_finished_requests,
             "num_compiles": compile_counter.num_compiles(),
             "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
-            "num_compiled_buckets": self.runner.num_compiled_buckets,
             "num_steps": self._num_steps,
-            # The loop (surge.engine.loop_clock): host work inside step(), time blocked on the device, and
-            # the device's idle gap between consecutive steps (an upper bound).
+            # The loop (surge.engine.loop_clock): host work inside step(), time blocked on the device(s), and
+            # the devices' idle gaps between consecutive steps (an upper bound; summed over replicas).
             "step_host_seconds": self._loop_clock.host_seconds,
             "step_device_wait_seconds": self._loop_clock.wait_seconds,
-            "device_idle_seconds": self._loop_clock.idle_seconds,
-            "num_device_fed_tokens": self.runner.num_device_fed_tokens,
-            "num_dropped_tokens": self.scheduler.num_dropped_tokens,
-            "prefix_cache_queried_tokens": queried,
-            "prefix_cache_hit_tokens": self.scheduler.num_prefix_hit_tokens,
-            "prefix_cache_hit_rate": self.scheduler.num_prefix_hit_tokens / queried if queried else 0.0,
-            **(self.scheduler.speculator.stats() if self.scheduler.speculator is not None else {}),
+            "device_idle_seconds": totals["device_idle_seconds"],
             "backend": self.backend_name,
             "max_model_len": self.max_model_len,
+            "data_parallel_size": len(self.replicas),
+            "replicas": per_replica,
         }

@@ -79,6 +79,11 @@ class LoopClock:
         self._observe(ended)
         return result
 
+    def count_wait(self, seconds: float) -> None:
+        """A wait timed on another clock (a data-parallel replica's) that this step spent blocked."""
+        self._step_waited += seconds
+        self.wait_seconds += seconds
+
     def end_step(self, busy: bool) -> None:
         """Close the step; `busy` is False when no request is left (the next dispatch opens a new period)."""
         if self._step_started is not None:

@@ -2,7 +2,10 @@
 
 In: a `stats_fn` (an engine's `stats`) and the model name every series is labelled with. Out: a
 prometheus_client `Collector` that the server's registry and `start_monitoring`'s exporter both register.
-With speculative decoding on, vLLM's spec_decode series too (labelled by method).
+With speculative decoding on, vLLM's spec_decode series too (labelled by method). With data-parallel
+replicas (`stats["replicas"]` holds more than one), the series that belong to one replica (queues, pages,
+prefix cache, preemptions, its device's idle time) carry a `replica` label too, one sample per replica (sum
+them for the engine's); with one replica they carry `model_name` only, as vLLM's do.
 """
 
 from __future__ import annotations
@@ -45,24 +48,46 @@ class EngineStatsCollector(Collector):
                     1.0 if stats is not None else 0.0)
         if stats is None:
             return
-        total = stats.get("num_total_pages", 0)
-        used = stats.get("num_used_pages", 0)
-        yield gauge("surge:num_requests_running", "Sequences in the running batch.", stats.get("num_running", 0))
-        yield gauge("surge:num_requests_waiting", "Sequences waiting to be scheduled.", stats.get("num_waiting", 0))
-        yield gauge("surge:kv_cache_usage_perc", "Fraction of KV-cache pages held by live requests (0 to 1).",
-                    used / total if total else 0.0)
-        yield gauge("surge:num_used_pages", "KV-cache pages held by live requests.", used)
-        yield gauge("surge:num_total_pages", "Usable KV-cache pages (the null page excluded).", total)
-        yield gauge("surge:num_cached_pages", "Free pages that still hold a reusable cached prefix.",
-                    stats.get("num_cached_pages", 0))
-        yield gauge("surge:prefix_cache_hit_rate", "Prompt tokens served from the prefix cache / tokens looked up.",
-                    stats.get("prefix_cache_hit_rate", 0.0))
-        yield counter("surge:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                      stats.get("prefix_cache_queried_tokens", 0))
-        yield counter("surge:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                      stats.get("prefix_cache_hit_tokens", 0))
-        yield counter("surge:num_preemptions", "Sequences preempted (pages taken back, recomputed later).",
-                      stats.get("num_preemptions", 0))
+        replicas = stats.get("replicas") or []
+        if len(replicas) > 1:
+            per_replica = [(labels + ["replica"], values + [str(r.get("replica", i))], r)
+                           for i, r in enumerate(replicas)]
+        else:
+            per_replica = [(labels, values, stats)]
+
+        def replica_family(kind, name: str, doc: str, value_of) -> object:
+            family = kind(name, doc, labels=per_replica[0][0])
+            for _, replica_values, replica in per_replica:
+                family.add_metric(replica_values, value_of(replica))
+            return family
+
+        def usage(replica: dict) -> float:
+            total = replica.get("num_total_pages", 0)
+            return replica.get("num_used_pages", 0) / total if total else 0.0
+
+        for kind, name, doc, value_of in (
+                (GaugeMetricFamily, "surge:num_requests_running", "Sequences in the running batch.",
+                 lambda r: r.get("num_running", 0)),
+                (GaugeMetricFamily, "surge:num_requests_waiting", "Sequences waiting to be scheduled.",
+                 lambda r: r.get("num_waiting", 0)),
+                (GaugeMetricFamily, "surge:kv_cache_usage_perc",
+                 "Fraction of KV-cache pages held by live requests (0 to 1).", usage),
+                (GaugeMetricFamily, "surge:num_used_pages", "KV-cache pages held by live requests.",
+                 lambda r: r.get("num_used_pages", 0)),
+                (GaugeMetricFamily, "surge:num_total_pages", "Usable KV-cache pages (the null page excluded).",
+                 lambda r: r.get("num_total_pages", 0)),
+                (GaugeMetricFamily, "surge:num_cached_pages", "Free pages that still hold a reusable cached prefix.",
+                 lambda r: r.get("num_cached_pages", 0)),
+                (GaugeMetricFamily, "surge:prefix_cache_hit_rate",
+                 "Prompt tokens served from the prefix cache / tokens looked up.",
+                 lambda r: r.get("prefix_cache_hit_rate", 0.0)),
+                (CounterMetricFamily, "surge:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                 lambda r: r.get("prefix_cache_queried_tokens", 0)),
+                (CounterMetricFamily, "surge:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                 lambda r: r.get("prefix_cache_hit_tokens", 0)),
+                (CounterMetricFamily, "surge:num_preemptions",
+                 "Sequences preempted (pages taken back, recomputed later).", lambda r: r.get("num_preemptions", 0))):
+            yield replica_family(kind, name, doc, value_of)
         yield counter("surge:num_compiles", "XLA compilations since start-up (should stop growing after warm-up).",
                       stats.get("num_compiles", 0))
         yield counter("surge:engine_steps", "Engine steps run.", stats.get("num_steps", 0))
@@ -72,9 +97,9 @@ class EngineStatsCollector(Collector):
                       stats.get("step_host_seconds", 0.0))
         yield counter("surge:engine_step_device_wait_seconds", "Time engine steps spent blocked on the device's "
                       "results.", stats.get("step_device_wait_seconds", 0.0))
-        yield counter("surge:engine_device_idle_seconds", "Device idle between consecutive steps of a busy "
-                      "engine (an upper bound: 0 while the next step is queued).",
-                      stats.get("device_idle_seconds", 0.0))
+        yield replica_family(CounterMetricFamily, "surge:engine_device_idle_seconds",
+                             "Device idle between consecutive steps of a busy engine (an upper bound: 0 while the "
+                             "next step is queued).", lambda r: r.get("device_idle_seconds", 0.0))
         if "spec_decode_method" in stats:
             yield from _spec_decode_families(stats, self._model_name)
 

@@ -136,18 +136,29 @@ class EngineHost:
     def num_in_flight(self) -> int:
         return sum(self._in_flight.values())
 
+    @property
+    def num_slots(self) -> int:
+        """Sequences the engine runs at once: engine.max_num_seqs on each data-parallel replica."""
+        engine = self.engine.config.engine
+        return engine.max_num_seqs * engine.data_parallel_size
+
     def check_servable(self, num_prompts: int, n: int, longest_prompt: int, max_tokens: int) -> None:
         """A 400 for a request no amount of waiting would let in: more sequences than an idle server admits
         (the slots plus server.max_queue), or one sequence needing more KV cache than the whole pool."""
         engine = self.engine
-        slots = engine.config.engine.max_num_seqs
+        slots = self.num_slots
         if num_prompts * n > slots + self.max_queue:
             what = f"{num_prompts} prompts x n={n}" if num_prompts > 1 else f"n={n}"
+            dp = engine.config.engine.data_parallel_size
+            running = (f"engine.max_num_seqs={slots}" if dp == 1 else
+                       f"engine.max_num_seqs={engine.config.engine.max_num_seqs} x engine.data_parallel_size={dp}")
             raise bad_request(f"this request asks for {num_prompts * n} sequences ({what}); the server admits at "
-                              f"most {slots + self.max_queue} at once (engine.max_num_seqs={slots} running + "
+                              f"most {slots + self.max_queue} at once ({running} running + "
                               f"server.max_queue={self.max_queue} waiting)", param="n", code="too_many_sequences")
         page_size = engine.config.cache.page_size
-        pool = engine.stats().get("num_total_pages", 0) * page_size
+        stats = engine.stats()
+        # One sequence lives on one data-parallel replica: the pool that must hold it is one replica's.
+        pool = min(replica.get("num_total_pages", 0) for replica in stats.get("replicas") or [stats]) * page_size
         need = longest_prompt + max_tokens
         if pool and need > pool:
             raise bad_request(f"one sequence of this request needs {need} tokens of KV cache ({longest_prompt} "
@@ -156,7 +167,7 @@ class EngineHost:
 
     def admit(self, request_id: str, num_seqs: int) -> None:
         """Count a request in, or a 503 when its sequences would push the queue past max_queue."""
-        slots = self.engine.config.engine.max_num_seqs
+        slots = self.num_slots
         in_flight = self.num_in_flight
         if in_flight + num_seqs > slots + self.max_queue:
             raise unavailable(f"the server is overloaded: {in_flight} sequences are in flight or waiting (it runs "

@@ -26,6 +26,7 @@ class _Group:
 @dataclass
 class GrammarReady:
     admitted: list = field(default_factory=list)  # lists of requests (one user request's children)
+    admitted_ids: list = field(default_factory=list)  # the user request id of each admitted list, in order
     failed: list = field(default_factory=list)  # (user request id, error message)
 
 
@@ -56,6 +57,7 @@ class WaitingForGrammar:
                 continue
             self.attach(group.requests, group.future.result())
             ready.admitted.append(group.requests)
+            ready.admitted_ids.append(group.request_id)
         self._groups = still_waiting
         return ready
 
