@@ -164,6 +164,14 @@ engine.step()
 result["passed_over_replica"] = engine.router.replica_of(passed_over)
 result["overridden"] = engine.stats()["replicas"][holder]["num_affinity_overridden"]
 
+# n=3 siblings all join one replica (they share the prompt's pages there).
+siblings = engine.add_request(prompt_token_ids=[int(x) for x in rng.integers(3, 320, 10)],
+                              sampling_params=SamplingParams(n=3, max_tokens=2, **GREEDY))
+engine.step()
+children = engine._live[siblings]
+result["sibling_replicas"] = [sum(c in r.scheduler.requests for c in children) for r in engine.replicas]
+result["siblings_placed_on"] = engine.router.replica_of(siblings)
+
 metrics = ServerMetrics("tiny", engine.stats, max_model_len=128)
 result["metrics"] = metrics.render().decode()
 for rid in filler:
@@ -218,6 +226,12 @@ def test_a_shared_prefix_lands_on_the_replica_that_holds_it(data_parallel_run):
     assert result["hit_gain"][holder] == 40 and result["hit_gain"][1 - holder] == 0
     assert result["passed_over_replica"] == 1 - holder and result["overridden"] == 1
     assert result["used_after_aborts"] == [0, 0] and result["placed_after"] == 0
+
+
+def test_n_siblings_stay_on_one_replica(data_parallel_run):
+    result = data_parallel_run
+    on = result["siblings_placed_on"]
+    assert result["sibling_replicas"][on] == 3 and result["sibling_replicas"][1 - on] == 0
 
 
 def test_metrics_carry_a_replica_label(data_parallel_run):

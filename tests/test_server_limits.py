@@ -161,7 +161,7 @@ def _host(max_num_seqs: int = 4, num_pages: int = 8, page_size: int = 16, max_qu
     from surge.server.engine_host import EngineHost
 
     host = EngineHost(max_queue=max_queue)
-    config = SimpleNamespace(engine=SimpleNamespace(max_num_seqs=max_num_seqs),
+    config = SimpleNamespace(engine=SimpleNamespace(max_num_seqs=max_num_seqs, data_parallel_size=1),
                              cache=SimpleNamespace(page_size=page_size))
     host.async_engine = SimpleNamespace(engine=SimpleNamespace(config=config,
                                                                stats=lambda: {"num_total_pages": num_pages}))

@@ -30,8 +30,8 @@ from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
 from surge.engine.outputs import RequestOutput, SampledLogprobs
-from surge.engine.replica_stats import aggregate_replica_stats, replica_stats
 from surge.engine.prompt_logprobs import prompt_logprob_rows
+from surge.engine.replica_stats import aggregate_replica_stats, replica_stats
 from surge.parallel.placement import ReplicaRouter
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
