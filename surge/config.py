@@ -86,6 +86,13 @@ class SpeculativeConfig:
     # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
     adaptive_min_accepted: float = 0.5
     adaptive_backoff_steps: int = 16
+    # Price drafts by what they cost in the current step (surge.spec_decode.cost_rule): measured = the engine
+    # times its steps per compiled token bucket and a request's drafts must be worth more (expected accepted
+    # tokens x a token's share of a step) than the seconds of the bigger step they make, so speculation stays on
+    # where extra tokens are nearly free (one sequence) and backs off where the step is compute-bound (many
+    # sequences, rare acceptance); off = acceptance alone decides (the adaptive_* keys), which makes the
+    # proposals, not only the tokens, independent of timing. The tokens never depend on it.
+    cost_model: str = "measured"
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +124,8 @@ class SpeculativeConfig:
                f"{self.draft_num_pages} must be 0 (auto) or >= 2 (page 0 is the null page)")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
+        _check(self.cost_model in ("measured", "off"), "engine.speculative.cost_model",
+               f"{self.cost_model!r} is not measured|off")
 
 
 @dataclass(frozen=True)
@@ -437,6 +446,7 @@ SHORT_NAMES = {
     "num_speculative_tokens": "engine.speculative.num_speculative_tokens",
     "draft_model": "engine.speculative.draft_model",
     "draft_num_pages": "engine.speculative.draft_num_pages",
+    "speculative_cost_model": "engine.speculative.cost_model",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",

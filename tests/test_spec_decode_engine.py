@@ -21,7 +21,10 @@ from spec_decode_cases import GREEDY, assert_clean, chi_square_p, completions, r
 def make_engine(path, method, async_scheduling=False, **overrides):
     options = dict(backend="reference", max_num_seqs=16, max_model_len=256, max_num_batched_tokens=64,
                    token_buckets=[16, 64], num_pages=400, page_size=4, progress=False,
-                   async_scheduling=async_scheduling, speculative_method=method)
+                   async_scheduling=async_scheduling, speculative_method=method,
+                   # Proposals independent of timing, so the counters below are too ("-measured" engines
+                   # price drafts by step timings: only their tokens are checked).
+                   speculative_cost_model="off")
     options.update(overrides)
     return surge.Engine.from_pretrained(path, **options)
 
@@ -36,7 +39,9 @@ def engines(tiny):
     return {"none": make_engine(tiny.path, "none"), "ngram": make_engine(tiny.path, "ngram"),
             "ngram-async": make_engine(tiny.path, "ngram", async_scheduling=True),
             "suffix": make_engine(tiny.path, "suffix"),
-            "suffix-async": make_engine(tiny.path, "suffix", async_scheduling=True)}
+            "suffix-async": make_engine(tiny.path, "suffix", async_scheduling=True),
+            "ngram-measured-async": make_engine(tiny.path, "ngram", async_scheduling=True,
+                                                speculative_cost_model="measured")}
 
 
 def copy_prompts(n, seed=0, low=4, high=30):

@@ -25,12 +25,14 @@ from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
 from surge.runner import compile_counter
+from surge.runner.buckets import Buckets
 from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh, shard_state
 from surge.runner.model_runner import ModelRunner
 from surge.scheduler.scheduler import Scheduler
 from surge.spec_decode import Speculator
 from surge.spec_decode.draft_model import build_draft_proposer
+from surge.spec_decode.step_cost import StepCostModel
 
 logger = logging.getLogger("surge")
 
@@ -94,13 +96,16 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     speculator = None
-    if draft is not None:
-        if cfg.engine.compile_at_startup:
-            compile_started = time.perf_counter()
-            draft.compile_all()
-            logger.info("compiled %d draft-model buckets in %.1f s", draft.num_compiled_buckets,
-                        time.perf_counter() - compile_started)
-        speculator = Speculator(cfg.engine.speculative, draft=draft)
+    if draft is not None and cfg.engine.compile_at_startup:
+        compile_started = time.perf_counter()
+        draft.compile_all()
+        logger.info("compiled %d draft-model buckets in %.1f s", draft.num_compiled_buckets,
+                    time.perf_counter() - compile_started)
+    if cfg.engine.speculative.enabled:
+        # The engine times each step into the cost model, by the token buckets the runner pads to.
+        cost_model = (StepCostModel(sorted({t for t, _ in Buckets(cfg.engine)}))
+                      if cfg.engine.speculative.cost_model == "measured" else None)
+        speculator = Speculator(cfg.engine.speculative, draft=draft, cost_model=cost_model)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
                           speculator=speculator,

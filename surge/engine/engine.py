@@ -164,6 +164,9 @@ class Engine:
             return self._step()
         finally:
             self._loop_clock.end_step(busy=self.has_unfinished_requests())
+            if self.async_scheduling and self.scheduler.speculator is not None:
+                # What a request that waits for its token on the host exposes per step (the overlap it gives up).
+                self.scheduler.speculator.observe_host(self._loop_clock.last_host_seconds)
 
     def _step(self) -> list[RequestOutput]:
         self._drain_inbox()
@@ -202,6 +205,9 @@ class Engine:
             return self._emit(None, [], None)
         out, pending = finished_step
         result = self._loop_clock.wait(pending)
+        seconds = self._loop_clock.last_step_seconds
+        if seconds is not None and self.scheduler.speculator is not None:  # speculation priced by step timings
+            self.scheduler.speculator.observe_step(out.num_batched_tokens, out.num_draft_tokens > 0, seconds)
         if result.prompt_logprobs is not None:
             for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
                 self.output_processor.record_prompt_logprobs(request_id, position, entries)
