@@ -90,7 +90,7 @@ class SpeculativeConfig:
     # times its steps per compiled token bucket and a request's drafts must be worth more (expected accepted
     # tokens x a token's share of a step) than the seconds of the bigger step they make, so speculation stays on
     # where extra tokens are nearly free (one sequence) and backs off where the step is compute-bound (many
-    # sequences, rare acceptance); off = acceptance alone decides (the adaptive_* keys), which makes the
+    # sequences, rare acceptance); none = acceptance alone decides (the adaptive_* keys), which makes the
     # proposals, not only the tokens, independent of timing. The tokens never depend on it.
     cost_model: str = "measured"
 
@@ -124,8 +124,8 @@ class SpeculativeConfig:
                f"{self.draft_num_pages} must be 0 (auto) or >= 2 (page 0 is the null page)")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
-        _check(self.cost_model in ("measured", "off"), "engine.speculative.cost_model",
-               f"{self.cost_model!r} is not measured|off")
+        _check(self.cost_model in ("measured", "none"), "engine.speculative.cost_model",
+               f"{self.cost_model!r} is not measured|none")
 
 
 @dataclass(frozen=True)

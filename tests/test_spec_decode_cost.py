@@ -123,8 +123,8 @@ def test_speculator_follows_the_price_not_only_acceptance():
     assert dear.propose(_request(REPEATING), 8) == []
     # Priced out: it waits adaptive_backoff_steps of its tokens before asking again.
     assert request.spec_state.resume_at == request.num_output_tokens + 16
-    # Acceptance alone (cost_model=off) would have proposed.
-    alone = Speculator(SpeculativeConfig(method="ngram", cost_model="off"))
+    # Acceptance alone (cost_model=none) would have proposed.
+    alone = Speculator(SpeculativeConfig(method="ngram", cost_model="none"))
     assert alone.wants_host_tokens(_request(REPEATING)) and len(alone.propose(_request(REPEATING), 8)) == 4
 
 
@@ -172,13 +172,13 @@ def test_a_lookup_that_finds_nothing_is_neither_success_nor_failure():
 
 def test_cost_model_config():
     assert surge.make_config().engine.speculative.cost_model == "measured"
-    assert surge.make_config(speculative_cost_model="off").engine.speculative.cost_model == "off"
-    with pytest.raises(ConfigError, match="engine.speculative.cost_model.*is not measured\\|off"):
+    assert surge.make_config(speculative_cost_model="none").engine.speculative.cost_model == "none"
+    with pytest.raises(ConfigError, match="engine.speculative.cost_model.*is not measured\\|none"):
         surge.make_config(speculative_cost_model="fast")
     with pytest.raises(ValueError, match="StepCostModel is needed exactly when"):
         Speculator(SpeculativeConfig(method="ngram"))
     with pytest.raises(ValueError, match="StepCostModel is needed exactly when"):
-        Speculator(SpeculativeConfig(method="ngram", cost_model="off"), cost_model=StepCostModel())
+        Speculator(SpeculativeConfig(method="ngram", cost_model="none"), cost_model=StepCostModel())
 
 
 class _Clock:
@@ -233,3 +233,16 @@ def test_loop_clock_gives_each_steps_device_seconds():
     clock.now = 30.0
     loop.wait(fourth)
     assert loop.last_step_seconds == pytest.approx(3.0)
+
+
+def test_a_step_that_measures_its_own_bucket_pauses_nobody():
+    model = StepCostModel(BUCKETS)
+    model.observe_step(512, False, 1.0)  # a prefill step was seen; the decode bucket not yet
+    speculator = _speculator(model)
+    speculator.begin_step(1, 1)
+    request = _request(REPEATING)
+    assert not speculator.wants_host_tokens(request) and speculator.propose(request, 8) == []
+    assert request.spec_state.proposes(request.num_output_tokens)
+    model.observe_step(1, False, 0.02)
+    speculator.begin_step(1, 1)
+    assert len(speculator.propose(request, 8)) == 4  # the 8-token bucket with drafts is explored

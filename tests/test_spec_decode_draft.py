@@ -25,7 +25,7 @@ def make_engine(path, draft=None, async_scheduling=False, **overrides):
     options = dict(backend="reference", max_num_seqs=16, max_model_len=256, max_num_batched_tokens=64,
                    token_buckets=[16, 64], num_pages=400, page_size=4, progress=False,
                    async_scheduling=async_scheduling, speculative_method="draft_model" if draft else "none",
-                   speculative_cost_model="off")  # proposals independent of timing, so the counters are too
+                   speculative_cost_model="none")  # proposals independent of timing, so the counters are too
     if draft:
         options["draft_model"] = draft
     options.update(overrides)
@@ -256,7 +256,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
 def test_smollm2_as_its_own_draft(smollm2_gguf):
     """The embedded SmolLM2 (GGUF, its own tokenizer checked against itself) proposing for itself."""
     options = dict(max_num_seqs=4, max_model_len=256, max_num_batched_tokens=64, token_buckets=[16, 64],
-                   num_pages=100, progress=False, async_scheduling=False, speculative_cost_model="off")
+                   num_pages=100, progress=False, async_scheduling=False, speculative_cost_model="none")
     prompts = ["The capital of France is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
     params = SamplingParams(max_tokens=24, **GREEDY)
     none = surge.Engine.from_pretrained(smollm2_gguf, **options).generate(prompts, params, use_tqdm=False)

@@ -24,7 +24,7 @@ def make_engine(path, method, async_scheduling=False, **overrides):
                    async_scheduling=async_scheduling, speculative_method=method,
                    # Proposals independent of timing, so the counters below are too ("-measured" engines
                    # price drafts by step timings: only their tokens are checked).
-                   speculative_cost_model="off")
+                   speculative_cost_model="none")
     options.update(overrides)
     return surge.Engine.from_pretrained(path, **options)
 

@@ -74,7 +74,7 @@ class Speculator:
         state = self._state(request)
         pays = self.cost_rule.drafts_that_pay(self.k, lambda d: state.expected_accepted(d, looked_up=False),
                                               extra_seconds=self.cost_rule.sync_seconds())
-        if not pays:
+        if not pays and self.cost_rule.token_value() is not None:  # (unmeasured: this step measures, no pause)
             state.priced_out(request.num_output_tokens)
         return pays > 0
 
@@ -94,7 +94,7 @@ class Speculator:
             return drafts
         state = self._state(request)
         num = self.cost_rule.drafts_that_pay(len(drafts), lambda d: state.expected_accepted(d, looked_up=True))
-        if num == 0:
+        if num == 0 and self.cost_rule.token_value() is not None:
             state.priced_out(request.num_output_tokens)
         self.cost_rule.commit(num)
         return drafts[:num]
