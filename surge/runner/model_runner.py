@@ -199,13 +199,20 @@ class PendingStep:
     sampled: object
     prompt: Optional[SamplerOutput]
 
+    def __post_init__(self) -> None:
+        # The loop clock asks `is_ready` several times a step: flatten the outputs once, not per ask.
+        self._leaves = jax.tree_util.tree_leaves((self.sampled, self.prompt))
+
     def start_copy(self) -> None:
-        for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)):
+        for leaf in self._leaves:
             leaf.copy_to_host_async()
 
     def is_ready(self) -> bool:
         """Whether the step has finished on the device (never blocks)."""
-        return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)))
+        for leaf in self._leaves:
+            if not leaf.is_ready():
+                return False
+        return True
 
     def result(self) -> StepResult:
         n = self.num_seqs
@@ -213,7 +220,8 @@ class PendingStep:
         if self.prompt is not None:
             prompt_host = jax.tree_util.tree_map(lambda a: a[:self.num_batched_tokens], jax.device_get(self.prompt))
         if isinstance(self.sampled, jax.Array):
-            return StepResult(np.asarray(jax.device_get(self.sampled))[:n], prompt_logprobs=prompt_host)
+            # The copy to the host started at dispatch (start_copy): reading it is all device_get would do.
+            return StepResult(np.asarray(self.sampled)[:n], prompt_logprobs=prompt_host)
         host = jax.device_get(self.sampled)
         return StepResult(host.token_ids[:n], host.logprobs[:n], host.ranks[:n], host.top_ids[:n],
                           host.top_logprobs[:n], prompt_host)
