@@ -213,11 +213,13 @@ class Engine:
         outputs, self._pending_outputs = self._pending_outputs, []
         if out is None:
             return outputs
-        rows = {item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
+        wants_logprobs = result is not None and result.logprobs is not None
+        rows = ({item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
+                if wants_logprobs else None)
         for update in updates:
             request = update.request
             logprobs = None
-            if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
+            if wants_logprobs and request.sampling_params.logprobs is not None:
                 k = request.sampling_params.logprobs
                 # One entry per emitted token: a speculating request's rows are its positions in order.
                 request_rows = rows[request.request_id]
