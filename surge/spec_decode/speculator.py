@@ -26,6 +26,7 @@ from surge.spec_decode.adaptive import AdaptiveK
 from surge.spec_decode.cost_rule import CostRule
 from surge.spec_decode.metrics import SpecDecodeMetrics
 from surge.spec_decode.ngram import propose_ngram
+from surge.spec_decode.stats import SpecDecodeStats
 from surge.spec_decode.step_cost import StepCostModel
 from surge.spec_decode.suffix import SuffixProposer
 
@@ -153,13 +154,9 @@ class Speculator:
         if self.draft is not None:
             self.draft.release(request.request_id)
 
-    def stats(self) -> dict:
-        stats = self.metrics.as_dict()
-        if self.suffix is not None:
-            stats.update(self.suffix.stats())
-        if self.draft is not None:
-            stats.update(self.draft.stats())
-        return stats
+    def stats(self) -> SpecDecodeStats:
+        return self.metrics.stats(suffix=self.suffix.stats() if self.suffix is not None else None,
+                                  draft=self.draft.stats() if self.draft is not None else None)
 
 
 __all__ = ["Speculator"]
