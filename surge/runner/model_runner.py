@@ -22,12 +22,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
 from surge.runner import transfer
+from surge.parallel.tensor_parallel import PlacedModel, place_model
 from surge.runner.mesh import shard_state
 from surge.sampling.prompt_logprobs import prompt_logprobs
 from surge.sampling.sampler import SamplerOutput, sample
@@ -55,7 +55,9 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, *, model, arch, backend, kv_caches, page_size: int, max_model_len: int, engine_config,
-                 mesh: jax.sharding.Mesh) -> None:
+                 mesh: jax.sharding.Mesh, placed: Optional[PlacedModel] = None) -> None:
+        """`placed`: the model already prepared by the backend and placed on the mesh (split over `tp`,
+        surge.parallel.tensor_parallel); default: placed here from `model`."""
         self.arch = arch
         self.backend = backend
         self.page_size = page_size
@@ -70,10 +72,13 @@ class ModelRunner:
         # The model's own hook for its per-token position inputs (RoPE tables for these models), built on the
         # host each step: the runner does not know what they are.
         self._position_inputs = model.position_inputs_fn()
-        self.graphdef, state = nnx.split(model)
+        if placed is None:
+            placed = place_model(model, backend, mesh, place_state=lambda state: shard_state(state, mesh))
+        self.placed = placed
+        self.graphdef = placed.graphdef
         # The weights go to each call as a flat list: flattening the nnx State (a few hundred
         # Variables) on every step would cost the host more than the step's own inputs.
-        self._weights, self._weights_treedef = jax.tree_util.tree_flatten(shard_state(state, mesh))
+        self._weights, self._weights_treedef = placed.weights, placed.treedef
         self.kv_caches = kv_caches
         # The previous step's sampled ids, padded to the widest bucket, and each sampling request's row.
         self._max_seqs = max(s for _, s in self.buckets)
@@ -86,21 +91,24 @@ class ModelRunner:
 
     @property
     def state(self):
-        """The model's nnx State (weights as the backend prepared them), rebuilt from the flat list."""
+        """The model's nnx State (weights as the backend prepared them; under tp each leaf stacked per shard),
+        rebuilt from the flat list."""
         return jax.tree_util.tree_unflatten(self._weights_treedef, self._weights)
 
     # ---- the device program ----------------------------------------------------------------
     def _step(self, weights, kv_caches, buffers, last_sampled, layout: transfer.Layout):
         batch: StepInput = transfer.unpack(layout, buffers)
-        model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
         input_ids = jnp.where(batch.input_src >= 0, last_sampled[jnp.maximum(batch.input_src, 0)], batch.input_ids)
-        hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend,
-                                                position_inputs=batch.position_inputs)
-        prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
-                                 batch.any_prompt_logprobs, self.num_logprobs)
+        hidden, kv_caches = self.placed.hidden_states(weights, kv_caches, input_ids, batch.md, batch.position_inputs,
+                                                      self.backend)
+
+        def logits(h):
+            return self.placed.logits(weights, h, self.backend)
+
+        prompt = prompt_logprobs(hidden, logits, batch.prompt_targets, batch.any_prompt_logprobs, self.num_logprobs)
 
         def sample_rows(indices, sampling):
-            return sample(model.logits(hidden[indices], self.backend), sampling, self.num_logprobs)
+            return sample(logits(hidden[indices]), sampling, self.num_logprobs)
 
         num_seqs, num_rows = batch.md.page_table.shape[0], batch.logits_indices.shape[0]
         if num_rows == num_seqs:
