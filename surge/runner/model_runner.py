@@ -1,7 +1,8 @@
 """The model runner: one jitted step per engine iteration.
 
 In: a SchedulerOutput. Out: a PendingStep, whose `result()` gives the sampled
-token id (and log-probs when asked) of every scheduled sequence, as numpy.
+token id of every scheduled sequence, as numpy, and the log-probs that requests
+asked for as `TokenLogprobs` (surge.runner.step_logprobs).
 Per step: host arrays are built and padded to a compiled (tokens, seqs) bucket,
 packed into one buffer per dtype (surge.runner.transfer), run through one
 compiled program (model forward + on-device sampling) with the KV cache donated
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import jax
@@ -27,8 +28,9 @@ from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
-from surge.runner import transfer
+from surge.runner import step_logprobs, transfer
 from surge.runner.mesh import shard_state
+from surge.sampling.logprobs import TokenLogprobs
 from surge.sampling.prompt_logprobs import prompt_logprobs
 from surge.sampling.sampler import SamplerOutput, sample
 from surge.sampling.tensors import SamplingRow, build_sampling_tensors
@@ -42,15 +44,11 @@ logger = logging.getLogger("surge")
 class StepResult:
     # int32[num_scheduled]: the token sampled for each scheduled sequence (meaningful where it samples).
     token_ids: np.ndarray
-    # float32[num_scheduled] / int32[num_scheduled] / int32[num_scheduled, K] / float32[num_scheduled, K];
-    # None when no scheduled request asked for log-probs.
-    logprobs: Optional[np.ndarray] = None
-    ranks: Optional[np.ndarray] = None
-    top_ids: Optional[np.ndarray] = None
-    top_logprobs: Optional[np.ndarray] = None
-    # Per token row of the step (numpy SamplerOutput, token_ids = the prompt targets, -1 = none);
-    # None when no scheduled request asked for prompt log-probs.
-    prompt_logprobs: Optional[SamplerOutput] = None
+    # Per request that asked for log-probs and sampled: one TokenLogprobs per sampled row (surge.runner.step_logprobs).
+    logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+    # Per request that asked for prompt log-probs and ran prompt tokens: (first prompt position covered,
+    # one TokenLogprobs per covered prompt token).
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -182,7 +180,7 @@ class ModelRunner:
                                                                        self._last_sampled)
         self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
-        pending = PendingStep(num_seqs + num_drafts, out.num_batched_tokens, result if wants_logprobs else result.token_ids,
+        pending = PendingStep(out, num_seqs + num_drafts, result if wants_logprobs else result.token_ids,
                               prompt if any_prompt else None)
         pending.start_copy()
         return pending
@@ -192,9 +190,9 @@ class ModelRunner:
 class PendingStep:
     """A dispatched step: its device outputs, copied to the host by `result()` (which waits for the step)."""
 
+    out: SchedulerOutput
     # Sampling rows in use: one per scheduled sequence plus one per draft token (SchedulerOutput.sample_rows).
     num_seqs: int
-    num_batched_tokens: int
     # The whole SamplerOutput when some request asked for log-probs, else only its token ids.
     sampled: object
     prompt: Optional[SamplerOutput]
@@ -208,15 +206,13 @@ class PendingStep:
         return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)))
 
     def result(self) -> StepResult:
-        n = self.num_seqs
-        prompt_host = None
+        prompt = {}
         if self.prompt is not None:
-            prompt_host = jax.tree_util.tree_map(lambda a: a[:self.num_batched_tokens], jax.device_get(self.prompt))
+            prompt = step_logprobs.prompt_logprobs(self.out, jax.device_get(self.prompt))
         if isinstance(self.sampled, jax.Array):
-            return StepResult(np.asarray(jax.device_get(self.sampled))[:n], prompt_logprobs=prompt_host)
+            return StepResult(np.asarray(jax.device_get(self.sampled))[:self.num_seqs], prompt_logprobs=prompt)
         host = jax.device_get(self.sampled)
-        return StepResult(host.token_ids[:n], host.logprobs[:n], host.ranks[:n], host.top_ids[:n],
-                          host.top_logprobs[:n], prompt_host)
+        return StepResult(host.token_ids[:self.num_seqs], step_logprobs.sampled_logprobs(self.out, host), prompt)
 
 
 def _draft_sampling_rows(item) -> list[SamplingRow]:
