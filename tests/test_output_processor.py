@@ -286,6 +286,13 @@ def test_no_logprobs_when_not_asked(tokenizer):
     assert out.outputs[0].logprobs is None and out.outputs[0].cumulative_logprob is None
 
 
+def test_output_processor_rejects_logprobs_of_another_token(tokenizer):
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("l", None, [], SamplingParams(logprobs=1))
+    with pytest.raises(ValueError, match="token 5 given for token 6"):
+        processor.process("l", [6], None, logprobs=[TokenLogprobs(5, -1.0, 1, ((5, -1.0),))])
+
+
 def test_errors_name_the_input(tokenizer):
     processor = OutputProcessor(tokenizer)
     processor.add_request("d", None, [], SamplingParams())
