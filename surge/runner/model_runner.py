@@ -168,13 +168,14 @@ class ModelRunner:
                                           token_bitmask=bitmask)
         self.num_device_fed_tokens += int((input_src >= 0).sum())
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
-        layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
-                                                  self._position_inputs(md.positions), prompt_targets, any_prompt,
-                                                  np.bool_(num_drafts > 0)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
-        if layout != compiled_layout:
+        try:
+            buffers = transfer.pack_as(compiled_layout, StepInput(
+                input_ids, input_src, md, logits_indices, sampling, self._position_inputs(md.positions),
+                prompt_targets, any_prompt, np.bool_(num_drafts > 0)))
+        except ValueError as error:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
-                               f"compiled layout: {layout} vs {compiled_layout}")
+                               f"compiled layout: {error}") from None
         # numpy buffers go straight in: the call copies them to the device in its C++ path,
         # where a separate jax.device_put costs the host several times as long.
         self.kv_caches, (result, prompt), self._last_sampled = program(self._weights, self.kv_caches, buffers,
