@@ -156,19 +156,20 @@ class ModelRunner:
         num_rows = self.num_rows(num_tokens, num_seqs_padded)
         input_ids, input_src, md, logits_indices = build_attention_inputs(
             out, num_tokens, num_seqs_padded, self.pages_per_seq, self.page_size, self._last_rows, num_rows)
+        num_drafts = out.num_draft_tokens
         rows = [_sampling_row(item) for item in out.scheduled]
-        rows += [row for item in out.scheduled for row in _draft_sampling_rows(item)]
+        if num_drafts:
+            rows += [row for item in out.scheduled for row in _draft_sampling_rows(item)]
         # A speculating request's rows are masked position by position (its own row is its last position).
         speculated = [(item.request.grammar, item.draft_token_ids, rows)
                       for item, rows in zip(out.scheduled, out.sample_rows())
-                      if item.draft_token_ids and item.request.grammar is not None]
+                      if item.draft_token_ids and item.request.grammar is not None] if num_drafts else []
         bitmask = build_token_bitmask([item.request.grammar if item.samples and not item.draft_token_ids else None
                                        for item in out.scheduled], num_rows, self.arch.vocab_size, speculated)
         sampling = build_sampling_tensors(rows, num_rows, self.arch.vocab_size, self.max_model_len,
                                           token_bitmask=bitmask)
         self.num_device_fed_tokens += int((input_src >= 0).sum())
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
-        num_drafts = out.num_draft_tokens
         layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
                                                   self._position_inputs(md.positions), prompt_targets, any_prompt,
                                                   np.bool_(num_drafts > 0)))
@@ -199,13 +200,20 @@ class PendingStep:
     sampled: object
     prompt: Optional[SamplerOutput]
 
+    def __post_init__(self) -> None:
+        # The loop clock asks `is_ready` several times a step: flatten the outputs once, not per ask.
+        self._leaves = jax.tree_util.tree_leaves((self.sampled, self.prompt))
+
     def start_copy(self) -> None:
-        for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)):
+        for leaf in self._leaves:
             leaf.copy_to_host_async()
 
     def is_ready(self) -> bool:
         """Whether the step has finished on the device (never blocks)."""
-        return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)))
+        for leaf in self._leaves:
+            if not leaf.is_ready():
+                return False
+        return True
 
     def result(self) -> StepResult:
         n = self.num_seqs
@@ -213,7 +221,8 @@ class PendingStep:
         if self.prompt is not None:
             prompt_host = jax.tree_util.tree_map(lambda a: a[:self.num_batched_tokens], jax.device_get(self.prompt))
         if isinstance(self.sampled, jax.Array):
-            return StepResult(np.asarray(jax.device_get(self.sampled))[:n], prompt_logprobs=prompt_host)
+            # The copy to the host started at dispatch (start_copy): reading it is all device_get would do.
+            return StepResult(np.asarray(self.sampled)[:n], prompt_logprobs=prompt_host)
         host = jax.device_get(self.sampled)
         return StepResult(host.token_ids[:n], host.logprobs[:n], host.ranks[:n], host.top_ids[:n],
                           host.top_logprobs[:n], prompt_host)
