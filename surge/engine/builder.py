@@ -61,7 +61,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype,
+    loaded = load_model(source, dtype=dtype, quantize=cfg.model.quantize,
                         tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len

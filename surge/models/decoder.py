@@ -27,7 +27,6 @@ vocabulary-split logits. With ``tp_axis`` None (one device) they are no-ops.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, List, Optional, Tuple
 
 import jax
@@ -40,7 +39,7 @@ from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
 from surge.models.moe import MoEBlock, gated_activation
-from surge.models.rope import apply_rope, apply_rope_interleaved, rope_inputs
+from surge.models.rope import apply_rope, apply_rope_interleaved, host_rope_inputs_fn, rope_inputs
 from surge.parallel.collectives import embed_lookup, gather_vocab, reduce_partial
 
 _INIT_STD = 0.02
@@ -179,7 +178,7 @@ class CausalLM(nnx.Module):
         (surge.models.rope.rope_inputs); the runner calls it every step without knowing what it builds, so a
         model without RoPE returns what it needs (or ()) and the runner does not change. The callable holds the
         arch only, not the weights."""
-        return functools.partial(rope_inputs, self.arch, xp=np)
+        return host_rope_inputs_fn(self.arch)
 
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
                  logits_indices: jax.Array, backend: KernelBackend,

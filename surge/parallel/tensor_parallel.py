@@ -268,10 +268,11 @@ def _slice_leaf(names: tuple, w: jax.Array, plan: ShardPlan, shard: int) -> jax.
         return w
     if not is_quantized:
         return w[rows.start:rows.stop]
-    if rows.start % quantized.BLOCK or rows.stop % quantized.BLOCK:
-        raise ValueError(f"tensor parallel: the quantized {'.'.join(names)} splits its {w.shape[1] * quantized.BLOCK} "
-                         f"inputs at {rows.start}, not a multiple of the {quantized.BLOCK}-wide GGUF block")
-    return w[:, rows.start // quantized.BLOCK:rows.stop // quantized.BLOCK]
+    width = quantized.block_weights(quantized.quant_type(w))
+    if rows.start % width or rows.stop % width:
+        raise ValueError(f"tensor parallel: the {quantized.quant_type(w)} {'.'.join(names)} splits its "
+                         f"{quantized.in_features(w)} inputs at {rows.start}, not a multiple of its {width}-wide block")
+    return w[:, rows.start // width:rows.stop // width]
 
 
 def describe_placement(placed: PlacedModel, kv_caches) -> str:
