@@ -155,7 +155,10 @@ class EngineConfig:
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
-    # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
+    # Devices the weights and KV heads are split over (the `tp` axis of the mesh; surge.parallel.tensor_parallel):
+    # q/k/v and gate/up by column, o/down by row, embedding and lm_head by vocabulary, KV heads split (or
+    # replicated when tp exceeds them). It must divide the attention heads and the intermediate size, and
+    # divide the KV heads or be a multiple of them; start-up fails naming the numbers otherwise.
     tensor_parallel_size: int = 1
     # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
     data_parallel_size: int = 1

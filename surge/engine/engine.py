@@ -25,8 +25,7 @@ from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
-from surge.engine.outputs import RequestOutput, SampledLogprobs
-from surge.engine.prompt_logprobs import prompt_logprob_rows
+from surge.engine.outputs import RequestOutput
 from surge.engine.stats import EngineStats
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
@@ -209,9 +208,8 @@ class Engine:
         seconds = self._loop_clock.last_step_seconds
         if seconds is not None and self.scheduler.speculator is not None:  # speculation priced by step timings
             self.scheduler.speculator.observe_step(out.num_batched_tokens, out.num_draft_tokens > 0, seconds)
-        if result.prompt_logprobs is not None:
-            for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
-                self.output_processor.record_prompt_logprobs(request_id, position, entries)
+        for request_id, (position, entries) in result.prompt_logprobs.items():
+            self.output_processor.record_prompt_logprobs(request_id, position, entries)
         updates = self.scheduler.update(out, result.token_ids)
         return self._emit(out, updates, result)
 
@@ -219,20 +217,12 @@ class Engine:
         outputs, self._pending_outputs = self._pending_outputs, []
         if out is None:
             return outputs
-        wants_logprobs = result is not None and result.logprobs is not None
-        rows = ({item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
-                if wants_logprobs else None)
         for update in updates:
             request = update.request
             logprobs = None
-            if wants_logprobs and request.sampling_params.logprobs is not None:
-                k = request.sampling_params.logprobs
+            if result is not None and request.request_id in result.logprobs:
                 # One entry per emitted token: a speculating request's rows are its positions in order.
-                request_rows = rows[request.request_id]
-                request_rows = request_rows[:len(update.new_token_ids)] if len(request_rows) > 1 else request_rows
-                logprobs = [SampledLogprobs(float(result.logprobs[i]), int(result.ranks[i]),
-                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())
-                            for i in request_rows]
+                logprobs = result.logprobs[request.request_id][:len(update.new_token_ids)]
             output, stop_hit = self.output_processor.process(
                 request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
