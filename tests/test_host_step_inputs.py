@@ -14,6 +14,7 @@ import pytest
 from surge.models.arch import LinearRopeScaling, LongRopeScaling, ModelArchConfig, RopeScaling
 from surge.models.rope import host_rope_inputs_fn, rope_inputs
 from surge.runner.model_runner import PendingStep
+from surge.scheduler.output import SchedulerOutput
 
 BASE = dict(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
             num_heads=2, num_kv_heads=1, head_dim=16)
@@ -44,10 +45,10 @@ def test_host_rope_inputs_equal_rope_inputs_bit_for_bit(name):
 
 def test_pending_step_reports_ready_and_the_first_rows():
     sampled = jnp.arange(8, dtype=jnp.int32) + 3
-    pending = PendingStep(num_seqs=3, num_batched_tokens=5, sampled=sampled, prompt=None)
+    pending = PendingStep(SchedulerOutput(), num_seqs=3, sampled=sampled, prompt=None)
     pending.start_copy()
     sampled.block_until_ready()
     assert pending.is_ready()
     result = pending.result()
     np.testing.assert_array_equal(result.token_ids, [3, 4, 5])
-    assert result.logprobs is None and result.prompt_logprobs is None
+    assert result.logprobs == {} and result.prompt_logprobs == {}
