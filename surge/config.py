@@ -41,9 +41,13 @@ class ModelConfig:
     # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
     tokenizer: str = ""
     # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32, bfloat16, or
-    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 tensors stay quantized, multiplied as such by
-    # the cpu backend; other tensors float32).
+    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors stay quantized,
+    # multiplied as such by the cpu backend; other tensors float32).
     dtype: str = "auto"
+    # Quantize a safetensors checkpoint's weights as it loads: none, or q8_0 (every projection and the
+    # embedding become GGUF Q8_0 blocks of 32 int8 weights and a float16 scale, multiplied in that form
+    # by the cpu backend like a GGUF file's; norms and biases stay in `dtype`). Not for a .gguf file.
+    quantize: str = "none"
     # Name reported by the server in /v1/models; empty means `name`.
     served_name: str = ""
 
@@ -51,6 +55,7 @@ class ModelConfig:
         _check(bool(self.name or self.path), "model.name", "give a catalogue name, an HF directory or a .gguf file")
         _check(self.dtype in ("auto", "float32", "bfloat16", "quantized"), "model.dtype",
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
+        _check(self.quantize in ("none", "q8_0"), "model.quantize", f"{self.quantize!r} is not none|q8_0")
 
 
 SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
@@ -141,7 +146,10 @@ class EngineConfig:
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
-    # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
+    # Devices the weights and KV heads are split over (the `tp` axis of the mesh; surge.parallel.tensor_parallel):
+    # q/k/v and gate/up by column, o/down by row, embedding and lm_head by vocabulary, KV heads split (or
+    # replicated when tp exceeds them). It must divide the attention heads and the intermediate size, and
+    # divide the KV heads or be a multiple of them; start-up fails naming the numbers otherwise.
     tensor_parallel_size: int = 1
     # Replicas of the model (the `dp` axis of the mesh); only 1 until data-parallel replicas are built.
     data_parallel_size: int = 1
@@ -420,6 +428,7 @@ class SurgeConfig:
 # Short names accepted by Engine.from_pretrained(**overrides), mapped to their config keys.
 SHORT_NAMES = {
     "dtype": "model.dtype",
+    "quantize": "model.quantize",
     "tokenizer": "model.tokenizer",
     "backend": "backend.name",
     "max_model_len": "engine.max_model_len",

@@ -24,6 +24,7 @@ from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
+from surge.parallel.tensor_parallel import describe_placement, place_model
 from surge.runner import compile_counter
 from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh, shard_state
@@ -60,7 +61,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     started = time.perf_counter()
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype,
+    loaded = load_model(source, dtype=dtype, quantize=cfg.model.quantize,
                         tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
@@ -70,9 +71,10 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                        max_model_len, model_limit)
 
     backend = get_backend(cfg.backend.name, cfg.backend.options)
-    backend.prepare_model(loaded.model)
     mesh = make_mesh(cfg.engine)
-    weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
+    # Prepared by the backend (per shard under tp) and placed on the mesh; the KV pool is sized per device.
+    placed = place_model(loaded.model, backend, mesh, place_state=lambda state: shard_state(state, mesh))
+    weights_bytes = max(placed.weight_bytes_per_device().values())
     draft, held_bytes = None, weights_bytes
     if cfg.engine.speculative.method == "draft_model":
         # Loaded (weights and its own KV pool) before the target's pool is sized, which counts its bytes.
@@ -81,15 +83,17 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                                      place_weights=lambda state: shard_state(state, mesh))
         held_bytes += draft.num_bytes
     kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
-    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
+    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, placed.cache_kv_heads // placed.tp, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=held_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
     logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
                 cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
     logger.info(plan.describe(max_model_len))
-    kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
-                                  head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
+    kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend,
+                                  num_kv_heads=placed.cache_kv_heads, head_dim=arch.head_dim, dtype=kv_dtype,
+                                  mesh=mesh, spec=placed.kv_spec)
+    logger.info(describe_placement(placed, kv_caches))
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
@@ -106,7 +110,8 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                           speculator=speculator,
                           first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
-                         page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
+                         page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh,
+                         placed=placed)
     if cfg.engine.compile_at_startup:
         compile_started = time.perf_counter()
         runner.compile_all(progress=progress)
@@ -120,12 +125,6 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         tokenizer=loaded.tokenizer, arch=arch, max_model_len=max_model_len, kv_plan=plan, backend_name=backend.name,
         eos_token_ids=tuple(sorted(eos)), block_manager=block_manager, scheduler=scheduler, runner=runner,
         output_processor=OutputProcessor(loaded.tokenizer))
-
-
-def _params_of(model):
-    from flax import nnx
-
-    return nnx.state(model)
 
 
 def _configure_logging(level: str) -> None:

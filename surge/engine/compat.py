@@ -184,7 +184,7 @@ class vSurge:
     # ---- lifecycle ---------------------------------------------------------------------------
     def compile(self) -> None:
         self.engine.runner.compile_all(progress=True)
-        self.engine._num_compiles_after_warmup = self.engine.stats()["num_compiles"]
+        self.engine._num_compiles_after_warmup = self.engine.stats().num_compiles
 
     def start(self) -> None:
         if self._async is None:

@@ -25,8 +25,8 @@ from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
-from surge.engine.outputs import RequestOutput, SampledLogprobs
-from surge.engine.prompt_logprobs import prompt_logprob_rows
+from surge.engine.outputs import RequestOutput
+from surge.engine.stats import EngineStats
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import RequestStatus
@@ -202,9 +202,8 @@ class Engine:
             return self._emit(None, [], None)
         out, pending = finished_step
         result = self._loop_clock.wait(pending)
-        if result.prompt_logprobs is not None:
-            for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
-                self.output_processor.record_prompt_logprobs(request_id, position, entries)
+        for request_id, (position, entries) in result.prompt_logprobs.items():
+            self.output_processor.record_prompt_logprobs(request_id, position, entries)
         updates = self.scheduler.update(out, result.token_ids)
         return self._emit(out, updates, result)
 
@@ -212,18 +211,12 @@ class Engine:
         outputs, self._pending_outputs = self._pending_outputs, []
         if out is None:
             return outputs
-        rows = {item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
         for update in updates:
             request = update.request
             logprobs = None
-            if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
-                k = request.sampling_params.logprobs
+            if result is not None and request.request_id in result.logprobs:
                 # One entry per emitted token: a speculating request's rows are its positions in order.
-                request_rows = rows[request.request_id]
-                request_rows = request_rows[:len(update.new_token_ids)] if len(request_rows) > 1 else request_rows
-                logprobs = [SampledLogprobs(float(result.logprobs[i]), int(result.ranks[i]),
-                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())
-                            for i in request_rows]
+                logprobs = result.logprobs[request.request_id][:len(update.new_token_ids)]
             output, stop_hit = self.output_processor.process(
                 request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
@@ -314,35 +307,33 @@ class Engine:
     def reset_prefix_cache(self) -> bool:
         return self.block_manager.reset_prefix_cache()
 
-    def stats(self) -> dict:
-        bm = self.block_manager.stats()
-        queried = self.scheduler.num_prefix_queried_tokens
-        return {
-            **bm,
-            "num_running": self.scheduler.num_running,
-            "num_waiting": self.scheduler.num_waiting + len(self._waiting_for_grammar),
-            "num_waiting_for_grammar": len(self._waiting_for_grammar),
-            "num_grammar_compiles": self.grammar_compiler.num_compiles,
-            "num_grammar_cache_hits": self.grammar_compiler.num_cache_hits,
-            "num_preemptions": self.scheduler.num_preemptions,
-            "num_prompt_tokens": self.scheduler.num_prompt_tokens,
-            "num_generation_tokens": self.scheduler.num_generation_tokens,
-            "num_finished_requests": self.scheduler.num_finished_requests,
-            "num_compiles": compile_counter.num_compiles(),
-            "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
-            "num_compiled_buckets": self.runner.num_compiled_buckets,
-            "num_steps": self._num_steps,
-            # The loop (surge.engine.loop_clock): host work inside step(), time blocked on the device, and
-            # the device's idle gap between consecutive steps (an upper bound).
-            "step_host_seconds": self._loop_clock.host_seconds,
-            "step_device_wait_seconds": self._loop_clock.wait_seconds,
-            "device_idle_seconds": self._loop_clock.idle_seconds,
-            "num_device_fed_tokens": self.runner.num_device_fed_tokens,
-            "num_dropped_tokens": self.scheduler.num_dropped_tokens,
-            "prefix_cache_queried_tokens": queried,
-            "prefix_cache_hit_tokens": self.scheduler.num_prefix_hit_tokens,
-            "prefix_cache_hit_rate": self.scheduler.num_prefix_hit_tokens / queried if queried else 0.0,
-            **(self.scheduler.speculator.stats() if self.scheduler.speculator is not None else {}),
-            "backend": self.backend_name,
-            "max_model_len": self.max_model_len,
-        }
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's gauges and counters (surge.engine.stats); `.to_dict()` for the flat form."""
+        scheduler, clock = self.scheduler, self._loop_clock
+        num_compiles = compile_counter.num_compiles()
+        return EngineStats(
+            pages=self.block_manager.stats(),
+            num_running=scheduler.num_running,
+            num_waiting=scheduler.num_waiting + len(self._waiting_for_grammar),
+            num_waiting_for_grammar=len(self._waiting_for_grammar),
+            num_grammar_compiles=self.grammar_compiler.num_compiles,
+            num_grammar_cache_hits=self.grammar_compiler.num_cache_hits,
+            num_preemptions=scheduler.num_preemptions,
+            num_prompt_tokens=scheduler.num_prompt_tokens,
+            num_generation_tokens=scheduler.num_generation_tokens,
+            num_finished_requests=scheduler.num_finished_requests,
+            num_compiles=num_compiles,
+            num_compiles_since_warmup=num_compiles - self._num_compiles_after_warmup,
+            num_compiled_buckets=self.runner.num_compiled_buckets,
+            num_steps=self._num_steps,
+            step_host_seconds=clock.host_seconds,
+            step_device_wait_seconds=clock.wait_seconds,
+            device_idle_seconds=clock.idle_seconds,
+            num_device_fed_tokens=self.runner.num_device_fed_tokens,
+            num_dropped_tokens=scheduler.num_dropped_tokens,
+            prefix_cache_queried_tokens=scheduler.num_prefix_queried_tokens,
+            prefix_cache_hit_tokens=scheduler.num_prefix_hit_tokens,
+            spec_decode=scheduler.speculator.stats() if scheduler.speculator is not None else None,
+            backend=self.backend_name,
+            max_model_len=self.max_model_len,
+        )

@@ -3,7 +3,7 @@
 In: the engine's calls around each `step()` — `start_step`, `dispatched(pending)` right after a step was
 handed to the device, `wait(pending)` around fetching a step's ids, `end_step` — and, for any dispatched
 step, whether its outputs are ready (`pending.is_ready()`, which never blocks). Out: running totals that
-`Engine.stats()` reports:
+`Engine.stats()` reports (as `EngineStats.step_host_seconds`, `step_device_wait_seconds`, `device_idle_seconds`):
 
 - `host_seconds`: time inside `step()` not spent blocked on the device (scheduling, building inputs,
   reconciling, detokenizing, stop strings, outputs);

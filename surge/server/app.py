@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from surge.engine.stats import EngineStats
 from surge.server.auth import ApiKeyStore, ApiKeysSpec
 from surge.server.body_limit import BodyLimit
 from surge.server.chat_completions import create_chat_completion
@@ -106,7 +107,7 @@ class eSurgeApiServer:
                    default_max_tokens=getattr(server, "default_max_tokens", DEFAULT_MAX_TOKENS),
                    metrics_require_api_key=getattr(server, "metrics_require_api_key", True))
 
-    def _stats(self) -> Optional[dict]:
+    def _stats(self) -> Optional[EngineStats]:
         return self.host.engine.stats() if self.host.ready else None
 
     def generate_api_key(self, label: Optional[str] = None) -> str:

@@ -147,7 +147,7 @@ class EngineHost:
                               f"most {slots + self.max_queue} at once (engine.max_num_seqs={slots} running + "
                               f"server.max_queue={self.max_queue} waiting)", param="n", code="too_many_sequences")
         page_size = engine.config.cache.page_size
-        pool = engine.stats().get("num_total_pages", 0) * page_size
+        pool = engine.stats().pages.num_total_pages * page_size
         need = longest_prompt + max_tokens
         if pool and need > pool:
             raise bad_request(f"one sequence of this request needs {need} tokens of KV cache ({longest_prompt} "

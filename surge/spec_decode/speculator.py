@@ -18,6 +18,7 @@ from surge.config import SpeculativeConfig
 from surge.spec_decode.adaptive import AdaptiveK
 from surge.spec_decode.metrics import SpecDecodeMetrics
 from surge.spec_decode.ngram import propose_ngram
+from surge.spec_decode.stats import SpecDecodeStats
 from surge.spec_decode.suffix import SuffixProposer
 
 
@@ -91,13 +92,9 @@ class Speculator:
         if self.draft is not None:
             self.draft.release(request.request_id)
 
-    def stats(self) -> dict:
-        stats = self.metrics.as_dict()
-        if self.suffix is not None:
-            stats.update(self.suffix.stats())
-        if self.draft is not None:
-            stats.update(self.draft.stats())
-        return stats
+    def stats(self) -> SpecDecodeStats:
+        return self.metrics.stats(suffix=self.suffix.stats() if self.suffix is not None else None,
+                                  draft=self.draft.stats() if self.draft is not None else None)
 
 
 __all__ = ["Speculator"]

@@ -1,0 +1,1 @@
+"""Scale-out over the device mesh: tensor parallel (tensor_parallel, collectives)."""
