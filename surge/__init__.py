@@ -20,6 +20,7 @@ _LAZY = {
     "SamplingParams": "surge.sampling.params",
     "RequestOutput": "surge.engine.outputs",
     "CompletionOutput": "surge.engine.outputs",
+    "EngineStats": "surge.engine.stats",
     "eSurge": "surge.engine.compat",
     "vSurge": "surge.engine.compat",
     "ReturnSample": "surge.engine.compat",

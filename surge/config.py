@@ -41,9 +41,13 @@ class ModelConfig:
     # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
     tokenizer: str = ""
     # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32, bfloat16, or
-    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 tensors stay quantized, multiplied as such by
-    # the cpu backend; other tensors float32).
+    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors stay quantized,
+    # multiplied as such by the cpu backend; other tensors float32).
     dtype: str = "auto"
+    # Quantize a safetensors checkpoint's weights as it loads: none, or q8_0 (every projection and the
+    # embedding become GGUF Q8_0 blocks of 32 int8 weights and a float16 scale, multiplied in that form
+    # by the cpu backend like a GGUF file's; norms and biases stay in `dtype`). Not for a .gguf file.
+    quantize: str = "none"
     # Name reported by the server in /v1/models; empty means `name`.
     served_name: str = ""
 
@@ -51,6 +55,7 @@ class ModelConfig:
         _check(bool(self.name or self.path), "model.name", "give a catalogue name, an HF directory or a .gguf file")
         _check(self.dtype in ("auto", "float32", "bfloat16", "quantized"), "model.dtype",
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
+        _check(self.quantize in ("none", "q8_0"), "model.quantize", f"{self.quantize!r} is not none|q8_0")
 
 
 SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
@@ -86,6 +91,13 @@ class SpeculativeConfig:
     # (k = 0) for `adaptive_backoff_steps` steps, then probes again; 0 = never back off.
     adaptive_min_accepted: float = 0.5
     adaptive_backoff_steps: int = 16
+    # Price drafts by what they cost in the current step (surge.spec_decode.cost_rule): measured = the engine
+    # times its steps per compiled token bucket and a request's drafts must be worth more (expected accepted
+    # tokens x a token's share of a step) than the seconds of the bigger step they make, so speculation stays on
+    # where extra tokens are nearly free (one sequence) and backs off where the step is compute-bound (many
+    # sequences, rare acceptance); none = acceptance alone decides (the adaptive_* keys), which makes the
+    # proposals, not only the tokens, independent of timing. The tokens never depend on it.
+    cost_model: str = "measured"
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +129,8 @@ class SpeculativeConfig:
                f"{self.draft_num_pages} must be 0 (auto) or >= 2 (page 0 is the null page)")
         _check(self.adaptive_min_accepted >= 0, "engine.speculative.adaptive_min_accepted", "must be >= 0")
         _check(self.adaptive_backoff_steps >= 1, "engine.speculative.adaptive_backoff_steps", "must be >= 1")
+        _check(self.cost_model in ("measured", "none"), "engine.speculative.cost_model",
+               f"{self.cost_model!r} is not measured|none")
 
 
 @dataclass(frozen=True)
@@ -141,7 +155,10 @@ class EngineConfig:
     max_logprobs: int = 20
     # Seed for requests that do not bring their own.
     seed: int = 0
-    # Devices the weights and KV heads are split over (the `tp` axis of the mesh).
+    # Devices the weights and KV heads are split over (the `tp` axis of the mesh; surge.parallel.tensor_parallel):
+    # q/k/v and gate/up by column, o/down by row, embedding and lm_head by vocabulary, KV heads split (or
+    # replicated when tp exceeds them). It must divide the attention heads and the intermediate size, and
+    # divide the KV heads or be a multiple of them; start-up fails naming the numbers otherwise.
     tensor_parallel_size: int = 1
     # Replicas of the model (the `dp` axis of the mesh, surge.parallel): each runs on its own
     # tensor_parallel_size devices (mesh row r) with its own KV page pool (cache.num_pages /
@@ -427,6 +444,7 @@ class SurgeConfig:
 # Short names accepted by Engine.from_pretrained(**overrides), mapped to their config keys.
 SHORT_NAMES = {
     "dtype": "model.dtype",
+    "quantize": "model.quantize",
     "tokenizer": "model.tokenizer",
     "backend": "backend.name",
     "max_model_len": "engine.max_model_len",
@@ -444,6 +462,7 @@ SHORT_NAMES = {
     "num_speculative_tokens": "engine.speculative.num_speculative_tokens",
     "draft_model": "engine.speculative.draft_model",
     "draft_num_pages": "engine.speculative.draft_num_pages",
+    "speculative_cost_model": "engine.speculative.cost_model",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
     "hbm_utilization": "cache.hbm_utilization",

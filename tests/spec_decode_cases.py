@@ -16,14 +16,14 @@ GREEDY = dict(temperature=0.0, ignore_eos=True)
 
 def assert_clean(engine):
     stats = engine.stats()
-    assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0, stats
-    assert stats["num_free_pages"] == stats["num_total_pages"], stats
+    assert stats.pages.num_used_pages == 0 and stats.num_running == 0 and stats.num_waiting == 0, stats
+    assert stats.pages.num_free_pages == stats.pages.num_total_pages, stats
     assert not engine.has_unfinished_requests()
     engine.block_manager.check_integrity()
     speculator = engine.scheduler.speculator
     if speculator is not None and speculator.draft is not None:
-        assert stats["spec_decode_draft_num_free_pages"] == stats["spec_decode_draft_num_total_pages"], stats
-        assert stats["spec_decode_draft_num_requests"] == 0, stats
+        assert stats.spec_decode.draft.num_free_pages == stats.spec_decode.draft.num_total_pages, stats
+        assert stats.spec_decode.draft.num_requests == 0, stats
         speculator.draft.block_manager.check_integrity()
 
 
@@ -35,9 +35,9 @@ def run_all(engines, **kwargs):
     """Generate with every engine; all must match method=none. Returns none's outputs and the counters moved."""
     results, moved = {}, {}
     for name, engine in engines.items():
-        before = engine.stats()
+        before = engine.stats().to_dict()
         results[name] = engine.generate(use_tqdm=False, **kwargs)
-        after = engine.stats()
+        after = engine.stats().to_dict()
         moved[name] = {k: after[k] - before.get(k, 0) for k in ("spec_decode_num_draft_tokens",
                                                                  "spec_decode_num_accepted_tokens",
                                                                  "spec_decode_draft_num_calls") if k in after}

@@ -43,9 +43,9 @@ def prompts_of(n, seed=0, low=3, high=40):
 
 def assert_clean(engine):
     stats = engine.stats()
-    assert stats["num_used_pages"] == 0, stats
-    assert stats["num_running"] == 0 and stats["num_waiting"] == 0
-    assert stats["num_free_pages"] == stats["num_total_pages"], stats  # free, cached ones included
+    assert stats.pages.num_used_pages == 0, stats
+    assert stats.num_running == 0 and stats.num_waiting == 0
+    assert stats.pages.num_free_pages == stats.pages.num_total_pages, stats  # free, cached ones included
     assert not engine.has_unfinished_requests()
     engine.block_manager.check_integrity()
 
@@ -64,7 +64,7 @@ def run_both(engines, **generate_kwargs):
         before = engine.stats()
         outputs = engine.generate(use_tqdm=False, **generate_kwargs)
         after = engine.stats()
-        moved[mode] = {name: after[name] - before[name] for name in COUNTERS}
+        moved[mode] = {name: getattr(after, name) - getattr(before, name) for name in COUNTERS}
         assert moved[mode]["num_generation_tokens"] == sum(len(c.token_ids) for o in outputs for c in o.outputs)
         # Usage per request counts exactly the tokens handed out: none past a stop, none dropped late.
         assert all(o.metrics.num_generation_tokens == sum(len(c.token_ids) for c in o.outputs) for o in outputs)
@@ -135,7 +135,7 @@ def test_oversubscribed_pool_with_preemptions(tiny):
     prompts = prompts_of(48, seed=5, low=50, high=80)
     _, moved = run_both(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=120, **GREEDY))
     assert moved["num_device_fed_tokens"] > 1000
-    assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
+    assert all(engine.stats().num_preemptions > 0 for engine in pool.values())
 
 
 def test_seeded_sampling_and_n4_with_prefix_caching(engines):
@@ -196,7 +196,7 @@ def test_random_aborts_leak_nothing_and_agree_on_what_completes(engines):
         for c in (serial, fast):
             assert list(c.token_ids) == full_tokens[i][:len(c.token_ids)]
     assert sum(c.finish_reason == "abort" for c in finals["async"]) > 10
-    assert engines["async"].stats()["num_dropped_tokens"] > 0
+    assert engines["async"].stats().num_dropped_tokens > 0
 
 
 def test_async_engine_registers_the_stream_before_the_request_can_produce(engines, monkeypatch):
@@ -239,8 +239,9 @@ def test_the_loop_reports_host_time_and_the_device_idle_gap(engines):
         engine.generate(prompt_token_ids=prompts_of(4, seed=8), sampling_params=SamplingParams(max_tokens=8, **GREEDY),
                         use_tqdm=False)
         after = engine.stats()
-        moved[mode] = {k: after[k] - before[k] for k in ("num_steps", "step_host_seconds",
-                                                          "step_device_wait_seconds", "device_idle_seconds")}
+        moved[mode] = {k: getattr(after, k) - getattr(before, k) for k in ("num_steps", "step_host_seconds",
+                                                                            "step_device_wait_seconds",
+                                                                            "device_idle_seconds")}
         assert moved[mode]["num_steps"] >= 8 and moved[mode]["step_host_seconds"] > 0
         assert moved[mode]["step_device_wait_seconds"] > 0 and moved[mode]["device_idle_seconds"] >= 0
     assert moved["serial"]["device_idle_seconds"] > 0
@@ -276,7 +277,7 @@ def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before
         unread = async_engine.generate(prompt_token_ids=prompts_of(1, seed=14)[0],
                                        params=SamplingParams(max_tokens=500, **GREEDY))
         await unread.aclose()
-        generated = engine.stats()["num_generation_tokens"]
+        generated = engine.stats().num_generation_tokens
         dropped = async_engine.generate(prompt_token_ids=prompts_of(1, seed=15)[0],
                                         params=SamplingParams(max_tokens=1500, **GREEDY))
         del dropped  # never read nor closed: the loop thread aborts it
@@ -285,7 +286,7 @@ def test_async_engine_raises_bad_input_at_the_call_and_keeps_outputs_made_before
                 break
             await asyncio.sleep(0.005)
         assert not engine.has_unfinished_requests()
-        assert engine.stats()["num_generation_tokens"] - generated < 1500  # aborted, not run to the end
+        assert engine.stats().num_generation_tokens - generated < 1500  # aborted, not run to the end
 
     try:
         asyncio.run(main())

@@ -288,7 +288,9 @@ def test_offline_copy_workload_with_suffix_decoding_reports_acceptance(tiny):
 
     cfg = make_config(tiny.path, max_num_seqs=2, **TINY_ENGINE,
                       **{"bench.num_prompts": 2, "bench.input_len": 40, "bench.output_len": 16,
-                         "bench.workload": "copy", "engine.speculative.method": "suffix"})
+                         "bench.workload": "copy", "engine.speculative.method": "suffix",
+                         # Proposals independent of step timings, so that drafts are certain to be made.
+                         "engine.speculative.cost_model": "none"})
     result = run_offline(cfg)
     assert result["num_output_tokens"] == 32 and result["input_len"] == 40
     assert result["spec_decode_method"] == "suffix" and result["spec_decode_num_draft_tokens"] > 0

@@ -22,7 +22,7 @@ def test_allocate_grow_and_free_with_exact_page_ids():
     assert bm.allocate("c", 16) == [5, 6, 7, 3]
     assert bm.allocate("d", 4) == [2]
     bm.check_integrity()
-    assert bm.stats()["num_requests"] == 3
+    assert bm.stats().num_requests == 3
 
 
 def test_allocate_returns_none_and_changes_nothing_when_pages_run_out():
@@ -51,8 +51,8 @@ def test_lookup_prefix_hits_pages_a_finished_request_registered():
     assert bm.pages("b") == [1, 2, 4]
     assert bm.num_cached_pages == 0 and bm.num_free_pages == 4
     stats = bm.stats()
-    assert (stats["num_queried_pages"], stats["num_hit_pages"]) == (2, 2)
-    assert "prefix_cache_hit_rate" not in stats  # one rate, with one meaning: the engine's (tokens)
+    assert (stats.num_queried_pages, stats.num_hit_pages) == (2, 2)
+    assert not hasattr(stats, "prefix_cache_hit_rate")  # one rate, with one meaning: the engine's (tokens)
     # b's hashing resumes after its computed pages: its third page registers under the same chain.
     more = tokens + [19, 20, 21]
     bm.cache_full_pages("b", more, len(more))
@@ -142,7 +142,7 @@ def test_prefix_caching_off():
     bm.free("a")
     assert bm.num_cached_pages == 0
     assert bm.lookup_prefix(tokens) == []
-    assert bm.stats()["num_hit_pages"] == 0
+    assert bm.stats().num_hit_pages == 0
 
 
 def test_bad_calls_name_the_request_and_change_nothing():
@@ -164,7 +164,7 @@ def test_bad_calls_name_the_request_and_change_nothing():
         bm.allocate("b", 4, [1, 2, 3])
     with pytest.raises(ValueError, match=r"num_tokens=6 must be in \[0, len\(token_ids\)=5\]"):
         bm.cache_full_pages("a", tokens, 6)
-    assert bm.pages("a") == [1, 2, 3] and bm.stats()["num_requests"] == 1
+    assert bm.pages("a") == [1, 2, 3] and bm.stats().num_requests == 1
     bm.check_integrity()
 
 
@@ -334,12 +334,12 @@ class BlockManagerMachine(RuleBasedStateMachine):
         for rid in self.requests:
             assert self.bm.pages(rid) == self.model.tables[rid]
         stats = self.bm.stats()
-        assert stats["num_free_pages"] == len(self.model.queue)
-        assert stats["num_used_pages"] == sum(1 for r in self.model.refs if r > 0)
-        assert stats["num_cached_pages"] == sum(1 for p in self.model.queue if p in self.model.key_of_page)
-        assert (stats["num_queried_pages"], stats["num_hit_pages"], stats["num_evictions"]) == (
+        assert stats.num_free_pages == len(self.model.queue)
+        assert stats.num_used_pages == sum(1 for r in self.model.refs if r > 0)
+        assert stats.num_cached_pages == sum(1 for p in self.model.queue if p in self.model.key_of_page)
+        assert (stats.num_queried_pages, stats.num_hit_pages, stats.num_evictions) == (
             self.model.num_queried, self.model.num_hits, self.model.num_evictions)
-        assert stats["num_requests"] == len(self.requests)
+        assert stats.num_requests == len(self.requests)
 
 
 BlockManagerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

@@ -3,7 +3,9 @@
 The kernel (every supported ISA variant) is held to 1e-3 relative of a float64 product over
 the dequantized weights and x quantized per block of 32 exactly as the kernel does it
 (d = max|x| / 127, q = round-half-even(x / d)); the blocks are the file's own (SmolLM2's
-Q4_1 and Q8_0 tensors) and random Q4_0 ones. Dequantization equals the `gguf` package's.
+Q4_1 and Q8_0 tensors) and random Q4_0 ones, and random K-quant super-blocks (Q4_K / Q5_K / Q6_K,
+built by hand: gguf's Python side cannot quantize to them). Dequantization equals the `gguf`
+package's, for the file's blocks, the random ones, and a tiny GGUF written with K-quant tensors.
 The engine on model.dtype=quantized holds the model in under 100 MiB, gives a sequence the same
 greedy tokens batched or alone, and answers sensibly.
 """
@@ -41,6 +43,21 @@ def _random_q4_0(rng, n, k):
     scales = (rng.uniform(0.001, 0.05, (n, k // 32))).astype(np.float16).view(np.uint8).reshape(n, k // 32, 2)
     blocks[..., :2] = scales
     return blocks
+
+
+def _random_k_quant(rng, type_name, n, k):
+    """[n, k / 256, block_bytes] random K-quant super-blocks: any bytes, with small finite float16 scales."""
+    size = quantized.TYPE_BLOCK_BYTES[type_name]
+    blocks = rng.integers(0, 256, (n, k // 256, size), dtype=np.uint8)
+    halves = rng.uniform(1e-4, 3e-3, (n, k // 256, 2)).astype(np.float16).view(np.uint8).reshape(n, k // 256, 4)
+    if type_name == "Q6_K":
+        blocks[..., 208:210] = halves[..., :2]
+    else:  # d, dmin
+        blocks[..., 0:4] = halves
+    return blocks
+
+
+K_QUANTS = ["Q4_K", "Q5_K", "Q6_K"]
 
 
 def _quantize_activations(x):
@@ -84,6 +101,68 @@ def test_quantized_matmul_matches_float64_on_the_files_blocks(isa, file_tensors,
         _check(y, x, w)
 
 
+@pytest.mark.parametrize("type_name", K_QUANTS)
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_k_quant_matmul_matches_float64(isa, type_name, m):
+    rng = np.random.default_rng(m + len(type_name))
+    for n, k in [(40, 256), (72, 768), (9, 1536)]:
+        w = _random_k_quant(rng, type_name, n, k)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        y = jax.jit(matmul)(jnp.asarray(x), jnp.asarray(w))
+        assert y.shape == (m, n) and y.dtype == jnp.float32
+        _check(y, x, w)
+
+
+@pytest.mark.parametrize("type_name", K_QUANTS)
+def test_k_quant_dequantize_equals_gguf(type_name):
+    w = _random_k_quant(np.random.default_rng(3), type_name, 6, 512)
+    want = gguf.quants.dequantize(w.reshape(6, -1), gguf.GGMLQuantizationType[type_name]).reshape(6, 512)
+    assert quantized.quant_type(jnp.asarray(w)) == type_name and quantized.in_features(jnp.asarray(w)) == 512
+    np.testing.assert_array_equal(np.asarray(quantized.dequantize(jnp.asarray(w))), want)
+    rows = np.asarray(quantized.take_rows(jnp.asarray(w), jnp.asarray([5, 0, 5])))
+    np.testing.assert_array_equal(rows, want[[5, 0, 5]])
+
+
+def test_gguf_file_with_k_quant_tensors_loads_them_quantized(tmp_path):
+    from surge.models.gguf_checkpoint import GGUFCheckpoint
+
+    rng = np.random.default_rng(7)
+    hidden, inter, heads = 256, 512, 2
+    tensors = {"blk.0.ffn_gate.weight": ("Q4_K", inter, hidden), "blk.0.ffn_up.weight": ("Q5_K", inter, hidden),
+               "blk.0.ffn_down.weight": ("Q6_K", hidden, inter), "blk.0.attn_q.weight": ("Q4_K", hidden, hidden),
+               "blk.0.attn_k.weight": ("Q6_K", hidden, hidden)}
+    path = str(tmp_path / "k-quants.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_uint32("llama.attention.head_count", heads)
+    written = {}
+    for name, (type_name, rows, k) in tensors.items():
+        blocks = _random_k_quant(rng, type_name, rows, k)
+        written[name] = blocks
+        writer.add_tensor(name, blocks.reshape(rows, -1),
+                          raw_dtype=gguf.GGMLQuantizationType[type_name])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    checkpoint = GGUFCheckpoint(path)
+    hf_names = {"blk.0.ffn_gate.weight": "model.layers.0.mlp.gate_proj.weight",
+                "blk.0.ffn_up.weight": "model.layers.0.mlp.up_proj.weight",
+                "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+                "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+                "blk.0.attn_k.weight": "model.layers.0.self_attn.k_proj.weight"}
+    for name, (type_name, rows, k) in tensors.items():
+        blocks = checkpoint.get_quantized(hf_names[name])
+        assert blocks.shape == (rows, k // 256, quantized.TYPE_BLOCK_BYTES[type_name])
+        ours = np.asarray(quantized.dequantize(jnp.asarray(blocks)))
+        np.testing.assert_array_equal(ours, checkpoint.get(hf_names[name]))  # gguf's dequantization, HF row order
+        if "ffn" in name:  # no head permutation: the file's own blocks, as gguf dequantizes them
+            want = gguf.quants.dequantize(written[name].reshape(rows, -1), gguf.GGMLQuantizationType[type_name])
+            np.testing.assert_array_equal(ours, want.reshape(rows, k))
+            x = rng.standard_normal((3, k)).astype(np.float32)
+            _check(jax.jit(matmul)(jnp.asarray(x), jnp.asarray(blocks)), x, blocks)
+
+
 def test_dequantize_equals_gguf(file_tensors):
     for name in ("blk.0.ffn_down.weight", "blk.0.attn_q.weight", "token_embd.weight"):
         tensor = file_tensors[name]
@@ -121,6 +200,8 @@ def test_bad_quantized_shapes_name_the_problem():
     w = jnp.zeros((8, 2, 34), jnp.uint8)
     with pytest.raises(ValueError, match=r"x must be \[\.\.\., 64\] to match the Q8_0 weight"):
         matmul(jnp.ones((2, 65)), w)
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., 512\] to match the Q4_K weight .*blocks of 256"):
+        matmul(jnp.ones((2, 64)), jnp.zeros((8, 2, 144), jnp.uint8))
     with pytest.raises(ValueError, match="not a quantized weight"):
         quantized.dequantize(jnp.zeros((8, 2, 33), jnp.uint8))
 

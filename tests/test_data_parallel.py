@@ -114,7 +114,7 @@ def run(engine):
         for output in engine.step():
             if output.finished:
                 tokens[output.request_id] = list(output.outputs[0].token_ids)
-        most_running = max(most_running, engine.stats()["num_running"])
+        most_running = max(most_running, engine.stats().num_running)
     return [tokens[i] for i in ids], most_running
 
 
@@ -128,8 +128,8 @@ result["replica_devices"] = [[str(d) for d in r.mesh.devices.flat] for r in engi
 result["kv_devices"] = [sorted(str(d) for d in r.runner.kv_caches[0][0].sharding.device_set) for r in engine.replicas]
 result["dp2_tokens"], result["dp2_most_running"] = run(engine)
 stats = engine.stats()
-result["dp2_used_pages"] = [r["num_used_pages"] for r in stats["replicas"]]
-result["dp2_placed"] = [r["num_placed"] for r in stats["replicas"]]
+result["dp2_used_pages"] = [r.pages.num_used_pages for r in engine.replica_stats()]
+result["dp2_placed"] = [c.num_placed for c in engine.router.counters]
 for r in engine.replicas:
     r.block_manager.check_integrity()
 
@@ -151,10 +151,10 @@ while engine.replicas[holder].num_seqs <= engine.replicas[other].num_seqs:
                                      sampling_params=long_params))
     engine.step()
 result["loads_before"] = [r.num_seqs for r in engine.replicas]
-hits_before = [r["prefix_cache_hit_tokens"] for r in engine.stats()["replicas"]]
+hits_before = [r.prefix_cache_hit_tokens for r in engine.replica_stats()]
 follower = engine.add_request(prompt_token_ids=prefix + [11, 12], sampling_params=SamplingParams(max_tokens=1, **GREEDY))
 engine.step()
-hits_after = [r["prefix_cache_hit_tokens"] for r in engine.stats()["replicas"]]
+hits_after = [r.prefix_cache_hit_tokens for r in engine.replica_stats()]
 result.update(holder=holder, follower_replica=engine.router.replica_of(follower),
               hit_gain=[a - b for a, b in zip(hits_after, hits_before)])
 # With no slack the busier holder is passed over.
@@ -162,7 +162,7 @@ engine.router.affinity_slack = 0
 passed_over = engine.add_request(prompt_token_ids=prefix + [13], sampling_params=SamplingParams(max_tokens=1, **GREEDY))
 engine.step()
 result["passed_over_replica"] = engine.router.replica_of(passed_over)
-result["overridden"] = engine.stats()["replicas"][holder]["num_affinity_overridden"]
+result["overridden"] = engine.router.counters[holder].num_affinity_overridden
 
 # n=3 siblings all join one replica (they share the prompt's pages there).
 siblings = engine.add_request(prompt_token_ids=[int(x) for x in rng.integers(3, 320, 10)],
@@ -172,16 +172,27 @@ children = engine._live[siblings]
 result["sibling_replicas"] = [sum(c in r.scheduler.requests for c in children) for r in engine.replicas]
 result["siblings_placed_on"] = engine.router.replica_of(siblings)
 
-metrics = ServerMetrics("tiny", engine.stats, max_model_len=128)
+metrics = ServerMetrics("tiny", engine.stats, max_model_len=128, replica_stats_fn=engine.replica_stats)
 result["metrics"] = metrics.render().decode()
 for rid in filler:
     engine.abort(rid)
 while engine.has_unfinished_requests():
     engine.step()
-result["used_after_aborts"] = [r["num_used_pages"] for r in engine.stats()["replicas"]]
+result["used_after_aborts"] = [r.pages.num_used_pages for r in engine.replica_stats()]
 result["placed_after"] = len(engine.router._placed)
 for r in engine.replicas:
     r.block_manager.check_integrity()
+
+del engine
+# dp x tp = 2 x 2 on the 4 devices: each replica's weights split over its own row's 2 devices.
+grid = surge.Engine.from_pretrained(path, **OPTIONS, **{"engine.data_parallel_size": 2,
+                                                        "engine.tensor_parallel_size": 2})
+result["grid_replica_devices"] = [sorted(str(d) for d in r.mesh.devices.flat) for r in grid.replicas]
+result["grid_kv_devices"] = [sorted(str(d) for d in r.runner.kv_caches[0][0].sharding.device_set)
+                             for r in grid.replicas]
+result["grid_sharded"] = [r.runner.placed.sharded for r in grid.replicas]
+result["grid_tokens"], result["grid_most_running"] = run(grid)
+del grid
 
 try:
     surge.Engine.from_pretrained(path, **OPTIONS, **{"engine.data_parallel_size": 8})
@@ -244,6 +255,16 @@ def test_metrics_carry_a_replica_label(data_parallel_run):
     # Engine-wide series stay unlabelled by replica.
     assert 'surge:engine_ready{model_name="tiny"} 1.0' in text
     assert 'surge:num_compiles_total{model_name="tiny"}' in text
+
+
+def test_two_replicas_of_two_tensor_parallel_devices_give_the_one_device_greedy_tokens(data_parallel_run):
+    result = data_parallel_run
+    devices = result["grid_replica_devices"]
+    assert [len(d) for d in devices] == [2, 2] and not set(devices[0]) & set(devices[1])
+    assert result["grid_kv_devices"] == devices  # each replica's KV cache split over its own two devices
+    assert result["grid_sharded"] == [True, True]
+    assert result["grid_most_running"] == 8
+    assert result["grid_tokens"] == result["dp1_tokens"]
 
 
 def test_more_replicas_than_devices_fail_naming_both_keys(data_parallel_run):

@@ -46,8 +46,8 @@ def hf_greedy(hf_model, prompt, num_tokens):
 
 def assert_all_pages_returned(engine):
     stats = engine.stats()
-    assert stats["num_used_pages"] == 0, stats
-    assert stats["num_running"] == 0 and stats["num_waiting"] == 0
+    assert stats.pages.num_used_pages == 0, stats
+    assert stats.num_running == 0 and stats.num_waiting == 0
     engine.block_manager.check_integrity()
 
 
@@ -69,7 +69,7 @@ def test_oversubscribed_pool_preempts_and_completes(tiny, engine):
     params = SamplingParams(max_tokens=40, **GREEDY)
     outs = small.generate(prompt_token_ids=prompts, sampling_params=params)
     assert all(len(o.outputs[0].token_ids) == 40 for o in outs)
-    assert small.stats()["num_preemptions"] > 0
+    assert small.stats().num_preemptions > 0
     assert_all_pages_returned(small)
     # Recomputation after preemption gives the same greedy tokens as an unconstrained pool.
     reference = engine.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -108,7 +108,7 @@ def test_chunked_prefill_matches_unchunked(tiny_checkpoint):
     chunked = make_engine(long.path, max_model_len=2100, max_num_batched_tokens=256, token_buckets=[16, 256],
                           num_pages=600)
     out_chunked = chunked.generate(prompt_token_ids=[prompt], sampling_params=params)[0]
-    assert chunked.stats()["num_steps"] >= 8 + 7  # 2000 tokens in chunks of 256, then 7 decodes
+    assert chunked.stats().num_steps >= 8 + 7  # 2000 tokens in chunks of 256, then 7 decodes
     whole = make_engine(long.path, max_model_len=2100, max_num_batched_tokens=2048, token_buckets=[16, 2048],
                         num_pages=600)
     out_whole = whole.generate(prompt_token_ids=[prompt], sampling_params=params)[0]
@@ -116,7 +116,7 @@ def test_chunked_prefill_matches_unchunked(tiny_checkpoint):
 
 
 def test_no_compilation_after_warmup(engine):
-    before = engine.stats()["num_compiles"]
+    before = engine.stats().num_compiles
     rng = np.random.default_rng(4)
     for batch in (1, 3, 16, 7):
         prompts = prompts_of(batch, seed=int(rng.integers(1000)), low=1, high=120)
@@ -124,7 +124,32 @@ def test_no_compilation_after_warmup(engine):
                                  top_p=0.9, top_k=20, seed=1, logprobs=int(rng.integers(0, 3)),
                                  repetition_penalty=1.1, presence_penalty=0.1) for _ in prompts]
         engine.generate(prompt_token_ids=prompts, sampling_params=params)
-    assert engine.stats()["num_compiles"] == before
+    assert engine.stats().num_compiles == before
+
+
+# The keys engine.stats() returned when it was a dict; EngineStats.to_dict() keeps exactly them.
+STATS_KEYS = {
+    "num_total_pages", "num_free_pages", "num_cached_pages", "num_used_pages", "num_queried_pages", "num_hit_pages",
+    "num_evictions", "max_cached_pages", "num_capacity_evictions", "num_requests", "num_running", "num_waiting",
+    "num_waiting_for_grammar", "num_grammar_compiles", "num_grammar_cache_hits", "num_preemptions",
+    "num_prompt_tokens", "num_generation_tokens", "num_finished_requests", "num_compiles",
+    "num_compiles_since_warmup", "num_compiled_buckets", "num_steps", "step_host_seconds",
+    "step_device_wait_seconds", "device_idle_seconds", "num_device_fed_tokens", "num_dropped_tokens",
+    "prefix_cache_queried_tokens", "prefix_cache_hit_tokens", "prefix_cache_hit_rate", "backend", "max_model_len"}
+
+
+def test_stats_are_one_typed_snapshot_with_the_old_dict_as_to_dict(engine):
+    from tests.engine_stats_cases import from_flat
+
+    engine.generate(prompt_token_ids=prompts_of(3, seed=11), sampling_params=SamplingParams(max_tokens=4, **GREEDY))
+    stats = engine.stats()
+    assert isinstance(stats, surge.EngineStats) and stats.spec_decode is None
+    assert stats.pages == engine.block_manager.stats() and stats.pages.num_total_pages == 255
+    assert stats.num_steps > 0 and stats.num_generation_tokens >= 12 and stats.backend == "reference"
+    assert stats.max_model_len == 256
+    flat = stats.to_dict()
+    assert set(flat) == STATS_KEYS
+    assert from_flat(flat) == stats
 
 
 def test_seeded_sampling_is_independent_of_batch_companions(engine):
@@ -205,7 +230,7 @@ def test_abort_mid_generation_frees_pages(engine):
     rid = engine.add_request(prompt_token_ids=prompts_of(1, seed=9)[0], sampling_params=SamplingParams(max_tokens=50, **GREEDY))
     engine.step()
     engine.step()
-    assert engine.stats()["num_used_pages"] > 0
+    assert engine.stats().pages.num_used_pages > 0
     engine.abort(rid)
     outs = engine.step()
     assert [o.outputs[0].finish_reason for o in outs if o.request_id == rid] == ["abort"]

@@ -45,7 +45,7 @@ def test_sixteen_prompts_batched_match_alone_and_transformers(engine, smollm2_hf
         if tokens != expected:
             mismatches.append((prompt, tokens, expected))
     assert not mismatches, mismatches
-    assert engine.stats()["num_used_pages"] == 0
+    assert engine.stats().pages.num_used_pages == 0
 
 
 @pytest.mark.slow

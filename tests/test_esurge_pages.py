@@ -53,7 +53,7 @@ def hf_tokenizer_of(smollm2_gguf):
 
 def assert_all_pages_returned(engine) -> None:
     stats = engine.stats()
-    assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0
+    assert stats.pages.num_used_pages == 0 and stats.num_running == 0 and stats.num_waiting == 0
     engine.block_manager.check_integrity()
 
 
@@ -174,8 +174,8 @@ class TestQuickStartEngine:
         finally:
             handle.stop()
         values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
-        assert values["surge:num_total_pages"] == engine.stats()["num_total_pages"]
-        assert values["surge:num_cached_pages"] == engine.stats()["num_cached_pages"]
+        assert values["surge:num_total_pages"] == engine.stats().pages.num_total_pages
+        assert values["surge:num_cached_pages"] == engine.stats().pages.num_cached_pages
         assert values["surge:num_requests_running"] == 0
 
     def test_api_server_with_keys_and_the_openai_client(self, engine):
@@ -339,7 +339,7 @@ def test_performance_tuning_settings(platform, hf_tokenizer_of):
         )
         expected = (8192, 64, 128, 0.95)
         assert engine.config.engine.compile_at_startup
-        assert engine.stats()["num_compiled_buckets"] == len(engine.runner.buckets)
+        assert engine.stats().num_compiled_buckets == len(engine.runner.buckets)
     elif platform == "gpu":
         engine = surge.eSurge(
             model=model,
@@ -384,7 +384,7 @@ def test_prefix_caching(hf_tokenizer_of):
         cache_config=cache_config,
     )
     stats = engine.stats()
-    assert stats["max_cached_pages"] == int(0.3 * stats["num_total_pages"])
+    assert stats.pages.max_cached_pages == int(0.3 * stats.pages.num_total_pages)
     system = "You are a helpful assistant that answers questions about science in one short sentence. " * 2
     params = surge.SamplingParams(max_tokens=3, temperature=0)
     engine.generate(system + "What is gravity?", params)
@@ -648,7 +648,7 @@ class TestVSurge:
         assert cfg.engine.max_num_seqs == 64 and cfg.engine.seed == 877
         assert vsurge.get_total_concurrent_requests() == 64 and vsurge.num_used_slots == 0
         assert vsurge.driver_name == f"odriver-{MODEL}" and vsurge.vsurge_name == vsurge.driver_name
-        assert vsurge.engine.stats()["num_compiles_since_warmup"] == 0
+        assert vsurge.engine.stats().num_compiles_since_warmup == 0
 
     def test_non_streaming_generation(self, vsurge, capsys):
         surge_ = vsurge

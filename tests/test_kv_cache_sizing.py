@@ -67,7 +67,7 @@ def test_engine_logs_its_memory(tiny_checkpoint, caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert engine.kv_plan.num_pages == 4 * 128 // 8 + 1 == 65  # + the null page
-    assert engine.stats()["num_total_pages"] == 64
+    assert engine.stats().pages.num_total_pages == 64
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("KV cache:"))
     # 2 layers x K and V x 2 KV heads x 8 tokens x 16 dims x 4 bytes = 4 KiB a page.
     assert line.startswith("KV cache: 260 KiB = 64 pages x 8 tokens = 512 tokens (4 KiB per page)")

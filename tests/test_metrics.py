@@ -1,6 +1,7 @@
 """Prometheus metrics and the monitor: names, values and buckets, without an engine.
 
-Engine stats come from a plain dict; finished requests are real `RequestOutput` objects.
+Engine stats are `EngineStats` built from flat values (tests/engine_stats_cases.py); finished requests are real
+`RequestOutput` objects.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from surge.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from surge.server.metrics import ServerMetrics, token_count_buckets
 from surge.monitoring.monitor import build_table, start_monitoring
+from tests.engine_stats_cases import make_stats
 
-STATS = {"num_total_pages": 200, "num_used_pages": 50, "num_cached_pages": 7, "num_running": 3, "num_waiting": 2,
-         "num_preemptions": 4, "num_compiles": 6, "num_steps": 1000, "prefix_cache_hit_rate": 0.25,
-         "prefix_cache_queried_tokens": 400, "prefix_cache_hit_tokens": 100}
+FLAT = {"num_total_pages": 200, "num_used_pages": 50, "num_cached_pages": 7, "num_running": 3, "num_waiting": 2,
+        "num_preemptions": 4, "num_compiles": 6, "num_steps": 1000, "prefix_cache_hit_rate": 0.25,
+        "prefix_cache_queried_tokens": 400, "prefix_cache_hit_tokens": 100}
+STATS = make_stats(**FLAT)
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -45,8 +48,8 @@ def finished_output(prompt_len=5, tokens=(3, 4, 5), reason="stop", n=1) -> Reque
 
 
 def test_engine_gauges_are_read_at_scrape_time():
-    stats = dict(STATS)
-    m = ServerMetrics("m", lambda: stats)
+    stats = {"now": STATS}
+    m = ServerMetrics("m", lambda: stats["now"])
     text = m.render().decode()
     assert value(text, "surge:engine_ready") == 1.0
     assert value(text, "surge:num_requests_running") == 3
@@ -58,7 +61,7 @@ def test_engine_gauges_are_read_at_scrape_time():
     assert value(text, "surge:prefix_cache_queries_total") == 400
     assert value(text, "surge:prefix_cache_hits_total") == 100
     assert value(text, "surge:num_preemptions_total") == 4
-    stats.update(num_used_pages=0, num_running=0)
+    stats["now"] = make_stats(**dict(FLAT, num_used_pages=0, num_running=0))
     text = m.render().decode()
     assert value(text, "surge:kv_cache_usage_perc") == 0.0
     assert value(text, "surge:num_requests_running") == 0
@@ -135,11 +138,11 @@ class _FakeEngine:
     model_name = "m"
 
     def __init__(self):
-        self.values = dict(STATS)
+        self.values = dict(FLAT)
 
     def stats(self):
         self.values["num_steps"] += 10
-        return dict(self.values)
+        return make_stats(**self.values)
 
 
 def test_start_monitoring_exports_and_draws_the_console_table():
@@ -196,8 +199,8 @@ def monitoring_log_interval(monkeypatch):
 
 def test_spec_decode_series_have_vllm_names_labelled_by_method():
     assert "spec_decode" not in ServerMetrics("m", lambda: STATS).render().decode()  # method=none: no series
-    stats = dict(STATS, spec_decode_method="ngram", spec_decode_num_drafts=6, spec_decode_num_draft_tokens=15,
-                 spec_decode_num_accepted_tokens=9, spec_decode_acceptance_lengths=[2, 1, 1, 2])
+    stats = make_stats(**FLAT, spec_decode_method="ngram", spec_decode_num_drafts=6, spec_decode_num_draft_tokens=15,
+                       spec_decode_num_accepted_tokens=9, spec_decode_acceptance_lengths=[2, 1, 1, 2])
     text = ServerMetrics("m", lambda: stats).render().decode()
     assert value(text, "surge:spec_decode_num_drafts_total", method="ngram") == 6
     assert value(text, "surge:spec_decode_num_draft_tokens_total", method="ngram") == 15
@@ -214,7 +217,7 @@ def test_spec_decode_series_have_vllm_names_labelled_by_method():
 
 
 def test_engine_loop_counters_are_exposed():
-    stats = dict(STATS, step_host_seconds=2.5, step_device_wait_seconds=9.0, device_idle_seconds=0.125)
+    stats = make_stats(**FLAT, step_host_seconds=2.5, step_device_wait_seconds=9.0, device_idle_seconds=0.125)
     text = ServerMetrics("m", lambda: stats).render().decode()
     assert value(text, "surge:engine_steps_total") == 1000
     assert value(text, "surge:engine_step_host_seconds_total") == 2.5

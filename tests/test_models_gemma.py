@@ -105,10 +105,10 @@ def test_alternating_windows_hold_the_pages_the_global_layers_need(gemma):
     peak, finished = 0, []
     while engine.has_unfinished_requests():
         finished += [o for o in engine.step() if o.finished]
-        peak = max(peak, engine.stats()["num_used_pages"])
+        peak = max(peak, engine.stats().pages.num_used_pages)
     assert len(finished[0].outputs[0].token_ids) == 40
     assert peak == -(-(len(PROMPTS[0]) + 40) // 4) == 13
-    assert engine.stats()["num_used_pages"] == 0
+    assert engine.stats().pages.num_used_pages == 0
 
 
 def test_gemma3_configs_from_before_layer_types_and_rope_parameters():

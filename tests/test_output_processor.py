@@ -3,7 +3,7 @@
 import pytest
 
 from surge.engine.output_processor import OutputProcessor
-from surge.engine.outputs import SampledLogprobs
+from surge.engine.outputs import TokenLogprobs
 from surge.engine.stop_strings import StopStringMatcher
 from surge.sampling.params import SamplingParams
 
@@ -267,8 +267,8 @@ def test_logprobs_become_logprob_dicts(tokenizer):
     processor = OutputProcessor(tokenizer)
     processor.add_request("l", None, [], SamplingParams(logprobs=2))
     tokens = tokenizer.encode("Hello world")
-    sampled = [SampledLogprobs(-0.5, 2, [3, tokens[0], 7], [-0.1, -0.5, -3.0]),
-               SampledLogprobs(-0.25, 1, [tokens[1], 3, 8], [-0.25, -2.0, -4.0])]
+    sampled = [TokenLogprobs(tokens[0], -0.5, 2, ((3, -0.1), (tokens[0], -0.5), (7, -3.0))),
+               TokenLogprobs(tokens[1], -0.25, 1, ((tokens[1], -0.25), (3, -2.0), (8, -4.0)))]
     out, _ = processor.process("l", tokens, "length", logprobs=sampled)
     completion = out.outputs[0]
     assert completion.cumulative_logprob == pytest.approx(-0.75)
@@ -282,8 +282,15 @@ def test_logprobs_become_logprob_dicts(tokenizer):
 def test_no_logprobs_when_not_asked(tokenizer):
     processor = OutputProcessor(tokenizer)
     processor.add_request("l", None, [], SamplingParams())
-    out, _ = processor.process("l", [1], "length", logprobs=[SampledLogprobs(-1.0, 1, [1], [-1.0])])
+    out, _ = processor.process("l", [1], "length", logprobs=[TokenLogprobs(1, -1.0, 1, ((1, -1.0),))])
     assert out.outputs[0].logprobs is None and out.outputs[0].cumulative_logprob is None
+
+
+def test_output_processor_rejects_logprobs_of_another_token(tokenizer):
+    processor = OutputProcessor(tokenizer)
+    processor.add_request("l", None, [], SamplingParams(logprobs=1))
+    with pytest.raises(ValueError, match="token 5 given for token 6"):
+        processor.process("l", [6], None, logprobs=[TokenLogprobs(5, -1.0, 1, ((5, -1.0),))])
 
 
 def test_errors_name_the_input(tokenizer):
@@ -311,7 +318,7 @@ def test_delta_kind_reports_only_what_is_new(tokenizer):
     tokens = tokenizer.encode(STREAM_TEXT)
     outputs = []
     for step, token in enumerate(tokens):
-        entry = SampledLogprobs(-0.5 - step, 1, [token, 1], [-0.5 - step, -3.0])
+        entry = TokenLogprobs(token, -0.5 - step, 1, ((token, -0.5 - step), (1, -3.0)))
         out, _ = processor.process("r1", [token], "length" if step == len(tokens) - 1 else None, None, [entry])
         if out is not None:
             outputs.append(out)

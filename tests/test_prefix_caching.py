@@ -26,8 +26,8 @@ def shared_prefix_prompts(n, prefix_len, suffix_len, seed=0):
 
 def assert_pages_free_or_cached(engine):
     stats = engine.stats()
-    assert stats["num_used_pages"] == 0
-    assert stats["num_free_pages"] == stats["num_total_pages"]
+    assert stats.pages.num_used_pages == 0
+    assert stats.pages.num_free_pages == stats.pages.num_total_pages
     engine.block_manager.check_integrity()
 
 
@@ -58,8 +58,8 @@ def test_outputs_identical_with_and_without_caching_and_hits_reported(cached, un
     assert first[0].metrics.num_cached_tokens == 0
     # 40 shared tokens = 10 full pages of 4.
     assert all(o.metrics.num_cached_tokens == 40 for o in rest)
-    assert cached.stats()["prefix_cache_hit_rate"] > 0.5
-    assert uncached.stats()["prefix_cache_hit_rate"] == 0.0
+    assert cached.stats().prefix_cache_hit_rate > 0.5
+    assert uncached.stats().prefix_cache_hit_rate == 0.0
     assert_pages_free_or_cached(cached)
 
 
@@ -104,27 +104,27 @@ def test_chunked_prefill_and_preemption_with_caching(tiny):
     reference = make_engine(tiny.path, enable_prefix_caching=False).generate(prompt_token_ids=prompts,
                                                                              sampling_params=params)
     assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in reference]
-    assert small.stats()["num_preemptions"] > 0
+    assert small.stats().num_preemptions > 0
     assert_pages_free_or_cached(small)
 
 
 def test_n_children_share_prompt_pages(cached):
     prompt = shared_prefix_prompts(1, prefix_len=40, suffix_len=1, seed=4)[0]
     cached.reset_prefix_cache()
-    hits_before = cached.stats()["prefix_cache_hit_tokens"]
+    hits_before = cached.stats().prefix_cache_hit_tokens
     out = cached.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(n=3, max_tokens=4, seed=1))[0]
     assert len(out.outputs) == 3 and all(len(c.token_ids) == 4 for c in out.outputs)
     # The 2nd and 3rd child find the first child's 10 full prompt pages (40 tokens) in the cache.
-    assert cached.stats()["prefix_cache_hit_tokens"] - hits_before == 2 * 40
+    assert cached.stats().prefix_cache_hit_tokens - hits_before == 2 * 40
     assert_pages_free_or_cached(cached)
 
 
 def test_reset_prefix_cache_drops_cached_pages(cached):
     cached.generate(prompt_token_ids=shared_prefix_prompts(1, 40, 1, seed=5),
                     sampling_params=SamplingParams(max_tokens=1, **GREEDY))
-    assert cached.stats()["num_cached_pages"] > 0
+    assert cached.stats().pages.num_cached_pages > 0
     assert cached.reset_prefix_cache()
-    assert cached.stats()["num_cached_pages"] == 0
+    assert cached.stats().pages.num_cached_pages == 0
 
 
 def test_sliding_window_pages_are_given_back(tiny_checkpoint):
@@ -173,7 +173,7 @@ def test_prefix_cache_capacity_bounds_cached_pages_while_a_shared_prefix_keeps_h
     cache_config = CacheConfig(enable_prefix_caching=True, prefix_cache_capacity=0.3, num_pages=101, page_size=4)
     engine = surge.eSurge(model=tiny.path, cache_config=cache_config, max_model_len=256, max_num_seqs=4,
                           max_num_batched_tokens=64, token_buckets=[16, 64], backend="reference", progress=False)
-    assert engine.stats()["max_cached_pages"] == 30
+    assert engine.stats().pages.max_cached_pages == 30
     rng = np.random.default_rng(5)
     shared = rng.integers(3, 320, 16).tolist()  # 4 full pages every prompt starts with
     params = SamplingParams(max_tokens=4, **GREEDY)
@@ -183,12 +183,12 @@ def test_prefix_cache_capacity_bounds_cached_pages_while_a_shared_prefix_keeps_h
         out = engine.generate(prompt_token_ids=[prompt], sampling_params=params, use_tqdm=False)[0]
         hits.append(out.metrics.num_cached_tokens)
         stats = engine.stats()
-        peak = max(peak, stats["num_cached_pages"])
-        assert stats["num_cached_pages"] <= 30
+        peak = max(peak, stats.pages.num_cached_pages)
+        assert stats.pages.num_cached_pages <= 30
         assert_pages_free_or_cached(engine)
-    assert peak == 30 and engine.stats()["num_capacity_evictions"] > 0
+    assert peak == 30 and engine.stats().pages.num_capacity_evictions > 0
     assert hits[0] == 0 and hits[1:] == [16] * 11  # the shared prefix is never the oldest cached page
-    assert engine.stats()["prefix_cache_hit_rate"] > 0
+    assert engine.stats().prefix_cache_hit_rate > 0
 
 
 def test_prefix_cache_capacity_is_a_validated_config_key():
@@ -208,7 +208,7 @@ def test_the_hit_rate_is_prompt_tokens_served_over_looked_up_once_per_request(ca
     cached.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(max_tokens=2, **GREEDY))
     cached.generate(prompt_token_ids=prompts[1:], sampling_params=SamplingParams(max_tokens=2, **GREEDY))
     after = cached.stats()
-    queried = after["prefix_cache_queried_tokens"] - before["prefix_cache_queried_tokens"]
-    hits = after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"]
+    queried = after.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens
+    hits = after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens
     assert (queried, hits) == (4 * 47, 3 * 40)
-    assert after["prefix_cache_hit_rate"] == after["prefix_cache_hit_tokens"] / after["prefix_cache_queried_tokens"]
+    assert after.prefix_cache_hit_rate == after.prefix_cache_hit_tokens / after.prefix_cache_queried_tokens

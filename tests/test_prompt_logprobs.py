@@ -40,7 +40,7 @@ def tiny(tiny_checkpoint):
 def test_prompt_logprobs_match_transformers_and_nothing_recompiles(tiny):
     checkpoint, engine = tiny
     prompts = _prompts(checkpoint.hf_config.vocab_size)
-    compiles = engine.stats()["num_compiles"]
+    compiles = engine.stats().num_compiles
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=K)
     # Twice: the second time the prompts sit in the prefix cache, and must be computed all the same.
     for outs in (engine.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False),
@@ -58,8 +58,8 @@ def test_prompt_logprobs_match_transformers_and_nothing_recompiles(tiny):
                 top = sorted((e.rank, e.logprob) for t, e in entry.items() if e.rank <= K)
                 want = np.sort(reference[p - 1])[::-1][:K]
                 np.testing.assert_allclose([lp for _, lp in top][:K], want, atol=1e-4)
-    assert engine.stats()["num_compiles"] == compiles
-    assert engine.block_manager.stats()["num_used_pages"] == 0
+    assert engine.stats().num_compiles == compiles
+    assert engine.block_manager.stats().num_used_pages == 0
 
 
 def test_requests_without_prompt_logprobs_are_unchanged(tiny):

@@ -112,6 +112,6 @@ def test_fuzzed_requests_never_get_a_5xx(served):
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
     engine = served.server.host.engine
     deadline = time.monotonic() + 30
-    while engine.stats()["num_used_pages"] and time.monotonic() < deadline:
+    while engine.stats().pages.num_used_pages and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert engine.stats()["num_used_pages"] == 0
+    assert engine.stats().pages.num_used_pages == 0

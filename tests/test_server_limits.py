@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.engine_stats_cases import make_stats
 from tests.inprocess_server import serve
 
 MAX_BYTES = 6 * 1024 * 1024
@@ -164,7 +165,9 @@ def _host(max_num_seqs: int = 4, num_pages: int = 8, page_size: int = 16, max_qu
     config = SimpleNamespace(engine=SimpleNamespace(max_num_seqs=max_num_seqs, data_parallel_size=1),
                              cache=SimpleNamespace(page_size=page_size))
     host.async_engine = SimpleNamespace(engine=SimpleNamespace(config=config,
-                                                               stats=lambda: {"num_total_pages": num_pages}))
+                                                               stats=lambda: make_stats(num_total_pages=num_pages),
+                                                               replica_stats=lambda: (
+                                                                   make_stats(num_total_pages=num_pages),)))
     return host
 
 

@@ -39,7 +39,7 @@ def _reference(hf_model, ids: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("max_tokens", [0, 1])
 def test_echo_logprobs_are_the_prompts_log_softmax(served, max_tokens):
     checkpoint, tokenizer, client, engine = served
-    compiles = engine.stats()["num_compiles"]
+    compiles = engine.stats().num_compiles
     reply = client.completions.create(model="default", prompt=PROMPTS, echo=True, logprobs=5, max_tokens=max_tokens,
                                       temperature=0)
     assert len(reply.choices) == len(PROMPTS)
@@ -61,7 +61,7 @@ def test_echo_logprobs_are_the_prompts_log_softmax(served, max_tokens):
         if prompt.isascii():  # a multi-byte character spans byte tokens that do not print alone
             assert "".join(lp.tokens[:len(ids)]) == prompt
     assert reply.usage.completion_tokens == len(PROMPTS) * max_tokens
-    assert engine.stats()["num_compiles"] == compiles
+    assert engine.stats().num_compiles == compiles
 
 
 def test_streamed_echo_carries_the_same_prompt_logprobs(served):

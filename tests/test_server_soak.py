@@ -112,7 +112,7 @@ def test_soak_leaves_no_page_no_5xx_and_no_growth(tiny_checkpoint):
         before = _rss_bytes()
         statuses = _soak(served.url, 500, 64, seed=2)
         deadline = time.monotonic() + 60
-        while (engine.stats()["num_used_pages"] or engine.stats()["num_running"]) and time.monotonic() < deadline:
+        while (engine.stats().pages.num_used_pages or engine.stats().num_running) and time.monotonic() < deadline:
             time.sleep(0.1)
         gc.collect()
         after = _rss_bytes()
@@ -127,7 +127,7 @@ def test_soak_leaves_no_page_no_5xx_and_no_growth(tiny_checkpoint):
         # The tool instructions alone can outgrow the tiny model's 128-token context: a 400 saying so.
         assert by_kind["tools"] <= {200, 400}
         stats = engine.stats()
-        assert stats["num_used_pages"] == 0 and stats["num_running"] == 0 and stats["num_waiting"] == 0
+        assert stats.pages.num_used_pages == 0 and stats.num_running == 0 and stats.num_waiting == 0
         engine.block_manager.check_integrity()
         assert after < before * 1.05, f"RSS grew {before / 2**20:.0f} -> {after / 2**20:.0f} MiB"
         print(f"\nsoak: 500 requests, RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB, statuses "

@@ -63,13 +63,13 @@ def test_metrics_histogram_and_rates():
     metrics.record(3, 3)
     metrics.record(3, 0)
     metrics.record(2, 1)
-    stats = metrics.as_dict()
-    assert stats["spec_decode_num_drafts"] == 3
-    assert stats["spec_decode_num_draft_tokens"] == 8
-    assert stats["spec_decode_num_accepted_tokens"] == 4
-    assert stats["spec_decode_acceptance_lengths"] == [1, 1, 0, 1]
-    assert stats["spec_decode_acceptance_rate"] == pytest.approx(0.5)
-    assert stats["spec_decode_mean_acceptance_length"] == pytest.approx(1 + 4 / 3)
+    stats = metrics.stats()
+    assert stats.num_drafts == 3
+    assert stats.num_draft_tokens == 8
+    assert stats.num_accepted_tokens == 4
+    assert stats.acceptance_lengths == (1, 1, 0, 1)
+    assert stats.acceptance_rate == pytest.approx(0.5)
+    assert stats.mean_acceptance_length == pytest.approx(1 + 4 / 3)
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -24,7 +24,8 @@ from spec_decode_cases import GREEDY, assert_clean, chi_square_p, completions, r
 def make_engine(path, draft=None, async_scheduling=False, **overrides):
     options = dict(backend="reference", max_num_seqs=16, max_model_len=256, max_num_batched_tokens=64,
                    token_buckets=[16, 64], num_pages=400, page_size=4, progress=False,
-                   async_scheduling=async_scheduling, speculative_method="draft_model" if draft else "none")
+                   async_scheduling=async_scheduling, speculative_method="draft_model" if draft else "none",
+                   speculative_cost_model="none")  # proposals independent of timing, so the counters are too
     if draft:
         options["draft_model"] = draft
     options.update(overrides)
@@ -128,7 +129,7 @@ def test_the_draft_bytes_come_out_of_the_target_kv_budget(tiny):
 def test_the_target_as_its_own_draft_is_always_accepted(engines):
     """Greedy: the draft's argmax is the target's token at every position, so every draft is accepted."""
     prompts = prompts_of(6, seed=11)
-    compiles = engines["self"].stats()["num_compiles"]
+    compiles = engines["self"].stats().num_compiles
     _, moved = run_all({k: engines[k] for k in ("none", "self")}, prompt_token_ids=prompts,
                        sampling_params=SamplingParams(max_tokens=21, **GREEDY))
     drafts, accepted = moved["self"]["spec_decode_num_draft_tokens"], moved["self"]["spec_decode_num_accepted_tokens"]
@@ -138,7 +139,7 @@ def test_the_target_as_its_own_draft_is_always_accepted(engines):
     # One draft call per step serves every proposing request (batched), not one per request.
     assert moved["self"]["spec_decode_draft_num_calls"] <= 8, moved
     # The draft's buckets were compiled at start-up: serving compiles nothing.
-    assert engines["self"].stats()["num_compiles"] == compiles
+    assert engines["self"].stats().num_compiles == compiles
     assert engines["self"].scheduler.speculator.draft.num_compiled_buckets == 2
 
 
@@ -174,7 +175,7 @@ def test_logprobs_of_speculated_tokens_match(engines):
     params = SamplingParams(max_tokens=24, logprobs=3, **GREEDY)
     outs = {name: engines[name].generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
             for name in ("none", "self", "near")}
-    assert engines["self"].stats()["spec_decode_num_accepted_tokens"] > 0
+    assert engines["self"].stats().spec_decode.num_accepted_tokens > 0
     for name in ("self", "near"):
         for a, b in zip(outs["none"], outs[name]):
             ca, cb = a.outputs[0], b.outputs[0]
@@ -194,7 +195,7 @@ def test_chunked_prefill_prefix_cache_seeds_and_n(engines):
               SamplingParams(max_tokens=14, temperature=1.0, top_p=0.9, seed=5),
               SamplingParams(max_tokens=9, temperature=0.7, top_k=20, seed=7, speculate=False)]
     _, moved = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
-    assert engines["self"].stats()["prefix_cache_hit_tokens"] > 100
+    assert engines["self"].stats().prefix_cache_hit_tokens > 100
     assert moved["self"]["spec_decode_num_accepted_tokens"] > 30, moved
     assert moved["near"]["spec_decode_num_accepted_tokens"] > 0, moved
 
@@ -208,7 +209,7 @@ def test_preemptions(tiny, near_draft, far_draft):
                                       draft_num_pages=60)}
     prompts = prompts_of(24, seed=5, low=15, high=25)
     _, moved = run_all(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
-    assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
+    assert all(engine.stats().num_preemptions > 0 for engine in pool.values())
     assert moved["self-async"]["spec_decode_num_accepted_tokens"] > 100, moved
 
 
@@ -245,7 +246,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
 
     none, _ = run(None, 0)
     speculated, stats = run(peaked.path, num)
-    assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
+    assert stats.spec_decode.num_accepted_tokens > num // 4, stats
     p_value = chi_square_p(none, speculated)
     print(f"draft_model chi-square: p = {p_value:.3f}; {stats}")
     assert p_value > 0.01, p_value
@@ -255,7 +256,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked):
 def test_smollm2_as_its_own_draft(smollm2_gguf):
     """The embedded SmolLM2 (GGUF, its own tokenizer checked against itself) proposing for itself."""
     options = dict(max_num_seqs=4, max_model_len=256, max_num_batched_tokens=64, token_buckets=[16, 64],
-                   num_pages=100, progress=False, async_scheduling=False)
+                   num_pages=100, progress=False, async_scheduling=False, speculative_cost_model="none")
     prompts = ["The capital of France is", "def fibonacci(n):", "List three fruits:", "Water boils at"]
     params = SamplingParams(max_tokens=24, **GREEDY)
     none = surge.Engine.from_pretrained(smollm2_gguf, **options).generate(prompts, params, use_tqdm=False)
@@ -264,7 +265,7 @@ def test_smollm2_as_its_own_draft(smollm2_gguf):
     speculated = engine.generate(prompts, params, use_tqdm=False)
     assert completions(speculated) == completions(none)
     stats = engine.stats()
-    assert stats["spec_decode_acceptance_rate"] > 0.9 and stats["spec_decode_num_draft_tokens"] >= 4 * 16, stats
+    assert stats.spec_decode.acceptance_rate > 0.9 and stats.spec_decode.num_draft_tokens >= 4 * 16, stats
     assert_clean(engine)
 
 

@@ -21,7 +21,10 @@ from spec_decode_cases import GREEDY, assert_clean, chi_square_p, completions, r
 def make_engine(path, method, async_scheduling=False, **overrides):
     options = dict(backend="reference", max_num_seqs=16, max_model_len=256, max_num_batched_tokens=64,
                    token_buckets=[16, 64], num_pages=400, page_size=4, progress=False,
-                   async_scheduling=async_scheduling, speculative_method=method)
+                   async_scheduling=async_scheduling, speculative_method=method,
+                   # Proposals independent of timing, so the counters below are too ("-measured" engines
+                   # price drafts by step timings: only their tokens are checked).
+                   speculative_cost_model="none")
     options.update(overrides)
     return surge.Engine.from_pretrained(path, **options)
 
@@ -36,7 +39,9 @@ def engines(tiny):
     return {"none": make_engine(tiny.path, "none"), "ngram": make_engine(tiny.path, "ngram"),
             "ngram-async": make_engine(tiny.path, "ngram", async_scheduling=True),
             "suffix": make_engine(tiny.path, "suffix"),
-            "suffix-async": make_engine(tiny.path, "suffix", async_scheduling=True)}
+            "suffix-async": make_engine(tiny.path, "suffix", async_scheduling=True),
+            "ngram-measured-async": make_engine(tiny.path, "ngram", async_scheduling=True,
+                                                speculative_cost_model="measured")}
 
 
 def copy_prompts(n, seed=0, low=4, high=30):
@@ -79,7 +84,7 @@ def test_logprobs_of_speculated_tokens_match(engines):
     params = SamplingParams(max_tokens=24, logprobs=3, **GREEDY)
     outs = {name: engines[name].generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
             for name in ("none", "ngram")}
-    assert engines["ngram"].stats()["spec_decode_num_accepted_tokens"] > 0
+    assert engines["ngram"].stats().spec_decode.num_accepted_tokens > 0
     for a, b in zip(outs["none"], outs["ngram"]):
         ca, cb = a.outputs[0], b.outputs[0]
         assert ca.token_ids == cb.token_ids and len(cb.logprobs) == len(cb.token_ids)
@@ -98,7 +103,7 @@ def test_chunked_prefill_prefix_cache_seeds_and_n(engines):
               SamplingParams(max_tokens=14, temperature=1.0, top_p=0.9, seed=5),
               SamplingParams(max_tokens=9, temperature=0.7, top_k=20, seed=7, speculate=False)]
     serial, _ = run_all(engines, prompt_token_ids=prompts, sampling_params=params)
-    assert engines["ngram"].stats()["prefix_cache_hit_tokens"] > 100
+    assert engines["ngram"].stats().prefix_cache_hit_tokens > 100
 
 
 def test_preemptions(tiny):
@@ -106,7 +111,7 @@ def test_preemptions(tiny):
             for name in ("none", "ngram", "ngram-async", "suffix", "suffix-async")}
     prompts = copy_prompts(24, seed=5, low=15, high=25)
     run_all(pool, prompt_token_ids=prompts, sampling_params=SamplingParams(max_tokens=60, **GREEDY))
-    assert all(engine.stats()["num_preemptions"] > 0 for engine in pool.values())
+    assert all(engine.stats().num_preemptions > 0 for engine in pool.values())
 
 
 def test_aborts_leak_nothing(engines):
@@ -160,7 +165,7 @@ def test_first_three_tokens_have_the_target_distribution(peaked, monkeypatch):
 
     monkeypatch.setattr(speculator_module, "propose_ngram", propose)
     speculated, stats = run("ngram", num)
-    assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
+    assert stats.spec_decode.num_accepted_tokens > num // 4, stats
     p_value = chi_square_p(none, speculated)
     assert p_value > 0.01, p_value
 
@@ -180,13 +185,13 @@ def test_suffix_replays_earlier_outputs_from_its_index(engines):
         after = suffix.stats()
         assert got == expected
         assert_clean(suffix)
-        drafts = after["spec_decode_num_draft_tokens"] - before["spec_decode_num_draft_tokens"]
-        accepted = after["spec_decode_num_accepted_tokens"] - before["spec_decode_num_accepted_tokens"]
+        drafts = after.spec_decode.num_draft_tokens - before.spec_decode.num_draft_tokens
+        accepted = after.spec_decode.num_accepted_tokens - before.spec_decode.num_accepted_tokens
         rates.append((accepted, drafts))
     accepted, drafts = rates[1]
     assert drafts >= 6 * 15 and accepted >= 0.9 * drafts, rates
-    assert after["spec_decode_suffix_index_sequences"] >= 12
-    assert after["spec_decode_suffix_index_tokens"] <= suffix.config.engine.speculative.suffix_max_tokens
+    assert after.spec_decode.suffix.index_sequences >= 12
+    assert after.spec_decode.suffix.index_tokens <= suffix.config.engine.speculative.suffix_max_tokens
 
 
 def _first_three_tokens(path, method, seed_base, prompt, num):
@@ -207,7 +212,7 @@ def test_suffix_first_three_tokens_have_the_target_distribution(peaked):
     prompt = [17, 40, 99, 5, 61, 17, 40]
     none, _ = _first_three_tokens(peaked.path, "none", 0, prompt, num)
     speculated, stats = _first_three_tokens(peaked.path, "suffix", num, prompt, num)
-    assert stats["spec_decode_num_accepted_tokens"] > num // 4, stats
+    assert stats.spec_decode.num_accepted_tokens > num // 4, stats
     p_value = chi_square_p(none, speculated)
     assert p_value > 0.01, p_value
 
@@ -239,9 +244,9 @@ def test_json_schema_requests_speculate_and_match_none(tiny, fast_forward):
     # Only the constrained requests: they speculate (drafts verified under the grammar's masks) and stay
     # schema-valid.
     constrained = [p for p in params if p.structured_outputs]
-    before = pool["ngram"].stats()
+    before = pool["ngram"].stats().to_dict()
     outs, _ = run_all(pool, prompts=prompts[:len(constrained)], sampling_params=constrained)
-    after = pool["ngram"].stats()
+    after = pool["ngram"].stats().to_dict()
     moved = {k: after[k] - before[k] for k in ("spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens")}
     assert moved["spec_decode_num_accepted_tokens"] > 0, moved
     for out in outs:

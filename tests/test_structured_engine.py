@@ -31,7 +31,7 @@ def engines(smollm2_gguf):
     on = surge.Engine.from_pretrained(smollm2_gguf, **OPTIONS)
     off = surge.Engine.from_pretrained(smollm2_gguf, structured_output_fast_forward=False, **OPTIONS)
     # The compile counter is process-wide: its value once both engines are warm.
-    return on, off, off.stats()["num_compiles"]
+    return on, off, off.stats().num_compiles
 
 
 def _prompt(engine, text):
@@ -42,8 +42,8 @@ def _steps_per_token(engine, prompt, params):
     before = engine.stats()
     out = engine.generate([prompt], params, use_tqdm=False)[0].outputs[0]
     after = engine.stats()
-    steps = after["num_steps"] - before["num_steps"]
-    return out, steps / (after["num_generation_tokens"] - before["num_generation_tokens"])
+    steps = after.num_steps - before.num_steps
+    return out, steps / (after.num_generation_tokens - before.num_generation_tokens)
 
 
 def test_fast_forward_takes_fewer_steps_for_the_same_text(engines):
@@ -85,6 +85,6 @@ def test_python_api_errors_and_no_compiles_while_serving(engines):
         use_tqdm=False)
     assert {o.outputs[0].text for o in outs} <= {"blue", "grey"}
     stats = engine.stats()
-    assert stats["num_compiles"] == num_compiles  # nothing compiled for any constrained request of this module
-    assert stats["num_used_pages"] == 0 and stats["num_waiting_for_grammar"] == 0
+    assert stats.num_compiles == num_compiles  # nothing compiled for any constrained request of this module
+    assert stats.pages.num_used_pages == 0 and stats.num_waiting_for_grammar == 0
     engine.block_manager.check_integrity()

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from surge.runner import transfer
 
@@ -36,3 +37,28 @@ def test_layout_is_static_and_compares_by_shape():
     other = _tree()
     other["pos"] = np.array([1, 2, 3], np.int32)
     assert transfer.pack(other)[0] != first
+
+
+def test_pack_as_a_known_layout_gives_the_same_buffers():
+    layout, buffers = transfer.pack(_tree())
+    again = transfer.pack_as(layout, _tree())
+    assert len(again) == len(buffers)
+    for got, want in zip(again, buffers):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pack_as_refuses_a_tree_of_another_layout():
+    layout, _ = transfer.pack(_tree())
+    other = _tree()
+    other["pos"] = np.array([1, 2, 3], np.int32)
+    with pytest.raises(ValueError, match="leaf"):
+        transfer.pack_as(layout, other)
+    other = _tree()
+    other["scale"] = other["scale"].astype(np.float64)
+    with pytest.raises(ValueError, match="leaf"):
+        transfer.pack_as(layout, other)
+    other = _tree()
+    del other["seed"]
+    with pytest.raises(ValueError, match="structure"):
+        transfer.pack_as(layout, other)

@@ -3,7 +3,7 @@
 // For each supported variant (cpu/isa.h; or only those named on the command line): the float
 // matmul in its three weight layouts (float32 and bfloat16), SiLU-and-multiply, paged
 // attention (GQA, several pages, a sliding window, a soft cap) and the quantized matmul
-// (Q8_0, Q4_0, Q4_1), each against a float64 reference. Prints one line per check and exits
+// (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K), each against a float64 reference. Prints one line per check and exits
 // non-zero if any fails. tests/test_cpu_isa.py runs it natively and, cross-compiled for
 // AArch64, under qemu-aarch64 (the NEON variants).
 #include <algorithm>
@@ -190,34 +190,76 @@ uint16_t to_f16(float f) {  // test-side encoder (normal range only, round to ne
   return uint16_t(h);
 }
 
-void test_quant(const std::string& isa, cpu::QuantType type, int64_t m, int64_t k, int64_t n) {
-  const int64_t nb = k / 32, bytes = cpu::quant_block_bytes(type);
-  std::mt19937 gen(31 + m + n);
+// Test-side decoding of one K-quant super-block (formats: cpu/kernels.h) into 256 doubles.
+void dequantize_kquant(cpu::QuantType type, const uint8_t* block, double* out) {
+  auto half = [&](int at) { return double(cpu::f16_to_f32(uint16_t(block[at] | block[at + 1] << 8))); };
+  if (type == cpu::QuantType::kQ6_K) {
+    const double d = half(208);
+    for (int i = 0; i < 256; ++i) {
+      const int h = i / 128, c = (i % 128) / 32, j = i % 32;
+      const int low = (block[64 * h + 32 * (c % 2) + j] >> (4 * (c / 2))) & 15;
+      const int high = (block[128 + 32 * h + j] >> (2 * c)) & 3;
+      out[i] = d * int8_t(block[192 + i / 16]) * ((low | high << 4) - 32);
+    }
+    return;
+  }
+  const double d = half(0), dmin = half(2);
+  const uint8_t* s = block + 4;
+  const bool five = type == cpu::QuantType::kQ5_K;
+  const uint8_t* qs = block + (five ? 48 : 16);
+  for (int i = 0; i < 256; ++i) {
+    const int j = i / 32;
+    const int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+    const int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    int q = (qs[32 * (j / 2) + i % 32] >> (4 * (j % 2))) & 15;
+    if (five) q |= ((block[16 + i % 32] >> j) & 1) << 4;
+    out[i] = d * sc * q - dmin * mn;
+  }
+}
+
+// Random blocks of `type` (any bytes; scales drawn small and finite) and their float64 weights [N, K].
+void random_quant_weights(cpu::QuantType type, int64_t k, int64_t n, std::mt19937& gen, std::vector<uint8_t>& w,
+                          std::vector<double>& wd) {
+  const int64_t per = cpu::quant_block_weights(type), nb = k / per, bytes = cpu::quant_block_bytes(type);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> scale(0.001f, 0.05f);
-  std::vector<uint8_t> w(n * nb * bytes);
-  std::vector<double> wd(n * k);  // dequantized, [N, K]
+  w.assign(n * nb * bytes, 0);
+  wd.assign(n * k, 0.0);
   for (int64_t r = 0; r < n; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* block = &w[(r * nb + b) * bytes];
+      for (int64_t i = 0; i < bytes; ++i) block[i] = uint8_t(byte(gen));
       const uint16_t d16 = to_f16(scale(gen)), m16 = to_f16(-scale(gen) * 8);
+      double* out = &wd[r * k + b * per];
+      if (per == 256) {
+        const uint16_t dk = to_f16(scale(gen) / 16), dmin = to_f16(scale(gen) / 16);
+        std::memcpy(block + (type == cpu::QuantType::kQ6_K ? 208 : 0), &dk, 2);
+        if (type != cpu::QuantType::kQ6_K) std::memcpy(block + 2, &dmin, 2);
+        dequantize_kquant(type, block, out);
+        continue;
+      }
       std::memcpy(block, &d16, 2);
       const double d = cpu::f16_to_f32(d16), mn = cpu::f16_to_f32(m16);
       int offset = 2;
       if (type == cpu::QuantType::kQ4_1) std::memcpy(block + 2, &m16, 2), offset = 4;
-      for (int64_t i = offset; i < bytes; ++i) block[i] = uint8_t(byte(gen));
       for (int j = 0; j < 32; ++j) {
-        double value;
         if (type == cpu::QuantType::kQ8_0) {
-          value = d * int8_t(block[2 + j]);
+          out[j] = d * int8_t(block[2 + j]);
         } else {
           const uint8_t packed = block[offset + (j % 16)];
           const int q = j < 16 ? packed & 0x0f : packed >> 4;
-          value = type == cpu::QuantType::kQ4_0 ? d * (q - 8) : d * q + mn;
+          out[j] = type == cpu::QuantType::kQ4_0 ? d * (q - 8) : d * q + mn;
         }
-        wd[r * k + b * 32 + j] = value;
       }
     }
+}
+
+void test_quant(const std::string& isa, cpu::QuantType type, int64_t m, int64_t k, int64_t n) {
+  const int64_t nb = k / 32;
+  std::mt19937 gen(31 + m + n);
+  std::vector<uint8_t> w;
+  std::vector<double> wd;  // dequantized, [N, K]
+  random_quant_weights(type, k, n, gen, w, wd);
   auto x = randn(m * k, 41 + m);
   // The activations as the kernel quantizes them (checked exactly against this reference).
   std::vector<int8_t> xq(m * k), xq_kernel(m * k);
@@ -247,7 +289,7 @@ void test_quant(const std::string& isa, cpu::QuantType type, int64_t m, int64_t 
         ref[i * n + j] += xv * wd[j * k + kk];
         bound[i * n + j] += std::abs(xv * wd[j * k + kk]);
       }
-  const char* names[] = {"", "", "q4_0", "q4_1", "", "", "", "", "q8_0"};
+  const char* names[] = {"", "", "q4_0", "q4_1", "", "", "", "", "q8_0", "", "", "", "q4_k", "q5_k", "q6_k"};
   char what[96];
   std::snprintf(what, sizeof what, "quant matmul %s M%lld K%lld N%lld", names[int(type)], (long long)m, (long long)k,
                 (long long)n);
@@ -276,6 +318,9 @@ void test_variant(const std::string& isa) {
   test_attention(isa, 5, 2.0f, 8);  // a window inside chunks of two pages, capped
   for (auto type : {cpu::QuantType::kQ8_0, cpu::QuantType::kQ4_0, cpu::QuantType::kQ4_1})
     for (auto [m, k, n] : {std::array<int64_t, 3>{1, 64, 7}, {3, 576, 40}, {6, 160, 33}})
+      test_quant(isa, type, m, k, n);
+  for (auto type : {cpu::QuantType::kQ4_K, cpu::QuantType::kQ5_K, cpu::QuantType::kQ6_K})
+    for (auto [m, k, n] : {std::array<int64_t, 3>{1, 256, 7}, {3, 768, 40}, {6, 512, 33}})
       test_quant(isa, type, m, k, n);
 }
 

@@ -19,6 +19,7 @@ import time
 from surge.bench.stats import percentiles, request_latencies
 from surge.bench.workload import load_prompts
 from surge.config import SurgeConfig
+from surge.engine.stats import EngineStats
 
 
 def run_offline(cfg: SurgeConfig, engine=None) -> dict:
@@ -36,7 +37,6 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
         # The warm-up prompts are the run's own first prompts: their cached pages must not flatter the run.
         engine.reset_prefix_cache()
     before = engine.stats()
-    compiles_before = before["num_compiles"]
 
     started = time.perf_counter()
     outputs = _generate(engine, prompts, params, progress=True)
@@ -61,16 +61,15 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
         "ttft_ms": percentiles(ttft),
         "tpot_ms": percentiles(tpot),
         "e2e_ms": percentiles(e2e),
-        "num_compiles_during_run": engine.stats()["num_compiles"] - compiles_before,
-        "num_preemptions": engine.stats()["num_preemptions"],
+        "num_compiles_during_run": after.num_compiles - before.num_compiles,
+        "num_preemptions": after.num_preemptions,
         "warmup": f"{len(warmup)} request(s) x 4 tokens run before timing, excluded; compile time excluded",
         "measures": "tok/s = generated tokens only / wall time of the whole run (prompt processing included); "
                     "greedy, ignore_eos",
         **_loop_figures(cfg, before, after, elapsed),
     }
-    spec = {k: v for k, v in engine.stats().items() if k.startswith("spec_decode_")}
-    if spec:  # speculative decoding: acceptance over the warm-up and the run
-        result.update(spec)
+    if after.spec_decode is not None:  # speculative decoding: acceptance over the warm-up and the run
+        result.update((k, v) for k, v in after.to_dict().items() if k.startswith("spec_decode_"))
     if bench.compare == "transformers":
         from surge.bench.transformers_baseline import run_transformers
 
@@ -81,18 +80,21 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     return result
 
 
-def _loop_figures(cfg: SurgeConfig, before: dict, after: dict, elapsed: float) -> dict:
+def _loop_figures(cfg: SurgeConfig, before: EngineStats, after: EngineStats, elapsed: float) -> dict:
     """Per engine step over the run: wall ms, host ms (step() less waits on the device), the device's idle gap."""
-    num_steps = after["num_steps"] - before["num_steps"]
-    per_step = (lambda key: 1000 * (after[key] - before[key]) / num_steps) if num_steps else (lambda key: None)
+    num_steps = after.num_steps - before.num_steps
+    host, wait, idle = (after.step_host_seconds - before.step_host_seconds,
+                        after.step_device_wait_seconds - before.step_device_wait_seconds,
+                        after.device_idle_seconds - before.device_idle_seconds)
+    per_step = (lambda seconds: 1000 * seconds / num_steps) if num_steps else (lambda seconds: None)
     return {
         "async_scheduling": cfg.engine.async_scheduling,
         "num_steps": num_steps,
         "step_ms": 1000 * elapsed / num_steps if num_steps else None,
-        "host_ms_per_step": per_step("step_host_seconds"),
-        "device_wait_ms_per_step": per_step("step_device_wait_seconds"),
-        "device_idle_ms_per_step": per_step("device_idle_seconds"),
-        "device_idle_share": (after["device_idle_seconds"] - before["device_idle_seconds"]) / elapsed,
+        "host_ms_per_step": per_step(host),
+        "device_wait_ms_per_step": per_step(wait),
+        "device_idle_ms_per_step": per_step(idle),
+        "device_idle_share": idle / elapsed,
     }
 
 

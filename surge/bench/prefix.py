@@ -8,7 +8,7 @@ prompts of `bench.input_len` random token ids (seeded) whose first
 
 Out: per share, request and token throughput, TTFT p50/p90 and the prefix-cache
 hit rate of that share's prompts (hit tokens / looked-up tokens, from the
-counters behind `engine.stats()["prefix_cache_hit_rate"]`); and a cold-vs-warm
+counters behind `engine.stats().prefix_cache_hit_rate`); and a cold-vs-warm
 figure: the TTFT of one request whose prompt starts with a 1,000-token prefix,
 first with an empty cache, then again (different tail, same prefix) with the
 prefix cached, and their ratio. `engine.max_model_len` is raised when the
@@ -23,6 +23,7 @@ import time
 from surge.bench.stats import percentiles
 from surge.bench.workload import random_token_prompts
 from surge.config import SurgeConfig
+from surge.engine.stats import prefix_cache_hit_rate
 
 # The cold-vs-warm request: a prefix of this many tokens, then a distinct tail, then a few generated tokens.
 COLD_WARM_PREFIX_LEN = 1000
@@ -83,7 +84,7 @@ def _greedy(params_cls, max_tokens: int):
 
 def _counters(engine) -> tuple[int, int]:
     stats = engine.stats()
-    return stats["prefix_cache_queried_tokens"], stats["prefix_cache_hit_tokens"]
+    return stats.prefix_cache_queried_tokens, stats.prefix_cache_hit_tokens
 
 
 def _reset(engine) -> None:
@@ -109,7 +110,7 @@ def _run_share(engine, prompts: list[list[int]], params) -> dict:
         "total_tokens_per_s": (num_input + num_output) / elapsed,
         "ttft_ms": {"p50": ttft["p50"], "p90": ttft["p90"]},
         "prefix_cache_hit_tokens": hits,
-        "prefix_cache_hit_rate": hits / queried if queried else 0.0,
+        "prefix_cache_hit_rate": prefix_cache_hit_rate(hits, queried),
     }
 
 

@@ -2,7 +2,7 @@
 
 In: request ids with token counts (allocate, free), their token ids (lookup_prefix,
 cache_full_pages) and an optional tenant cache salt. Out: page tables (lists of
-page ids, page 0 = the null page), prefix-cache hits and counters.
+page ids, page 0 = the null page), prefix-cache hits and counters (`PoolStats`).
 
 It owns one ``surge._C.BlockAllocator`` and is the only holder of references in it,
 so the sum of the pages every live request holds equals the allocator's ref counts
@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Sequence
 
 from surge._C import BlockAllocator
+from surge.cache.pool_stats import PoolStats
 
 NULL_PAGE = 0
 
@@ -215,12 +216,10 @@ class BlockManager:
                 raise RuntimeError(f"BlockManager integrity: page {page} has ref count {ref_count} but live "
                                    f"requests hold it {holdings.get(page, 0)} times (holders: {holders})")
 
-    def stats(self) -> dict:
+    def stats(self) -> PoolStats:
         """The pool's counters. Lookups are counted in pages here (every lookup_prefix call); the prefix-cache
         hit rate is the engine's alone (prompt tokens served / looked up, once per admitted request)."""
-        stats = dict(self._allocator.stats())
-        stats["num_requests"] = len(self._page_tables)
-        return stats
+        return PoolStats(**self._allocator.stats(), num_requests=len(self._page_tables))
 
     def _table(self, request_id: str) -> list[int]:
         table = self._page_tables.get(request_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -130,9 +131,11 @@ def plan_kv_cache(cache: CacheConfig, *, num_layers: int, page_shape: tuple, dty
 
 
 def allocate_kv_cache(plan: KVCachePlan, *, num_layers: int, backend, num_kv_heads: int, head_dim: int, dtype,
-                      mesh: jax.sharding.Mesh) -> list[tuple[jax.Array, jax.Array]]:
+                      mesh: jax.sharding.Mesh, spec: Optional[jax.sharding.PartitionSpec] = None
+                      ) -> list[tuple[jax.Array, jax.Array]]:
+    """`spec`: the page arrays' PartitionSpec (tensor parallel names it); default: kv_sharding's rule."""
     shape = backend.kv_cache_shape(plan.num_pages, plan.page_size, num_kv_heads, head_dim)
-    sharding = kv_sharding(shape, num_kv_heads, mesh)
+    sharding = kv_sharding(shape, num_kv_heads, mesh) if spec is None else jax.sharding.NamedSharding(mesh, spec)
     make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
     return [(make(), make()) for _ in range(num_layers)]
 

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Optional
 
 from surge.engine.engine import Engine, PromptLike
 from surge.engine.outputs import RequestOutput
+from surge.engine.stats import EngineStats
 from surge.sampling.params import SamplingParams
 
 logger = logging.getLogger("surge")
@@ -142,8 +143,11 @@ class AsyncEngine:
         self.engine.abort(request_id)
         self._wake.set()
 
-    def stats(self) -> dict:
+    def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def replica_stats(self) -> tuple[EngineStats, ...]:
+        return self.engine.replica_stats()
 
 
 class RequestStream:

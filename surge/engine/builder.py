@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from surge.cache.block_manager import BlockManager
@@ -28,13 +27,16 @@ from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model, resolve_dtype
 from surge.models.decoder import num_params
 from surge.parallel.data_parallel import Replica, replica_meshes
+from surge.parallel.tensor_parallel import describe_placement, place_model
 from surge.runner import compile_counter
+from surge.runner.buckets import Buckets
 from surge.runner.compilation_cache import enable_compilation_cache
 from surge.runner.mesh import make_mesh, shard_state
 from surge.runner.model_runner import ModelRunner
 from surge.scheduler.scheduler import Scheduler
 from surge.spec_decode import Speculator
 from surge.spec_decode.draft_model import build_draft_proposer
+from surge.spec_decode.step_cost import StepCostModel
 
 logger = logging.getLogger("surge")
 
@@ -76,7 +78,7 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     mesh = make_mesh(cfg.engine)  # before any weight loads: a mesh that needs absent devices fails at once
     dtype = resolve_dtype(cfg.model.dtype)
     source = cfg.model.path or resolve_model(cfg.model.name)
-    loaded = load_model(source, dtype=dtype,
+    loaded = load_model(source, dtype=dtype, quantize=cfg.model.quantize,
                         tokenizer=tokenizer if tokenizer is not None else cfg.model.tokenizer or None)
     arch = loaded.arch
     model_limit = arch.max_position_embeddings or cfg.engine.max_model_len
@@ -86,16 +88,12 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                        max_model_len, model_limit)
 
     backend = get_backend(cfg.backend.name, cfg.backend.options)
-    backend.prepare_model(loaded.model)
-    weights_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(_params_of(loaded.model)))
-    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else loaded.model.dtype)
-    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, arch.num_kv_heads, arch.head_dim)
-    logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
-                cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20, backend.name)
+    replica_mesh_rows = replica_meshes(mesh)
     replicas = [_build_replica(cfg, index, replica_mesh, loaded=loaded, arch=arch, backend=backend,
-                               max_model_len=max_model_len, dtype=dtype, kv_dtype=kv_dtype, page_shape=page_shape,
-                               weights_bytes=weights_bytes, progress=progress)
-                for index, replica_mesh in enumerate(replica_meshes(mesh))]
+                               max_model_len=max_model_len, dtype=dtype, progress=progress,
+                               model=(loaded.model if index == len(replica_mesh_rows) - 1
+                                      else _model_copy(loaded.model)))
+                for index, replica_mesh in enumerate(replica_mesh_rows)]
     plan = replicas[0].kv_plan
     if len(replicas) > 1:
         logger.info("data parallel: %d replicas x %d devices, %d pages each", len(replicas),
@@ -109,10 +107,24 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
         eos_token_ids=tuple(sorted(eos)), replicas=replicas, output_processor=OutputProcessor(loaded.tokenizer))
 
 
-def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, arch, backend, max_model_len: int, dtype,
-                   kv_dtype, page_shape, weights_bytes: int, progress: bool) -> Replica:
-    """One replica on its (1, tp) mesh: its weights, KV pool, block manager, scheduler, runner (compiled)."""
+def _model_copy(model):
+    """A second module tree over the same (immutable) arrays: place_model's backend.prepare_model rewrites
+    the module it is given in place (tp = 1 packs its weights), so every replica but the last places a
+    copy and the last the loaded model itself (no array is copied here; each replica's prepared weights
+    are its own)."""
+    from flax import nnx
+
+    return nnx.merge(*nnx.split(model))
+
+
+def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, model, arch, backend, max_model_len: int, dtype,
+                   progress: bool) -> Replica:
+    """One replica on its (1, tp) mesh: its weights (placed by place_model), KV pool, block manager,
+    scheduler, runner (compiled)."""
     where = f"replica {index}: " if cfg.engine.data_parallel_size > 1 else ""
+    # Prepared by the backend (per shard under tp) and placed on the mesh; the KV pool is sized per device.
+    placed = place_model(model, backend, mesh, place_state=lambda state: shard_state(state, mesh))
+    weights_bytes = max(placed.weight_bytes_per_device().values())
     draft, held_bytes = None, weights_bytes
     if cfg.engine.speculative.method == "draft_model":
         # Loaded (weights and its own KV pool) before the target's pool is sized, which counts its bytes.
@@ -120,29 +132,41 @@ def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, arch, backend,
                                      mesh=mesh, max_model_len=max_model_len, dtype=dtype,
                                      place_weights=lambda state: shard_state(state, mesh))
         held_bytes += draft.num_bytes
+    kv_dtype = jnp.dtype(cfg.cache.dtype if cfg.cache.dtype != "auto" else model.dtype)
+    page_shape = backend.kv_cache_shape(1, cfg.cache.page_size, placed.cache_kv_heads // placed.tp, arch.head_dim)
     plan = plan_kv_cache(cfg.cache, num_layers=arch.num_layers, page_shape=page_shape, dtype=kv_dtype,
                          weights_bytes=held_bytes, max_model_len=max_model_len,
                          max_num_seqs=cfg.engine.max_num_seqs)
     if index == 0:
+        logger.info("model %s: %d layers, %.1f M parameters (%s, %.0f MiB held); kernel backend %s",
+                    cfg.model.name, arch.num_layers, num_params(arch) / 1e6, dtype, weights_bytes / 2**20,
+                    backend.name)
         logger.info(plan.describe(max_model_len))
-    kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend, num_kv_heads=arch.num_kv_heads,
-                                  head_dim=arch.head_dim, dtype=kv_dtype, mesh=mesh)
+    kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend,
+                                  num_kv_heads=placed.cache_kv_heads, head_dim=arch.head_dim, dtype=kv_dtype,
+                                  mesh=mesh, spec=placed.kv_spec)
+    logger.info("%s%s", where, describe_placement(placed, kv_caches))
+
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)
     speculator = None
-    if draft is not None:
-        if cfg.engine.compile_at_startup:
-            compile_started = time.perf_counter()
-            draft.compile_all()
-            logger.info("%scompiled %d draft-model buckets in %.1f s", where, draft.num_compiled_buckets,
-                        time.perf_counter() - compile_started)
-        speculator = Speculator(cfg.engine.speculative, draft=draft)
+    if draft is not None and cfg.engine.compile_at_startup:
+        compile_started = time.perf_counter()
+        draft.compile_all()
+        logger.info("%scompiled %d draft-model buckets in %.1f s", where, draft.num_compiled_buckets,
+                    time.perf_counter() - compile_started)
+    if cfg.engine.speculative.enabled:
+        # The engine times each step into the cost model, by the token buckets the runner pads to.
+        cost_model = (StepCostModel(sorted({t for t, _ in Buckets(cfg.engine)}))
+                      if cfg.engine.speculative.cost_model == "measured" else None)
+        speculator = Speculator(cfg.engine.speculative, draft=draft, cost_model=cost_model)
     # Pages behind every layer's reach are given back (models whose every layer is windowed or chunked).
     scheduler = Scheduler(cfg.scheduler, cfg.engine, block_manager, max_model_len, sliding_window=arch.kv_reach(),
                           speculator=speculator,
                           first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
-    runner = ModelRunner(model=loaded.model, arch=arch, backend=backend, kv_caches=kv_caches,
-                         page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh)
+    runner = ModelRunner(model=model, arch=arch, backend=backend, kv_caches=kv_caches,
+                         page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh,
+                         placed=placed)
     if cfg.engine.compile_at_startup:
         compile_started = time.perf_counter()
         runner.compile_all(progress=progress)
@@ -150,12 +174,6 @@ def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, arch, backend,
                     time.perf_counter() - compile_started)
     return Replica(index=index, mesh=mesh, kv_plan=plan, block_manager=block_manager, scheduler=scheduler,
                    runner=runner, loop_clock=LoopClock())
-
-
-def _params_of(model):
-    from flax import nnx
-
-    return nnx.state(model)
 
 
 def _configure_logging(level: str) -> None:

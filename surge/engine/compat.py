@@ -185,7 +185,7 @@ class vSurge:
     def compile(self) -> None:
         for replica in self.engine.replicas:
             replica.runner.compile_all(progress=True)
-        self.engine._num_compiles_after_warmup = self.engine.stats()["num_compiles"]
+        self.engine._num_compiles_after_warmup = self.engine.stats().num_compiles
 
     def start(self) -> None:
         if self._async is None:

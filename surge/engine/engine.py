@@ -29,9 +29,9 @@ from surge.config import SurgeConfig, make_config
 from surge.engine.builder import EngineParts, build_engine_parts
 from surge.engine.input_processor import InputProcessor, NewRequest, PromptLike
 from surge.engine.loop_clock import LoopClock
-from surge.engine.outputs import RequestOutput, SampledLogprobs
-from surge.engine.prompt_logprobs import prompt_logprob_rows
-from surge.engine.replica_stats import aggregate_replica_stats, replica_stats
+from surge.engine.outputs import RequestOutput
+from surge.engine.replica_stats import engine_stats, replica_stats
+from surge.engine.stats import EngineStats
 from surge.parallel.placement import ReplicaRouter
 from surge.runner import compile_counter
 from surge.sampling.params import SamplingParams
@@ -189,6 +189,12 @@ class Engine:
             busy = self.has_unfinished_requests()
             for clock in clocks:
                 clock.end_step(busy=busy)
+            if self.async_scheduling:
+                for replica in self.replicas:
+                    if replica.scheduler.speculator is not None:
+                        # What a request that waits for its token on the host exposes per step (the overlap
+                        # it gives up): the engine loop's host time, which every replica's requests wait on.
+                        replica.scheduler.speculator.observe_host(self._loop_clock.last_host_seconds)
 
     def _step_clocks(self) -> list[LoopClock]:
         """The engine's loop clock, and each replica's own when there are several."""
@@ -236,11 +242,14 @@ class Engine:
         outputs, self._pending_outputs = self._pending_outputs, []
         for replica, out, pending in finished_steps or ():
             result = self._wait(replica, pending)
-            if result.prompt_logprobs is not None:
-                for request_id, position, entries in prompt_logprob_rows(out, result.prompt_logprobs):
-                    self.output_processor.record_prompt_logprobs(request_id, position, entries)
+            seconds = replica.loop_clock.last_step_seconds
+            speculator = replica.scheduler.speculator
+            if seconds is not None and speculator is not None:  # speculation priced by this replica's step timings
+                speculator.observe_step(out.num_batched_tokens, out.num_draft_tokens > 0, seconds)
+            for request_id, (position, entries) in result.prompt_logprobs.items():
+                self.output_processor.record_prompt_logprobs(request_id, position, entries)
             updates = replica.scheduler.update(out, result.token_ids)
-            outputs.extend(self._emit(replica, out, updates, result))
+            outputs.extend(self._emit(replica, updates, result))
         return outputs
 
     def _wait(self, replica, pending):
@@ -252,20 +261,14 @@ class Engine:
         self._loop_clock.count_wait(replica.loop_clock.wait_seconds - waited_before)
         return result
 
-    def _emit(self, replica, out, updates, result) -> list[RequestOutput]:
+    def _emit(self, replica, updates, result) -> list[RequestOutput]:
         outputs = []
-        rows = {item.request.request_id: r for item, r in zip(out.scheduled, out.sample_rows())}
         for update in updates:
             request = update.request
             logprobs = None
-            if result is not None and result.logprobs is not None and request.sampling_params.logprobs is not None:
-                k = request.sampling_params.logprobs
+            if result is not None and request.request_id in result.logprobs:
                 # One entry per emitted token: a speculating request's rows are its positions in order.
-                request_rows = rows[request.request_id]
-                request_rows = request_rows[:len(update.new_token_ids)] if len(request_rows) > 1 else request_rows
-                logprobs = [SampledLogprobs(float(result.logprobs[i]), int(result.ranks[i]),
-                                            result.top_ids[i][:k].tolist(), result.top_logprobs[i][:k].tolist())
-                            for i in request_rows]
+                logprobs = result.logprobs[request.request_id][:len(update.new_token_ids)]
             output, stop_hit = self.output_processor.process(
                 request.request_id, update.new_token_ids, request.finish_reason, request.stop_reason, logprobs)
             if stop_hit and not request.is_finished:
@@ -358,27 +361,28 @@ class Engine:
         """Drop every replica's cached prefixes; False when some replica refused (a request holds pages)."""
         return all([replica.block_manager.reset_prefix_cache() for replica in self.replicas])
 
-    def stats(self) -> dict:
-        """Engine-wide counters: each replica's summed (surge.engine.replica_stats), the loop's and the
-        compiler's; `replicas` holds every replica's own dict, in replica order (one unless data parallel)."""
-        per_replica = [replica_stats(replica, self.router.counters[replica.index]) for replica in self.replicas]
-        totals = aggregate_replica_stats(per_replica)
-        return {
-            **totals,
-            "num_waiting": totals["num_waiting"] + len(self._waiting_for_grammar),
-            "num_waiting_for_grammar": len(self._waiting_for_grammar),
-            "num_grammar_compiles": self.grammar_compiler.num_compiles,
-            "num_grammar_cache_hits": self.grammar_compiler.num_cache_hits,
-            "num_compiles": compile_counter.num_compiles(),
-            "num_compiles_since_warmup": compile_counter.num_compiles() - self._num_compiles_after_warmup,
-            "num_steps": self._num_steps,
-            # The loop (surge.engine.loop_clock): host work inside step(), time blocked on the device(s), and
-            # the devices' idle gaps between consecutive steps (an upper bound; summed over replicas).
-            "step_host_seconds": self._loop_clock.host_seconds,
-            "step_device_wait_seconds": self._loop_clock.wait_seconds,
-            "device_idle_seconds": totals["device_idle_seconds"],
-            "backend": self.backend_name,
-            "max_model_len": self.max_model_len,
-            "data_parallel_size": len(self.replicas),
-            "replicas": per_replica,
-        }
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's gauges and counters (surge.engine.stats); `.to_dict()` for the flat form.
+        With data-parallel replicas the per-replica figures are their sums (surge.engine.replica_stats)."""
+        return engine_stats(self.replica_stats(), self._engine_wide_stats(),
+                            step_device_wait_seconds=self._loop_clock.wait_seconds)
+
+    def replica_stats(self) -> tuple[EngineStats, ...]:
+        """Each data-parallel replica's own EngineStats, in replica order (one unless data parallel): its pages,
+        queues, prefix cache, tokens and device waits; the engine-wide fields are the engine's."""
+        engine_wide = {**self._engine_wide_stats(), "num_waiting_for_grammar": 0}  # not placed yet
+        return tuple(replica_stats(replica, engine_wide) for replica in self.replicas)
+
+    def _engine_wide_stats(self) -> dict:
+        num_compiles = compile_counter.num_compiles()
+        return dict(
+            num_waiting_for_grammar=len(self._waiting_for_grammar),
+            num_grammar_compiles=self.grammar_compiler.num_compiles,
+            num_grammar_cache_hits=self.grammar_compiler.num_cache_hits,
+            num_compiles=num_compiles,
+            num_compiles_since_warmup=num_compiles - self._num_compiles_after_warmup,
+            num_steps=self._num_steps,
+            step_host_seconds=self._loop_clock.host_seconds,
+            backend=self.backend_name,
+            max_model_len=self.max_model_len,
+        )

@@ -2,7 +2,7 @@
 
 In: after each engine step, per request (or per child of an n>1 request) the
 new token ids, the finish reason the scheduler decided (EOS, stop token id,
-max_tokens), and the sampler's logprobs when asked for. Out: a
+max_tokens), and the sampler's ``TokenLogprobs`` when asked for. Out: a
 ``RequestOutput`` of the user request shaped by SamplingParams.output_kind
 (cumulative text and tokens plus the new ``delta_text``; only the delta; or
 one output at the end), plus whether a stop string was hit (the engine must then
@@ -19,7 +19,8 @@ completion per child and finishes when all of them have.
 Cost per report is O(new tokens), however long the completion: the detokenizer
 slides a short window, the stop matcher looks at held-back plus new text only,
 and cumulative fields are O(1) snapshots of append-only records
-(surge.engine.growing), joined only when a caller reads them.
+(surge.engine.growing), joined only when a caller reads them. Log-probs stay
+the runner's ``TokenLogprobs``; this side only fills in each token's text.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from surge.engine.detokenizer import IncrementalDetokenizer
 from surge.engine.growing import ListPrefix, TextLog
-from surge.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, SampledLogprobs
+from surge.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from surge.engine.stop_strings import StopStringMatcher
+from surge.sampling.logprobs import TokenLogprobs
 from surge.sampling.params import SamplingParams
 from surge.scheduler.request import FinishReason
 
@@ -46,7 +48,7 @@ class _Completion:
     detokenizer: IncrementalDetokenizer
     matcher: StopStringMatcher
     token_ids: List[int] = field(default_factory=list)
-    logprobs: Optional[List[Dict[int, Logprob]]] = None
+    logprobs: Optional[List[TokenLogprobs]] = None
     cumulative_logprob: Optional[float] = None
     text: TextLog = field(default_factory=TextLog)
     finish_reason: Optional[FinishReason] = None
@@ -71,9 +73,9 @@ class _Parent:
     metrics: RequestMetrics
     children: Dict[int, _Completion] = field(default_factory=dict)
     # Per prompt position (the first always None), when prompt log-probs were asked for.
-    prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
+    prompt_logprobs: Optional[List[Optional[TokenLogprobs]]] = None
     # The copy handed out with outputs, remade only after prompt_logprobs changed.
-    prompt_logprobs_snapshot: Optional[List[Optional[Dict[int, Logprob]]]] = None
+    prompt_logprobs_snapshot: Optional[List[Optional[TokenLogprobs]]] = None
 
     def finished(self) -> bool:
         return len(self.children) == self.num_children and all(
@@ -131,21 +133,21 @@ class OutputProcessor:
 
     # ---- per step -------------------------------------------------------------------------------
 
-    def record_prompt_logprobs(self, request_id: str, position: int, entries: Sequence[SampledLogprobs]) -> None:
+    def record_prompt_logprobs(self, request_id: str, position: int, entries: Sequence[TokenLogprobs]) -> None:
         """Store the log-probs of prompt tokens ``position``, ``position + 1``, ... of ``request_id``."""
         entry = self._completions.get(request_id)
         if entry is None or entry[0].prompt_logprobs is None:
             return
         parent, child = entry
         num_top = child.params.prompt_logprobs
-        for offset, sampled in enumerate(entries):
+        for offset, scored in enumerate(entries):
             index = position + offset
-            parent.prompt_logprobs[index] = self._logprob_dict(parent.prompt_token_ids[index], sampled, num_top)
+            parent.prompt_logprobs[index] = self._with_texts(scored, parent.prompt_token_ids[index], num_top)
         parent.prompt_logprobs_snapshot = None
 
     def process(self, request_id: str, new_token_ids: Sequence[int], finish_reason: Optional[FinishReason],
                 stop_reason: Union[str, int, None] = None,
-                logprobs: Optional[Sequence[SampledLogprobs]] = None) -> Tuple[Optional[RequestOutput], bool]:
+                logprobs: Optional[Sequence[TokenLogprobs]] = None) -> Tuple[Optional[RequestOutput], bool]:
         """Consume one step's tokens of ``request_id``; return (output to report or None, stop string hit)."""
         entry = self._completions.get(request_id)
         if entry is None:
@@ -229,20 +231,19 @@ class OutputProcessor:
 
     # ---- internals ------------------------------------------------------------------------------
 
-    def _append_token(self, child: _Completion, token: int, sampled: Optional[SampledLogprobs]) -> None:
+    def _append_token(self, child: _Completion, token: int, sampled: Optional[TokenLogprobs]) -> None:
         child.token_ids.append(int(token))
         if sampled is not None and child.logprobs is not None:
-            child.logprobs.append(self._logprob_dict(int(token), sampled, child.params.logprobs))
-            child.cumulative_logprob += float(sampled.logprob)
+            child.logprobs.append(self._with_texts(sampled, int(token), child.params.logprobs))
+            child.cumulative_logprob += sampled.logprob
 
-    def _logprob_dict(self, token: int, sampled: SampledLogprobs, num_top: int) -> Dict[int, Logprob]:
-        entries = {token: Logprob(float(sampled.logprob), int(sampled.rank), self._decode_token(token))}
-        for rank, (top_id, top_logprob) in enumerate(zip(sampled.top_ids[:num_top], sampled.top_logprobs[:num_top]),
-                                                     start=1):
-            top_id = int(top_id)
-            if top_id not in entries:
-                entries[top_id] = Logprob(float(top_logprob), rank, self._decode_token(top_id))
-        return entries
+    def _with_texts(self, entry: TokenLogprobs, token: int, num_top: int) -> TokenLogprobs:
+        """``entry`` with the request's top ``num_top`` alternatives and every token's text."""
+        if entry.token_id != token:
+            raise ValueError(f"logprobs entry for token {entry.token_id} given for token {token}")
+        if len(entry.top) > num_top:
+            entry = TokenLogprobs(entry.token_id, entry.logprob, entry.rank, entry.top[:num_top])
+        return entry.with_texts(self._decode_token)
 
     def _decode_token(self, token: int) -> str:
         text = self._token_text.get(token)

@@ -4,37 +4,20 @@ In: filled by ``OutputProcessor`` after each engine step. Out: ``RequestOutput``
 (one per user request, aggregating its ``n`` completions), each holding
 ``CompletionOutput`` objects with cumulative ``text`` and ``token_ids`` plus
 the ``delta_text`` / ``delta_token_ids`` that appeared since that completion
-was last reported, ``RequestMetrics`` timings, and per-token ``Logprob`` dicts.
-``SampledLogprobs`` is the engine-side input: what the sampler returned for
-one generated token.
+was last reported, ``RequestMetrics`` timings, and per-token log-probs as
+``TokenLogprobs`` (surge.sampling.logprobs; each also reads as vLLM's dict
+token id -> ``Logprob``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
+from surge.sampling.logprobs import Logprob, TokenLogprobs
 from surge.scheduler.request import FinishReason
 
 FINISH_REASONS = tuple(FinishReason)
-
-
-@dataclass
-class Logprob:
-    """Log-probability of one token, its rank in the model's distribution (1 = most likely), and its text."""
-
-    logprob: float
-    rank: Optional[int] = None
-    decoded_token: Optional[str] = None
-
-
-class SampledLogprobs(NamedTuple):
-    """Sampler output for one generated token (one row of ``SamplerOutput``)."""
-
-    logprob: float
-    rank: int
-    top_ids: Sequence[int]
-    top_logprobs: Sequence[float]
 
 
 class CompletionOutput:
@@ -47,7 +30,7 @@ class CompletionOutput:
     """
 
     def __init__(self, index: int, text="", token_ids: Sequence[int] = (), finish_reason: Optional[str] = None,
-                 stop_reason: Union[str, int, None] = None, logprobs: Optional[Sequence[Dict[int, Logprob]]] = None,
+                 stop_reason: Union[str, int, None] = None, logprobs: Optional[Sequence[TokenLogprobs]] = None,
                  cumulative_logprob: Optional[float] = None, delta_text: str = "",
                  delta_token_ids: Sequence[int] = ()) -> None:
         self.index = index
@@ -58,7 +41,8 @@ class CompletionOutput:
         self.finish_reason = finish_reason
         # The stop string or stop token id that ended it; None for EOS, length and abort.
         self.stop_reason = stop_reason
-        # One dict per token of token_ids (sampled token plus the top alternatives), when logprobs were asked for.
+        # One TokenLogprobs per token of token_ids (sampled token plus the top alternatives, texts decoded), when
+        # logprobs were asked for.
         self.logprobs = logprobs
         # Sum of the sampled tokens' log-probabilities, when logprobs were asked for.
         self.cumulative_logprob = cumulative_logprob
@@ -137,12 +121,13 @@ class RequestOutput:
     # Why the request ended before it ran (finish_reason "abort"), e.g. a grammar that does not compile.
     error: Optional[str] = None
     # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (and for positions
-    # not computed yet); each a dict token id -> Logprob (the prompt token plus the top alternatives).
-    prompt_logprobs: Optional[List[Optional[Dict[int, Logprob]]]] = None
+    # not computed yet); each a TokenLogprobs (the prompt token plus the top alternatives, texts decoded).
+    prompt_logprobs: Optional[List[Optional[TokenLogprobs]]] = None
 
     @property
     def num_cached_tokens(self) -> int:
         return self.metrics.num_cached_tokens
 
 
-__all__ = ["CompletionOutput", "FINISH_REASONS", "FinishReason", "Logprob", "RequestMetrics", "RequestOutput", "SampledLogprobs"]
+__all__ = ["CompletionOutput", "FINISH_REASONS", "FinishReason", "Logprob", "RequestMetrics", "RequestOutput",
+           "TokenLogprobs"]

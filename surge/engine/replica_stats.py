@@ -1,71 +1,91 @@
-"""One data-parallel replica's counters, and the engine-wide totals built from every replica's.
+"""One data-parallel replica's EngineStats, and the engine's built from every replica's.
 
 In: a replica (surge.parallel.data_parallel.Replica: its block manager, scheduler, runner, loop clock) and
-the router's placement counters for it. Out: `replica_stats` — that replica's dict (pages, queues, prefix
-cache, preemptions, tokens, its device's waits and idle gaps, placements), with `replica` = its index — and
-`aggregate_replica_stats`, the totals over a list of them: counts and seconds summed, lists (histograms)
-summed entry by entry, ratios (prefix-cache hit rate, draft acceptance) recomputed from the summed
-counts, text (the speculative method) taken from the first. `Engine.stats()` reports the totals at its top level and the
-per-replica dicts, in replica order, under `replicas`.
+the engine-wide values (grammar, compiles, steps, host seconds, backend, max_model_len). Out: `replica_stats`
+— that replica's EngineStats (its pages, queues, prefix cache, preemptions, tokens, its device's waits and
+idle gaps; the engine-wide fields are the engine's) — and `engine_stats`, the engine's: every per-replica
+count and second summed over the replicas (the pool's and speculative decoding's field by field, histograms
+entry by entry) and the engine-wide values as given. Ratios are EngineStats/SpecDecodeStats properties, so
+they come from the summed counts. `Engine.stats()` is the engine's, `Engine.replica_stats()` the replicas'
+(in replica order); the router's placements per replica are `engine.router.counters`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
+
+from surge.engine.stats import EngineStats
+from surge.spec_decode.stats import SpecDecodeStats
+
+# The EngineStats fields that are one replica's (summed for the engine); the rest are engine-wide.
+PER_REPLICA_FIELDS = (
+    "num_running", "num_waiting", "num_preemptions", "num_prompt_tokens", "num_generation_tokens",
+    "num_finished_requests", "num_compiled_buckets", "step_device_wait_seconds", "device_idle_seconds",
+    "num_device_fed_tokens", "num_dropped_tokens", "prefix_cache_queried_tokens", "prefix_cache_hit_tokens")
 
 
-def replica_stats(replica, placement) -> dict:
+def replica_stats(replica, engine_wide: dict) -> EngineStats:
     scheduler = replica.scheduler
-    queried = scheduler.num_prefix_queried_tokens
-    return {
-        "replica": replica.index,
-        **replica.block_manager.stats(),
-        "num_running": scheduler.num_running,
-        "num_waiting": scheduler.num_waiting,
-        "num_preemptions": scheduler.num_preemptions,
-        "num_prompt_tokens": scheduler.num_prompt_tokens,
-        "num_generation_tokens": scheduler.num_generation_tokens,
-        "num_finished_requests": scheduler.num_finished_requests,
-        "num_compiled_buckets": replica.runner.num_compiled_buckets,
-        "num_device_fed_tokens": replica.runner.num_device_fed_tokens,
-        "num_dropped_tokens": scheduler.num_dropped_tokens,
-        "prefix_cache_queried_tokens": queried,
-        "prefix_cache_hit_tokens": scheduler.num_prefix_hit_tokens,
-        "prefix_cache_hit_rate": scheduler.num_prefix_hit_tokens / queried if queried else 0.0,
+    return EngineStats(
+        pages=replica.block_manager.stats(),
+        num_running=scheduler.num_running,
+        num_waiting=scheduler.num_waiting,
+        num_preemptions=scheduler.num_preemptions,
+        num_prompt_tokens=scheduler.num_prompt_tokens,
+        num_generation_tokens=scheduler.num_generation_tokens,
+        num_finished_requests=scheduler.num_finished_requests,
+        num_compiled_buckets=replica.runner.num_compiled_buckets,
         # This replica's device: time the loop blocked on its results, and its idle gaps between its steps.
-        "step_device_wait_seconds": replica.loop_clock.wait_seconds,
-        "device_idle_seconds": replica.loop_clock.idle_seconds,
-        **{f"{field.name}": getattr(placement, field.name) for field in dataclasses.fields(placement)},
-        **(scheduler.speculator.stats() if scheduler.speculator is not None else {}),
-    }
+        step_device_wait_seconds=replica.loop_clock.wait_seconds,
+        device_idle_seconds=replica.loop_clock.idle_seconds,
+        num_device_fed_tokens=replica.runner.num_device_fed_tokens,
+        num_dropped_tokens=scheduler.num_dropped_tokens,
+        prefix_cache_queried_tokens=scheduler.num_prefix_queried_tokens,
+        prefix_cache_hit_tokens=scheduler.num_prefix_hit_tokens,
+        spec_decode=scheduler.speculator.stats() if scheduler.speculator is not None else None,
+        **engine_wide,
+    )
 
 
-def aggregate_replica_stats(per_replica: Sequence[dict]) -> dict:
-    """The totals over every replica's dict (see the module docstring); `replica` itself is dropped."""
-    totals: dict = {}
-    for stats in per_replica:
-        for key, value in stats.items():
-            if key == "replica":
-                continue
-            if key not in totals:
-                totals[key] = list(value) if isinstance(value, (list, tuple)) else value
-            elif isinstance(value, bool) or isinstance(value, str):
-                continue
-            elif isinstance(value, (list, tuple)):
-                merged = totals[key] + [0] * (len(value) - len(totals[key]))
-                totals[key] = [a + b for a, b in zip(merged, list(value) + [0] * (len(merged) - len(value)))]
-            elif isinstance(value, (int, float)):
-                totals[key] += value
-    # Ratios are recomputed from the summed counts, never summed.
-    queried = totals.get("prefix_cache_queried_tokens", 0)
-    totals["prefix_cache_hit_rate"] = totals.get("prefix_cache_hit_tokens", 0) / queried if queried else 0.0
-    if "spec_decode_method" in totals:
-        drafted, drafts = totals["spec_decode_num_draft_tokens"], totals["spec_decode_num_drafts"]
-        accepted = totals["spec_decode_num_accepted_tokens"]
-        totals["spec_decode_acceptance_rate"] = accepted / drafted if drafted else 0.0
-        totals["spec_decode_mean_acceptance_length"] = 1 + accepted / drafts if drafts else 0.0
-    return totals
+def engine_stats(per_replica: Sequence[EngineStats], engine_wide: dict, *,
+                 step_device_wait_seconds: float) -> EngineStats:
+    """The engine's EngineStats from its replicas' (see the module docstring). The engine adds the requests
+    waiting for a grammar (not placed yet) to the waiting ones, and its own clock's device waits (the
+    loop's, which with one replica are that replica's)."""
+    summed = {name: sum(getattr(r, name) for r in per_replica) for name in PER_REPLICA_FIELDS}
+    summed["num_waiting"] += engine_wide["num_waiting_for_grammar"]
+    summed["step_device_wait_seconds"] = step_device_wait_seconds
+    return EngineStats(pages=_sum_parts([r.pages for r in per_replica]),
+                       spec_decode=_sum_spec_decode([r.spec_decode for r in per_replica]),
+                       **summed, **engine_wide)
 
 
-__all__ = ["aggregate_replica_stats", "replica_stats"]
+def _sum_spec_decode(parts: Sequence[Optional[SpecDecodeStats]]) -> Optional[SpecDecodeStats]:
+    if parts[0] is None:
+        return None
+    return _sum_parts(parts)
+
+
+def _sum_parts(parts: Sequence):
+    """One frozen dataclass whose numbers are the parts' summed (tuples entry by entry, nested parts
+    likewise, a part that is None stays None), text taken from the first."""
+    first = parts[0]
+    values = {}
+    for f in dataclasses.fields(first):
+        items = [getattr(p, f.name) for p in parts]
+        if items[0] is None:
+            values[f.name] = None
+        elif dataclasses.is_dataclass(items[0]):
+            values[f.name] = _sum_parts(items)
+        elif isinstance(items[0], tuple):
+            width = max(len(t) for t in items)
+            values[f.name] = tuple(sum(t[i] for t in items if i < len(t)) for i in range(width))
+        elif isinstance(items[0], str):
+            values[f.name] = items[0]
+        else:
+            values[f.name] = sum(items)
+    return type(first)(**values)
+
+
+__all__ = ["PER_REPLICA_FIELDS", "engine_stats", "replica_stats"]

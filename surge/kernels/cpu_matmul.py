@@ -13,9 +13,10 @@ set's vectors divide a panel): a thread then streams one contiguous run
 of memory, and the kernel needs no copy of the weight per call. ``matmul`` reads a 1-D
 weight as packed and takes N from ``n``.
 
-A GGUF-quantized weight (surge.kernels.quantized: uint8 [N, K / 32, block_bytes], rows =
-outputs, whichever orientation the caller names) goes to ``surge_cpu_quant_matmul``, which
-quantizes x's rows per block of 32 to int8 and sums int32 block dots: nothing is dequantized.
+A GGUF-quantized weight (surge.kernels.quantized: uint8 [N, K / B, block_bytes], B = 32 or the
+K-quants' 256, rows = outputs, whichever orientation the caller names) goes to
+``surge_cpu_quant_matmul``, which quantizes x's rows per block of 32 to int8 and sums int32
+block dots under the weights' (sub-)block scales: nothing is dequantized.
 
 One FFI target, ``surge_cpu_matmul`` in ``surge._C``, takes its shapes from the buffers:
 any number of rows works without recompiling anything on the kernel's side, and the call
@@ -135,7 +136,7 @@ def _matmul_quantized(x: jax.Array, w: jax.Array) -> jax.Array:
     k, n = quantized.in_features(w), int(w.shape[0])
     if x.ndim < 1 or x.shape[-1] != k:
         raise ValueError(f"cpu matmul: x must be [..., {k}] to match the {quantized.quant_type(w)} weight "
-                         f"{tuple(w.shape)} (K = {w.shape[1]} blocks of 32), got {x.shape}")
+                         f"{tuple(w.shape)} (K = {w.shape[1]} blocks of {k // int(w.shape[1])}), got {x.shape}")
     reason = unavailable_reason()
     if reason is None and _QUANT_REASON is not None:
         reason = _QUANT_REASON

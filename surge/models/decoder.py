@@ -17,11 +17,16 @@ A MoE layer's MLP is surge.models.moe.MoEBlock; everything else a family needs
 (GeGLU, (1 + w) norms, sandwich norms, embedding scale, soft caps, per-layer window,
 chunk and RoPE, NoPE layers and their query temperature) is a branch on a static
 arch field, so it costs nothing when unused.
+
+Under tensor parallelism (surge.parallel.tensor_parallel) each device runs this same code inside
+``shard_map`` on its own shard: the layers' head counts are then the shard's, ``tp_axis`` names the
+mesh axis, and three collectives (surge.parallel.collectives) join the shards: a psum after o_proj
+and after down_proj, a psum of the vocabulary-split embedding lookup, and an all-gather of the
+vocabulary-split logits. With ``tp_axis`` None (one device) they are no-ops.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, List, Optional, Tuple
 
 import jax
@@ -34,7 +39,8 @@ from surge.kernels.base import AttentionSpec, KernelBackend, KVCache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.arch import ModelArchConfig
 from surge.models.moe import MoEBlock, gated_activation
-from surge.models.rope import apply_rope, apply_rope_interleaved, rope_inputs
+from surge.models.rope import apply_rope, apply_rope_interleaved, host_rope_inputs_fn, rope_inputs
+from surge.parallel.collectives import embed_lookup, gather_vocab, reduce_partial
 
 _INIT_STD = 0.02
 
@@ -87,6 +93,8 @@ class DecoderLayer(nnx.Module):
             sliding_window=arch.layer_window(layer), logit_soft_cap=arch.attn_logit_soft_cap,
             chunk_size=arch.layer_chunk(layer))
         self.hidden_act = arch.hidden_act
+        # The mesh axis this layer's projections are split over (a shard's layer inside shard_map); None = whole.
+        self.tp_axis: Optional[str] = None
         self.input_norm = _norm(arch, hidden, dtype)
         self.qkv_proj = _normal(rngs, (hidden, arch.qkv_size), dtype)
         self.qkv_bias = nnx.Param(jnp.zeros((arch.qkv_size,), dtype)) if arch.qkv_bias else None
@@ -116,7 +124,7 @@ class DecoderLayer(nnx.Module):
         v = qkv[:, q_size + kv_size:].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = self._position(q, k, rope, md.positions)
         attn, kv_cache = backend.attention(q, k, v, kv_cache, md, self.attention_spec)
-        out = backend.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...])
+        out = reduce_partial(backend.matmul(attn.reshape(num_tokens, q_size), self.o_proj[...]), self.tp_axis)
         if self.o_bias is not None:
             out = out + self.o_bias[...]
         if self.attn_out_norm is not None:
@@ -128,6 +136,7 @@ class DecoderLayer(nnx.Module):
         else:
             gate_up = backend.matmul(h, self.gate_up_proj[...])
             out = backend.matmul(gated_activation(gate_up, self.hidden_act, backend), self.down_proj[...])
+            out = reduce_partial(out, self.tp_axis)
         if self.mlp_out_norm is not None:
             out = self.mlp_out_norm(out)
         return x + out, kv_cache
@@ -154,6 +163,8 @@ class CausalLM(nnx.Module):
     def __init__(self, arch: ModelArchConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.arch = arch
         self.dtype = jnp.dtype(dtype)
+        # The mesh axis the embedding and lm_head are split over by vocabulary (a shard's model); None = whole.
+        self.tp_axis: Optional[str] = None
         self.embed_tokens = _normal(rngs, (arch.vocab_size, arch.hidden_size), dtype)
         self.layers = nnx.List([DecoderLayer(arch, i, dtype=dtype, rngs=rngs) for i in range(arch.num_layers)])
         self.norm = _norm(arch, arch.hidden_size, dtype)
@@ -167,7 +178,7 @@ class CausalLM(nnx.Module):
         (surge.models.rope.rope_inputs); the runner calls it every step without knowing what it builds, so a
         model without RoPE returns what it needs (or ()) and the runner does not change. The callable holds the
         arch only, not the weights."""
-        return functools.partial(rope_inputs, self.arch, xp=np)
+        return host_rope_inputs_fn(self.arch)
 
     def __call__(self, input_ids: jax.Array, md: AttentionMetadata, kv_caches: List[KVCache],
                  logits_indices: jax.Array, backend: KernelBackend,
@@ -183,7 +194,8 @@ class CausalLM(nnx.Module):
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"kv_caches has {len(kv_caches)} entries; the model has {len(self.layers)} layers")
         table = self.embed_tokens[...]
-        x = quantized.take_rows(table, input_ids) if quantized.is_quantized(table) else table[input_ids]
+        take = quantized.take_rows if quantized.is_quantized(table) else (lambda t, ids: t[ids])
+        x = embed_lookup(table, input_ids, self.tp_axis, take)
         if self.arch.embed_scale is not None:  # in the weights' dtype, as transformers rounds it
             x = x * jnp.asarray(self.arch.embed_scale, x.dtype)
         x = x.astype(backend.compute_dtype(self.dtype))
@@ -201,6 +213,7 @@ class CausalLM(nnx.Module):
             logits = backend.matmul(h, self.embed_tokens[...], transpose_w=True, out_dtype=jnp.float32)
         else:
             logits = backend.matmul(h, self.lm_head[...], out_dtype=jnp.float32)
+        logits = gather_vocab(logits, self.tp_axis, self.arch.vocab_size)
         return soft_cap(logits, self.arch.final_logit_soft_cap)
 
 

@@ -5,8 +5,8 @@ qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, llama4 (any tensor type that
 ``gguf.quants.dequantize`` implements). Out: a transformers-style config dict
 built from the GGUF metadata, the embedded chat template, and a
 ``GGUFCheckpoint`` that hands out each tensor under its Hugging Face name,
-dequantized to float32 and in Hugging Face layout — or, for a Q8_0 / Q4_0 / Q4_1 matrix,
-its blocks as stored (``get_quantized``; surge.kernels.quantized describes that form).
+dequantized to float32 and in Hugging Face layout — or, for a Q8_0 / Q4_0 / Q4_1 / Q4_K /
+Q5_K / Q6_K matrix, its blocks as stored (``get_quantized``; surge.kernels.quantized describes that form).
 
 What llama.cpp's converter changed is undone here: the q and k projections of
 llama-architecture models (Mixtral included) have the two halves of every head's rotary
@@ -371,7 +371,8 @@ class GGUFCheckpoint:
         return array
 
     def get_quantized(self, name: str) -> Optional[np.ndarray]:
-        """A 2-D tensor's GGUF blocks, uint8 [rows, K / 32, block_bytes] in Hugging Face row order;
+        """A 2-D tensor's GGUF blocks, uint8 [rows, K / B, block_bytes] (B = 32, or 256 for the K-quants)
+        in Hugging Face row order;
         None when its type is not one surge multiplies quantized (then ``get`` dequantizes it)."""
         kind, tensors, _ = self._entries[name]
         tensor = tensors[0]

@@ -2,8 +2,10 @@
 
 In: a local Hugging Face directory (config.json + *.safetensors, sharded or
 not, + tokenizer files) or a ``.gguf`` file (dequantized on load, or with dtype
-"quantized" its Q8_0 / Q4_0 / Q4_1 tensors kept as stored), a dtype ("auto", "float32",
-"bfloat16" or "quantized"), and optionally a separate tokenizer source. Out: a
+"quantized" its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors kept as stored), a dtype ("auto",
+"float32", "bfloat16" or "quantized"), a quantization applied at load ("none", or "q8_0": a
+safetensors checkpoint's matrices become Q8_0 blocks, surge.models.quantize_on_load), and
+optionally a separate tokenizer source. Out: a
 ``LoadedModel`` with the CausalLM, its ModelArchConfig and its tokenizer.
 Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
 """
@@ -22,6 +24,7 @@ from surge.models.catalogue import resolve_model
 from surge.models.decoder import CausalLM
 from surge.models.gguf_checkpoint import GGUFCheckpoint
 from surge.models.hf_checkpoint import CheckpointError, SafetensorsCheckpoint, read_hf_config
+from surge.models.quantize_on_load import QUANTIZE_TYPES, Q8_0Checkpoint
 from surge.models.tokenizer import load_tokenizer
 from surge.models.weights import build_model
 
@@ -46,10 +49,12 @@ class LoadedModel:
     source: str
 
 
-def load_model(source: str, dtype: str = "float32", tokenizer: Any = None) -> LoadedModel:
+def load_model(source: str, dtype: str = "float32", tokenizer: Any = None, quantize: str = "none") -> LoadedModel:
     """Load a catalogue name, HF directory or .gguf file. `tokenizer` overrides the model's own: a path (HF
     directory, .gguf, catalogue name) or a tokenizer object with encode/decode, used as given. Exactly one
-    tokenizer is loaded (none when an object is given), and it is the one the engine holds everywhere."""
+    tokenizer is loaded (none when an object is given), and it is the one the engine holds everywhere.
+    `quantize` "q8_0" (model.quantize) turns a safetensors checkpoint's matrices into Q8_0 blocks at load;
+    the other tensors take `dtype`."""
     given_path = tokenizer is None or isinstance(tokenizer, str)
     if not given_path and not (callable(getattr(tokenizer, "encode", None)) and
                                callable(getattr(tokenizer, "decode", None))):
@@ -58,6 +63,8 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Any = None) -> Lo
     dtype = resolve_dtype(dtype)
     if dtype not in _DTYPES:
         raise ValueError(f"model dtype {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
+    if quantize not in QUANTIZE_TYPES:
+        raise ValueError(f"model.quantize {quantize!r} is not one of {', '.join(QUANTIZE_TYPES)}")
     path = resolve_model(source)
     if os.path.isfile(path) and path.endswith(".gguf"):
         checkpoint = GGUFCheckpoint(path)
@@ -70,7 +77,16 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Any = None) -> Lo
     if dtype == "quantized" and not isinstance(checkpoint, GGUFCheckpoint):
         raise ValueError(f"model dtype 'quantized' keeps a GGUF file's quantized tensors; {path} is a safetensors "
                          "checkpoint (use float32 or bfloat16)")
-    model = build_model(arch, checkpoint, _DTYPES[dtype], path, keep_quantized=dtype == "quantized")
+    if quantize == "q8_0":
+        if isinstance(checkpoint, GGUFCheckpoint):
+            raise ValueError(f"model.quantize=q8_0 quantizes a safetensors checkpoint at load; {path} is a GGUF "
+                             "file (model.dtype=quantized keeps its own quantized tensors)")
+        if dtype == "quantized":
+            raise ValueError("model.quantize=q8_0 sets the matrices' form; give model.dtype float32 or bfloat16 "
+                             "for the other tensors, not quantized")
+        checkpoint = Q8_0Checkpoint(checkpoint)
+    model = build_model(arch, checkpoint, _DTYPES[dtype], path,
+                        keep_quantized=dtype == "quantized" or quantize != "none")
     tok = load_tokenizer(resolve_model(tokenizer) if tokenizer else path) if given_path else tokenizer
     template = getattr(tok, "chat_template", None)
     if template is None and isinstance(checkpoint, GGUFCheckpoint):

@@ -9,6 +9,7 @@ rope_dim dims of q or k [T, heads, head_dim] with a pair.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -52,6 +53,21 @@ def rope_inputs(arch: ModelArchConfig, positions, xp=jnp) -> tuple:
     if arch.local_rope_theta is None:
         return (main,)
     return main, rope_tables(_base_inverse_frequencies(arch.local_rope_theta, arch.rope_dim), positions, xp)
+
+
+def host_rope_inputs_fn(arch: ModelArchConfig):
+    """positions (numpy int32[T]) -> ``rope_inputs(arch, positions, xp=np)``, with the frequencies (which
+    depend on the arch only) computed once instead of on every call: the runner calls it every step."""
+    if isinstance(arch.rope_scaling, LongRopeScaling):
+        return functools.partial(rope_inputs, arch, xp=np)  # its frequencies are chosen per token
+    frequencies = [inverse_frequencies(arch)]
+    if arch.local_rope_theta is not None:
+        frequencies.append(_base_inverse_frequencies(arch.local_rope_theta, arch.rope_dim))
+
+    def host_rope_inputs(positions) -> tuple:
+        return tuple(rope_tables(inv_freq, positions, np) for inv_freq in frequencies)
+
+    return host_rope_inputs
 
 
 def _long_rope_tables(arch: ModelArchConfig, scaling: LongRopeScaling, positions, xp) -> tuple:

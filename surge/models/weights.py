@@ -9,9 +9,10 @@ Gemma 2/3 have four norms per layer (HF's post_attention_layernorm is then the n
 on the attention output, pre_feedforward_layernorm the one before the MLP), and a
 mixture-of-experts layer has a router and per-expert MLPs (surge.models.moe_config
 names them) that are stacked into [E, in, out].
-With ``keep_quantized`` (a GGUF checkpoint), every projection and the embedding whose tensors the
-file stores as Q8_0 / Q4_0 / Q4_1 (one type per fused group) keep those blocks instead, rows
-= outputs (surge.kernels.quantized); the rest is dtype.
+With ``keep_quantized`` (a GGUF checkpoint, or a float one quantized at load by
+surge.models.quantize_on_load), every projection and the embedding whose tensors the checkpoint
+hands out quantized (``get_quantized``: Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K, one type per fused
+group) keep those blocks instead, rows = outputs (surge.kernels.quantized); the rest is dtype.
 
 Every expected tensor is checked for presence and shape before anything is
 converted; an error names the tensor, the file and the expected and actual shape.

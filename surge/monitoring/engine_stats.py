@@ -1,9 +1,10 @@
 """Engine gauges and counters in the Prometheus format, read from `engine.stats()` at scrape time.
 
-In: a `stats_fn` (an engine's `stats`) and the model name every series is labelled with. Out: a
+In: a `stats_fn` (an engine's `stats`, returning an `EngineStats` of surge.engine.stats, read by attribute;
+None before the engine is ready) and the model name every series is labelled with. Out: a
 prometheus_client `Collector` that the server's registry and `start_monitoring`'s exporter both register.
 With speculative decoding on, vLLM's spec_decode series too (labelled by method). With data-parallel
-replicas (`stats["replicas"]` holds more than one), the series that belong to one replica (queues, pages,
+replicas (`replica_stats_fn`, an engine's `replica_stats`, returns more than one), the series that belong to one replica (queues, pages,
 prefix cache, preemptions, its device's idle time) carry a `replica` label too, one sample per replica (sum
 them for the engine's); with one replica they carry `model_name` only, as vLLM's do.
 """
@@ -22,9 +23,12 @@ logger = logging.getLogger("surge")
 class EngineStatsCollector(Collector):
     """Engine gauges and counters, read from `stats_fn()` at scrape time (nothing when it returns None)."""
 
-    def __init__(self, stats_fn: Callable[[], Optional[dict]], model_name: str) -> None:
+    def __init__(self, stats_fn: Callable[[], object], model_name: str,
+                 replica_stats_fn: Optional[Callable[[], tuple]] = None) -> None:
+        """`replica_stats_fn`: each replica's EngineStats (an engine's `replica_stats`); None: one replica."""
         self._stats_fn = stats_fn
         self._model_name = model_name
+        self._replica_stats_fn = replica_stats_fn
 
     def collect(self) -> Iterable:
         try:
@@ -48,10 +52,9 @@ class EngineStatsCollector(Collector):
                     1.0 if stats is not None else 0.0)
         if stats is None:
             return
-        replicas = stats.get("replicas") or []
+        replicas = self._replica_stats_fn() if self._replica_stats_fn is not None else ()
         if len(replicas) > 1:
-            per_replica = [(labels + ["replica"], values + [str(r.get("replica", i))], r)
-                           for i, r in enumerate(replicas)]
+            per_replica = [(labels + ["replica"], values + [str(i)], r) for i, r in enumerate(replicas)]
         else:
             per_replica = [(labels, values, stats)]
 
@@ -61,68 +64,66 @@ class EngineStatsCollector(Collector):
                 family.add_metric(replica_values, value_of(replica))
             return family
 
-        def usage(replica: dict) -> float:
-            total = replica.get("num_total_pages", 0)
-            return replica.get("num_used_pages", 0) / total if total else 0.0
+        def usage(replica) -> float:
+            total = replica.pages.num_total_pages
+            return replica.pages.num_used_pages / total if total else 0.0
 
         for kind, name, doc, value_of in (
                 (GaugeMetricFamily, "surge:num_requests_running", "Sequences in the running batch.",
-                 lambda r: r.get("num_running", 0)),
+                 lambda r: r.num_running),
                 (GaugeMetricFamily, "surge:num_requests_waiting", "Sequences waiting to be scheduled.",
-                 lambda r: r.get("num_waiting", 0)),
+                 lambda r: r.num_waiting),
                 (GaugeMetricFamily, "surge:kv_cache_usage_perc",
                  "Fraction of KV-cache pages held by live requests (0 to 1).", usage),
                 (GaugeMetricFamily, "surge:num_used_pages", "KV-cache pages held by live requests.",
-                 lambda r: r.get("num_used_pages", 0)),
+                 lambda r: r.pages.num_used_pages),
                 (GaugeMetricFamily, "surge:num_total_pages", "Usable KV-cache pages (the null page excluded).",
-                 lambda r: r.get("num_total_pages", 0)),
+                 lambda r: r.pages.num_total_pages),
                 (GaugeMetricFamily, "surge:num_cached_pages", "Free pages that still hold a reusable cached prefix.",
-                 lambda r: r.get("num_cached_pages", 0)),
+                 lambda r: r.pages.num_cached_pages),
                 (GaugeMetricFamily, "surge:prefix_cache_hit_rate",
                  "Prompt tokens served from the prefix cache / tokens looked up.",
-                 lambda r: r.get("prefix_cache_hit_rate", 0.0)),
+                 lambda r: r.prefix_cache_hit_rate),
                 (CounterMetricFamily, "surge:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                 lambda r: r.get("prefix_cache_queried_tokens", 0)),
+                 lambda r: r.prefix_cache_queried_tokens),
                 (CounterMetricFamily, "surge:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                 lambda r: r.get("prefix_cache_hit_tokens", 0)),
+                 lambda r: r.prefix_cache_hit_tokens),
                 (CounterMetricFamily, "surge:num_preemptions",
-                 "Sequences preempted (pages taken back, recomputed later).", lambda r: r.get("num_preemptions", 0))):
+                 "Sequences preempted (pages taken back, recomputed later).", lambda r: r.num_preemptions)):
             yield replica_family(kind, name, doc, value_of)
         yield counter("surge:num_compiles", "XLA compilations since start-up (should stop growing after warm-up).",
-                      stats.get("num_compiles", 0))
-        yield counter("surge:engine_steps", "Engine steps run.", stats.get("num_steps", 0))
+                      stats.num_compiles)
+        yield counter("surge:engine_steps", "Engine steps run.", stats.num_steps)
         # The engine loop (surge.engine.loop_clock): rate(host) / rate(engine_steps) is host ms per step.
         yield counter("surge:engine_step_host_seconds", "Host time inside engine steps, not counting waits on "
                       "the device (scheduling, inputs, reconciling, detokenizing, outputs).",
-                      stats.get("step_host_seconds", 0.0))
+                      stats.step_host_seconds)
         yield counter("surge:engine_step_device_wait_seconds", "Time engine steps spent blocked on the device's "
-                      "results.", stats.get("step_device_wait_seconds", 0.0))
+                      "results.", stats.step_device_wait_seconds)
         yield replica_family(CounterMetricFamily, "surge:engine_device_idle_seconds",
                              "Device idle between consecutive steps of a busy engine (an upper bound: 0 while the "
-                             "next step is queued).", lambda r: r.get("device_idle_seconds", 0.0))
-        if "spec_decode_method" in stats:
-            yield from _spec_decode_families(stats, self._model_name)
+                             "next step is queued).", lambda r: r.device_idle_seconds)
+        if stats.spec_decode is not None:
+            yield from _spec_decode_families(stats.spec_decode, self._model_name)
 
 
-def _spec_decode_families(stats: dict, model_name: str) -> Iterable:
+def _spec_decode_families(spec, model_name: str) -> Iterable:
     """vLLM's speculative-decoding series (a draft = one verification of a request's draft tokens), by method.
 
     From `acceptance_lengths` (entry a = verifications that accepted a drafts): the histogram of tokens
     emitted per verification (a + 1: the accepted drafts and the target's own token), and per draft
     position p the drafts accepted there (verifications that accepted more than p; acceptance is a prefix).
     """
-    labels, values = ["model_name", "method"], [model_name, stats["spec_decode_method"]]
-    for name, doc, key in (
+    labels, values = ["model_name", "method"], [model_name, spec.method]
+    for name, doc, count in (
             ("surge:spec_decode_num_drafts", "Verifications of draft tokens (request-steps that carried drafts).",
-             "spec_decode_num_drafts"),
-            ("surge:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
-             "spec_decode_num_draft_tokens"),
-            ("surge:spec_decode_num_accepted_tokens", "Draft tokens the target accepted.",
-             "spec_decode_num_accepted_tokens")):
+             spec.num_drafts),
+            ("surge:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.", spec.num_draft_tokens),
+            ("surge:spec_decode_num_accepted_tokens", "Draft tokens the target accepted.", spec.num_accepted_tokens)):
         family = CounterMetricFamily(name, doc, labels=labels)
-        family.add_metric(values, stats.get(key, 0))
+        family.add_metric(values, count)
         yield family
-    lengths = list(stats.get("spec_decode_acceptance_lengths", []))
+    lengths = list(spec.acceptance_lengths)
     per_position = CounterMetricFamily("surge:spec_decode_num_accepted_tokens_per_pos",
                                        "Drafts accepted at each draft position (0 = the first draft).",
                                        labels=labels + ["position"])

@@ -1,8 +1,8 @@
 """`engine.start_monitoring(...)`: a Prometheus exporter and a live console table.
 
-In: an engine (anything with `stats()`), a port for the exporter (loopback by
-default; None for no exporter) and whether to draw the console table; a
-server's `ServerMetrics` when there is one (anything with `.registry` and
+In: an engine (anything whose `stats()` returns an `EngineStats`, surge.engine.stats, read by
+attribute), a port for the exporter (loopback by default; None for no exporter) and whether to draw the
+console table; a server's `ServerMetrics` when there is one (anything with `.registry` and
 `.totals()`: its registry is exported and its token counters give throughput). Out: a `MonitoringHandle` with `.port`,
 `.url`, `.stop()`. On a terminal the console thread redraws a `rich` table
 every `refresh_interval` seconds, in the words of eSurge's page: request
@@ -42,27 +42,23 @@ class _Rates:
         return rates
 
 
-def _counters(engine, metrics: Optional[object], stats: dict) -> dict:
-    counters = {"steps": stats.get("num_steps", 0)}
+def _counters(engine, metrics: Optional[object], stats) -> dict:
+    counters = {"steps": stats.num_steps}
     if metrics is not None:
         totals = metrics.totals()
         counters.update(prompt_tokens=totals["prompt_tokens"], generation_tokens=totals["generation_tokens"],
                         requests=totals["requests"])
-    else:
-        # Engines that count tokens themselves expose them in stats().
-        for key, name in (("num_prompt_tokens", "prompt_tokens"), ("num_generation_tokens", "generation_tokens"),
-                          ("num_finished_requests", "requests")):
-            if key in stats:
-                counters[name] = stats[key]
+    else:  # no server: the engine's own token and request counters
+        counters.update(prompt_tokens=stats.num_prompt_tokens, generation_tokens=stats.num_generation_tokens,
+                        requests=stats.num_finished_requests)
     return counters
 
 
-def build_table(stats: dict, rates: dict, title: str = "surge"):
-    """The console table for one reading of engine stats and counter rates."""
+def build_table(stats, rates: dict, title: str = "surge"):
+    """The console table for one reading of engine stats (an `EngineStats`) and counter rates."""
     from rich.table import Table
 
-    total = stats.get("num_total_pages", 0)
-    used = stats.get("num_used_pages", 0)
+    total, used = stats.pages.num_total_pages, stats.pages.num_used_pages
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -73,13 +69,13 @@ def build_table(stats: dict, rates: dict, title: str = "surge"):
     if "requests" in rates:
         table.add_row("request throughput", f"{rates['requests']:.2f} req/s")
     table.add_row("engine steps", f"{rates.get('steps', 0.0):.1f} steps/s")
-    table.add_row("active requests", str(stats.get("num_running", 0)))
-    table.add_row("waiting requests", str(stats.get("num_waiting", 0)))
+    table.add_row("active requests", str(stats.num_running))
+    table.add_row("waiting requests", str(stats.num_waiting))
     table.add_row("memory (KV cache)", f"{100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)")
-    table.add_row("cached prefix pages", str(stats.get("num_cached_pages", 0)))
-    table.add_row("cache hit rate", f"{100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%")
-    table.add_row("preemptions", str(stats.get("num_preemptions", 0)))
-    table.add_row("compiles", str(stats.get("num_compiles", 0)))
+    table.add_row("cached prefix pages", str(stats.pages.num_cached_pages))
+    table.add_row("cache hit rate", f"{100.0 * stats.prefix_cache_hit_rate:.1f}%")
+    table.add_row("preemptions", str(stats.num_preemptions))
+    table.add_row("compiles", str(stats.num_compiles))
     return table
 
 
@@ -119,7 +115,7 @@ def start_monitoring(engine, prometheus_port: Optional[int] = 9090, enable_conso
             registry = metrics.registry
         else:
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(EngineStatsCollector(engine.stats, name))
+            registry.register(EngineStatsCollector(engine.stats, name, getattr(engine, "replica_stats", None)))
         http_server, _ = start_http_server(prometheus_port, addr=host, registry=registry)
         port = http_server.server_port
         logger.info("Prometheus metrics on http://%s:%d/metrics", host, port)
@@ -132,19 +128,18 @@ def start_monitoring(engine, prometheus_port: Optional[int] = 9090, enable_conso
     return MonitoringHandle(host, port, http_server, thread, stop_event)
 
 
-def summary_line(stats: dict, rates: dict) -> str:
-    """One log line with what the table shows (for consoles that are not terminals, e.g. a log file)."""
-    total = stats.get("num_total_pages", 0)
-    used = stats.get("num_used_pages", 0)
-    parts = []
+def summary_line(stats, rates: dict) -> str:
+    """One log line with what the table shows (for consoles that are not terminals, e.g. a log file): the
+    engine's state first, then the token rates (none on the first line: a rate needs two readings)."""
+    total, used = stats.pages.num_total_pages, stats.pages.num_used_pages
+    parts = [f"running {stats.num_running}", f"waiting {stats.num_waiting}",
+             f"KV cache {100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)",
+             f"prefix hit rate {100.0 * stats.prefix_cache_hit_rate:.1f}%",
+             f"preemptions {stats.num_preemptions}"]
     if "prompt_tokens" in rates:
         parts.append(f"prompt {rates['prompt_tokens']:.1f} tok/s")
     if "generation_tokens" in rates:
         parts.append(f"generation {rates['generation_tokens']:.1f} tok/s")
-    parts += [f"running {stats.get('num_running', 0)}", f"waiting {stats.get('num_waiting', 0)}",
-              f"KV cache {100.0 * used / total if total else 0.0:.1f}% ({used}/{total} pages)",
-              f"prefix hit rate {100.0 * stats.get('prefix_cache_hit_rate', 0.0):.1f}%",
-              f"preemptions {stats.get('num_preemptions', 0)}"]
     return "surge: " + ", ".join(parts)
 
 

@@ -3,7 +3,9 @@
 In: the engine config's data/tensor parallel sizes. Out: a jax.sharding.Mesh, and
 the NamedSharding of each parameter (a rule per weight kind: column-parallel for
 projections that fan out, row-parallel for those that fan in, mixture-of-experts stacks
-split by expert (expert parallel), replicated else).
+split by expert (expert parallel), replicated else). These rules place what XLA's partitioner
+splits: mixture-of-experts models and draft models. A dense model under tp > 1 is instead cut into
+per-device shard models and run in shard_map (surge.parallel.tensor_parallel).
 """
 
 from __future__ import annotations

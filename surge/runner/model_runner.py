@@ -1,7 +1,8 @@
 """The model runner: one jitted step per engine iteration.
 
 In: a SchedulerOutput. Out: a PendingStep, whose `result()` gives the sampled
-token id (and log-probs when asked) of every scheduled sequence, as numpy.
+token id of every scheduled sequence, as numpy, and the log-probs that requests
+asked for as `TokenLogprobs` (surge.runner.step_logprobs).
 Per step: host arrays are built and padded to a compiled (tokens, seqs) bucket,
 packed into one buffer per dtype (surge.runner.transfer), run through one
 compiled program (model forward + on-device sampling) with the KV cache donated
@@ -16,19 +17,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
-from surge.runner import transfer
+from surge.runner import step_logprobs, transfer
+from surge.parallel.tensor_parallel import PlacedModel, place_model
 from surge.runner.mesh import shard_state
+from surge.sampling.logprobs import TokenLogprobs
 from surge.sampling.prompt_logprobs import prompt_logprobs
 from surge.sampling.sampler import SamplerOutput, sample
 from surge.sampling.tensors import SamplingRow, build_sampling_tensors
@@ -42,20 +44,18 @@ logger = logging.getLogger("surge")
 class StepResult:
     # int32[num_scheduled]: the token sampled for each scheduled sequence (meaningful where it samples).
     token_ids: np.ndarray
-    # float32[num_scheduled] / int32[num_scheduled] / int32[num_scheduled, K] / float32[num_scheduled, K];
-    # None when no scheduled request asked for log-probs.
-    logprobs: Optional[np.ndarray] = None
-    ranks: Optional[np.ndarray] = None
-    top_ids: Optional[np.ndarray] = None
-    top_logprobs: Optional[np.ndarray] = None
-    # Per token row of the step (numpy SamplerOutput, token_ids = the prompt targets, -1 = none);
-    # None when no scheduled request asked for prompt log-probs.
-    prompt_logprobs: Optional[SamplerOutput] = None
+    # Per request that asked for log-probs and sampled: one TokenLogprobs per sampled row (surge.runner.step_logprobs).
+    logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
+    # Per request that asked for prompt log-probs and ran prompt tokens: (first prompt position covered,
+    # one TokenLogprobs per covered prompt token).
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
 
 
 class ModelRunner:
     def __init__(self, *, model, arch, backend, kv_caches, page_size: int, max_model_len: int, engine_config,
-                 mesh: jax.sharding.Mesh) -> None:
+                 mesh: jax.sharding.Mesh, placed: Optional[PlacedModel] = None) -> None:
+        """`placed`: the model already prepared by the backend and placed on the mesh (split over `tp`,
+        surge.parallel.tensor_parallel); default: placed here from `model`."""
         self.arch = arch
         self.backend = backend
         self.page_size = page_size
@@ -70,10 +70,13 @@ class ModelRunner:
         # The model's own hook for its per-token position inputs (RoPE tables for these models), built on the
         # host each step: the runner does not know what they are.
         self._position_inputs = model.position_inputs_fn()
-        self.graphdef, state = nnx.split(model)
+        if placed is None:
+            placed = place_model(model, backend, mesh, place_state=lambda state: shard_state(state, mesh))
+        self.placed = placed
+        self.graphdef = placed.graphdef
         # The weights go to each call as a flat list: flattening the nnx State (a few hundred
         # Variables) on every step would cost the host more than the step's own inputs.
-        self._weights, self._weights_treedef = jax.tree_util.tree_flatten(shard_state(state, mesh))
+        self._weights, self._weights_treedef = placed.weights, placed.treedef
         self.kv_caches = kv_caches
         # The previous step's sampled ids, padded to the widest bucket, and each sampling request's row.
         self._max_seqs = max(s for _, s in self.buckets)
@@ -86,21 +89,24 @@ class ModelRunner:
 
     @property
     def state(self):
-        """The model's nnx State (weights as the backend prepared them), rebuilt from the flat list."""
+        """The model's nnx State (weights as the backend prepared them; under tp each leaf stacked per shard),
+        rebuilt from the flat list."""
         return jax.tree_util.tree_unflatten(self._weights_treedef, self._weights)
 
     # ---- the device program ----------------------------------------------------------------
     def _step(self, weights, kv_caches, buffers, last_sampled, layout: transfer.Layout):
         batch: StepInput = transfer.unpack(layout, buffers)
-        model = nnx.merge(self.graphdef, jax.tree_util.tree_unflatten(self._weights_treedef, weights))
         input_ids = jnp.where(batch.input_src >= 0, last_sampled[jnp.maximum(batch.input_src, 0)], batch.input_ids)
-        hidden, kv_caches = model.hidden_states(input_ids, batch.md, kv_caches, self.backend,
-                                                position_inputs=batch.position_inputs)
-        prompt = prompt_logprobs(hidden, lambda h: model.logits(h, self.backend), batch.prompt_targets,
-                                 batch.any_prompt_logprobs, self.num_logprobs)
+        hidden, kv_caches = self.placed.hidden_states(weights, kv_caches, input_ids, batch.md, batch.position_inputs,
+                                                      self.backend)
+
+        def logits(h):
+            return self.placed.logits(weights, h, self.backend)
+
+        prompt = prompt_logprobs(hidden, logits, batch.prompt_targets, batch.any_prompt_logprobs, self.num_logprobs)
 
         def sample_rows(indices, sampling):
-            return sample(model.logits(hidden[indices], self.backend), sampling, self.num_logprobs)
+            return sample(logits(hidden[indices]), sampling, self.num_logprobs)
 
         num_seqs, num_rows = batch.md.page_table.shape[0], batch.logits_indices.shape[0]
         if num_rows == num_seqs:
@@ -156,33 +162,35 @@ class ModelRunner:
         num_rows = self.num_rows(num_tokens, num_seqs_padded)
         input_ids, input_src, md, logits_indices = build_attention_inputs(
             out, num_tokens, num_seqs_padded, self.pages_per_seq, self.page_size, self._last_rows, num_rows)
+        num_drafts = out.num_draft_tokens
         rows = [_sampling_row(item) for item in out.scheduled]
-        rows += [row for item in out.scheduled for row in _draft_sampling_rows(item)]
+        if num_drafts:
+            rows += [row for item in out.scheduled for row in _draft_sampling_rows(item)]
         # A speculating request's rows are masked position by position (its own row is its last position).
         speculated = [(item.request.grammar, item.draft_token_ids, rows)
                       for item, rows in zip(out.scheduled, out.sample_rows())
-                      if item.draft_token_ids and item.request.grammar is not None]
+                      if item.draft_token_ids and item.request.grammar is not None] if num_drafts else []
         bitmask = build_token_bitmask([item.request.grammar if item.samples and not item.draft_token_ids else None
                                        for item in out.scheduled], num_rows, self.arch.vocab_size, speculated)
         sampling = build_sampling_tensors(rows, num_rows, self.arch.vocab_size, self.max_model_len,
                                           token_bitmask=bitmask)
         self.num_device_fed_tokens += int((input_src >= 0).sum())
         prompt_targets, any_prompt = build_prompt_targets(out, num_tokens)
-        num_drafts = out.num_draft_tokens
-        layout, buffers = transfer.pack(StepInput(input_ids, input_src, md, logits_indices, sampling,
-                                                  self._position_inputs(md.positions), prompt_targets, any_prompt,
-                                                  np.bool_(num_drafts > 0)))
         compiled_layout, program = self.compile(num_tokens, num_seqs_padded)
-        if layout != compiled_layout:
+        try:
+            buffers = transfer.pack_as(compiled_layout, StepInput(
+                input_ids, input_src, md, logits_indices, sampling, self._position_inputs(md.positions),
+                prompt_targets, any_prompt, np.bool_(num_drafts > 0)))
+        except ValueError as error:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
-                               f"compiled layout: {layout} vs {compiled_layout}")
+                               f"compiled layout: {error}") from None
         # numpy buffers go straight in: the call copies them to the device in its C++ path,
         # where a separate jax.device_put costs the host several times as long.
         self.kv_caches, (result, prompt), self._last_sampled = program(self._weights, self.kv_caches, buffers,
                                                                        self._last_sampled)
         self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
-        pending = PendingStep(num_seqs + num_drafts, out.num_batched_tokens, result if wants_logprobs else result.token_ids,
+        pending = PendingStep(out, num_seqs + num_drafts, result if wants_logprobs else result.token_ids,
                               prompt if any_prompt else None)
         pending.start_copy()
         return pending
@@ -192,31 +200,37 @@ class ModelRunner:
 class PendingStep:
     """A dispatched step: its device outputs, copied to the host by `result()` (which waits for the step)."""
 
+    out: SchedulerOutput
     # Sampling rows in use: one per scheduled sequence plus one per draft token (SchedulerOutput.sample_rows).
     num_seqs: int
-    num_batched_tokens: int
     # The whole SamplerOutput when some request asked for log-probs, else only its token ids.
     sampled: object
     prompt: Optional[SamplerOutput]
 
+    def __post_init__(self) -> None:
+        # The loop clock asks `is_ready` several times a step: flatten the outputs once, not per ask.
+        self._leaves = jax.tree_util.tree_leaves((self.sampled, self.prompt))
+
     def start_copy(self) -> None:
-        for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)):
+        for leaf in self._leaves:
             leaf.copy_to_host_async()
 
     def is_ready(self) -> bool:
         """Whether the step has finished on the device (never blocks)."""
-        return all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves((self.sampled, self.prompt)))
+        for leaf in self._leaves:
+            if not leaf.is_ready():
+                return False
+        return True
 
     def result(self) -> StepResult:
-        n = self.num_seqs
-        prompt_host = None
+        prompt = {}
         if self.prompt is not None:
-            prompt_host = jax.tree_util.tree_map(lambda a: a[:self.num_batched_tokens], jax.device_get(self.prompt))
+            prompt = step_logprobs.prompt_logprobs(self.out, jax.device_get(self.prompt))
         if isinstance(self.sampled, jax.Array):
-            return StepResult(np.asarray(jax.device_get(self.sampled))[:n], prompt_logprobs=prompt_host)
+            # The copy to the host started at dispatch (start_copy): reading it is all device_get would do.
+            return StepResult(np.asarray(self.sampled)[:self.num_seqs], prompt_logprobs=prompt)
         host = jax.device_get(self.sampled)
-        return StepResult(host.token_ids[:n], host.logprobs[:n], host.ranks[:n], host.top_ids[:n],
-                          host.top_logprobs[:n], prompt_host)
+        return StepResult(host.token_ids[:self.num_seqs], step_logprobs.sampled_logprobs(self.out, host), prompt)
 
 
 def _draft_sampling_rows(item) -> list[SamplingRow]:

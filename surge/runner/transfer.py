@@ -2,7 +2,8 @@
 
 In: a pytree of numpy arrays (a StepInput). Out: ``pack`` gives its ``Layout``
 (static: tree structure, each leaf's dtype, shape and offset) and one flat numpy
-buffer per dtype; ``unpack``, traced inside the jitted step, rebuilds the pytree
+buffer per dtype (``pack_as``: the same buffers for a tree of a known layout, as a
+compiled step's inputs are); ``unpack``, traced inside the jitted step, rebuilds the pytree
 from those buffers with static slices and reshapes (free under XLA). A step then
 costs a handful of host-to-device copies instead of one per leaf (about 30),
 each of which costs tens of microseconds of dispatch on its own.
@@ -45,6 +46,23 @@ def pack(tree) -> Tuple[Layout, Tuple[np.ndarray, ...]]:
         sizes[b] += leaf.size
     buffers = tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in parts)
     return Layout(treedef, tuple(slots), tuple(dtypes)), buffers
+
+
+def pack_as(layout: Layout, tree) -> Tuple[np.ndarray, ...]:
+    """The buffers ``pack(tree)`` gives, for a tree known to have ``layout`` (a compiled step's): the step
+    loop packs with it instead of deriving and comparing a layout every step. A tree of another structure,
+    leaf shape or dtype raises ValueError."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if treedef != layout.treedef or len(leaves) != len(layout.slots):
+        raise ValueError(f"tree structure {treedef} does not match the layout's {layout.treedef}")
+    parts: list[list[np.ndarray]] = [[] for _ in layout.dtypes]
+    for index, (leaf, (b, _, shape)) in enumerate(zip(leaves, layout.slots)):
+        leaf = np.asarray(leaf)
+        if leaf.shape != shape or leaf.dtype.str != layout.dtypes[b]:
+            raise ValueError(f"leaf {index} is {leaf.dtype.str}{list(leaf.shape)}, the layout has "
+                             f"{layout.dtypes[b]}{list(shape)}")
+        parts[b].append(leaf.reshape(-1))
+    return tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in parts)
 
 
 def unpack(layout: Layout, buffers):

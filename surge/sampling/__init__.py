@@ -2,7 +2,8 @@
 
 ``SamplingParams`` is cheap to import; the JAX parts (``SamplingTensors``,
 ``build_sampling_tensors``, ``sample``) load on first access so that
-``import surge.sampling`` does not initialise JAX.
+``import surge.sampling`` does not initialise JAX. ``TokenLogprobs`` is the
+one shape of log-probs from the sampler to the server (``logprobs.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _LAZY = {
     "SamplerOutput": "surge.sampling.sampler",
     "sample": "surge.sampling.sampler",
     "process_logits": "surge.sampling.sampler",
+    "Logprob": "surge.sampling.logprobs",
+    "TokenLogprobs": "surge.sampling.logprobs",
 }
 
 

@@ -12,22 +12,23 @@ one `lax.cond`, so a step where nobody asks pays no LM head over its tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from surge.sampling.sampler import SamplerOutput, _logprobs, _no_logprobs
+from surge.sampling.sampler import SamplerOutput, with_logprobs, without_logprobs
 
 
 def prompt_logprobs(hidden: jax.Array, to_logits: Callable[[jax.Array], jax.Array], targets: jax.Array,
                     wanted: jax.Array, num_logprobs: int) -> SamplerOutput:
-    def compute(hidden: jax.Array, targets: jax.Array):
-        return _logprobs(to_logits(hidden), jnp.maximum(targets, 0), num_logprobs)
+    def compute(hidden: jax.Array, targets: jax.Array) -> SamplerOutput:
+        return with_logprobs(to_logits(hidden), jnp.maximum(targets, 0), num_logprobs)
 
-    def skip(hidden: jax.Array, targets: jax.Array):
-        return _no_logprobs(hidden.shape[0], num_logprobs)
+    def skip(hidden: jax.Array, targets: jax.Array) -> SamplerOutput:
+        return without_logprobs(targets, num_logprobs)
 
-    chosen, ranks, top_ids, top_logprobs = lax.cond(wanted, compute, skip, hidden, targets)
-    return SamplerOutput(token_ids=targets, logprobs=chosen, ranks=ranks, top_ids=top_ids, top_logprobs=top_logprobs)
+    scored = lax.cond(wanted, compute, skip, hidden, targets)
+    return dataclasses.replace(scored, token_ids=targets)

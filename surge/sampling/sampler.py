@@ -30,6 +30,8 @@ from surge.sampling.tensors import SamplingTensors
 
 @dataclasses.dataclass
 class SamplerOutput:
+    """Per row, columns on the device; on the host ``surge.sampling.logprobs.read_rows`` makes TokenLogprobs."""
+
     token_ids: jax.Array  # int32[S]
     logprobs: jax.Array  # f32[S]; log_softmax(raw logits) at the sampled token (0 when no row asks)
     ranks: jax.Array  # int32[S]; 1 + number of tokens more likely than the sampled one (0 when no row asks)
@@ -53,21 +55,17 @@ def sample(logits: jax.Array, t: SamplingTensors, num_logprobs: int = 0) -> Samp
 
 
 def _greedy_only(raw: jax.Array, t: SamplingTensors, num_logprobs: int) -> SamplerOutput:
-    chosen, ranks, top_ids, top_logprobs = _no_logprobs(raw.shape[0], num_logprobs)
-    return SamplerOutput(token_ids=_argmax(raw, t), logprobs=chosen, ranks=ranks, top_ids=top_ids,
-                         top_logprobs=top_logprobs)
+    return without_logprobs(_argmax(raw, t), num_logprobs)
 
 
 def _sample_any(raw: jax.Array, t: SamplingTensors, num_logprobs: int) -> SamplerOutput:
     processed = process_logits(raw, t)
     token_ids = lax.cond(t.all_greedy, _argmax, _sample_mixed, processed, t)
-    chosen, ranks, top_ids, top_logprobs = lax.cond(
+    return lax.cond(
         t.any_logprobs,
-        lambda: _logprobs(raw, token_ids, num_logprobs),
-        lambda: _no_logprobs(raw.shape[0], num_logprobs),
+        lambda: with_logprobs(raw, token_ids, num_logprobs),
+        lambda: without_logprobs(token_ids, num_logprobs),
     )
-    return SamplerOutput(token_ids=token_ids, logprobs=chosen, ranks=ranks, top_ids=top_ids,
-                         top_logprobs=top_logprobs)
 
 
 def process_logits(logits: jax.Array, t: SamplingTensors) -> jax.Array:
@@ -165,7 +163,8 @@ def _apply_top_k_top_p_min_p(logits: jax.Array, t: SamplingTensors) -> jax.Array
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
-def _logprobs(raw: jax.Array, token_ids: jax.Array, num_logprobs: int):
+def with_logprobs(raw: jax.Array, token_ids: jax.Array, num_logprobs: int) -> SamplerOutput:
+    """``token_ids`` with their log-probs and ranks under ``raw`` logits, and the top ``num_logprobs``."""
     logprobs = jax.nn.log_softmax(raw, axis=-1)
     chosen = jnp.take_along_axis(logprobs, token_ids[:, None], axis=-1)[:, 0]
     ranks = jnp.sum(logprobs > chosen[:, None], axis=-1).astype(jnp.int32) + 1
@@ -173,16 +172,20 @@ def _logprobs(raw: jax.Array, token_ids: jax.Array, num_logprobs: int):
         top_logprobs, top_ids = lax.top_k(logprobs, num_logprobs)
     else:
         top_logprobs, top_ids = _empty_top(raw.shape[0], 0)
-    return chosen, ranks, top_ids.astype(jnp.int32), top_logprobs
+    return SamplerOutput(token_ids=token_ids, logprobs=chosen, ranks=ranks, top_ids=top_ids.astype(jnp.int32),
+                         top_logprobs=top_logprobs)
 
 
-def _no_logprobs(num_rows: int, num_logprobs: int):
+def without_logprobs(token_ids: jax.Array, num_logprobs: int) -> SamplerOutput:
+    """``token_ids`` with zeros in the log-prob fields, at the compiled top width."""
+    num_rows = token_ids.shape[0]
     top_logprobs, top_ids = _empty_top(num_rows, num_logprobs)
-    return (jnp.zeros((num_rows,), jnp.float32), jnp.zeros((num_rows,), jnp.int32), top_ids, top_logprobs)
+    return SamplerOutput(token_ids=token_ids, logprobs=jnp.zeros((num_rows,), jnp.float32),
+                         ranks=jnp.zeros((num_rows,), jnp.int32), top_ids=top_ids, top_logprobs=top_logprobs)
 
 
 def _empty_top(num_rows: int, width: int):
     return jnp.zeros((num_rows, width), jnp.float32), jnp.zeros((num_rows, width), jnp.int32)
 
 
-__all__ = ["SamplerOutput", "process_logits", "sample"]
+__all__ = ["SamplerOutput", "process_logits", "sample", "with_logprobs", "without_logprobs"]

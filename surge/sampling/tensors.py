@@ -172,19 +172,21 @@ def build_sampling_tensors(rows: Sequence[SamplingRow], num_rows_padded: int, vo
     if token_bitmask is not None and token_bitmask.shape != bitmask_shape:
         raise ValueError(f"token_bitmask has shape {token_bitmask.shape}, expected {bitmask_shape}")
 
-    def column(index, dtype):
-        return table[:, index].astype(dtype)
+    # One conversion per dtype, column-major, so that each field is a contiguous row of it (not one small
+    # array per column: the host builds this every step).
+    floats = table[:, :_REPETITION + 1].T.astype(np.float32, order="C")
+    ints = table[:, (_TOP_K, _STEP)].T.astype(np.int32, order="C")
 
     return SamplingTensors(
-        temperature=column(_TEMPERATURE, np.float32),
-        top_p=column(_TOP_P, np.float32),
-        top_k=column(_TOP_K, np.int32),
-        min_p=column(_MIN_P, np.float32),
-        presence_penalty=column(_PRESENCE, np.float32),
-        frequency_penalty=column(_FREQUENCY, np.float32),
-        repetition_penalty=column(_REPETITION, np.float32),
+        temperature=floats[_TEMPERATURE],
+        top_p=floats[_TOP_P],
+        top_k=ints[0],
+        min_p=floats[_MIN_P],
+        presence_penalty=floats[_PRESENCE],
+        frequency_penalty=floats[_FREQUENCY],
+        repetition_penalty=floats[_REPETITION],
         rng_key=keys,
-        step=column(_STEP, np.int32),
+        step=ints[1],
         suppress_ids=suppress_ids,
         bias_ids=bias_ids,
         bias_values=bias_values,

@@ -22,7 +22,9 @@ proposals), is not scheduled again until they arrive.
 Speculative decoding (engine.speculative): a running request in decode may
 carry draft tokens from the Speculator; it is scheduled for 1 + len(drafts)
 tokens (with method=draft_model, `schedule` first asks the Speculator to run
-the draft once for every running request that can propose; finishing,
+the draft once for every running request that can propose; with a cost model the
+Speculator prices each request's drafts against the step the running requests make
+without them, `begin_step`; finishing,
 aborting or preempting a request releases its draft state and pages).
 `update` keeps the accepted drafts plus the target's next token,
 finishes at the first stop among them (nothing after it is kept), and rolls
@@ -42,6 +44,7 @@ from surge.scheduler.output import ScheduledRequest, SchedulerOutput
 from surge.scheduler.queues import make_queue
 from surge.scheduler.request import Request, RequestStatus
 from surge.spec_decode import Speculator, num_accepted
+from surge.spec_decode.step_cost import StepCostModel
 
 logger = logging.getLogger("surge")
 
@@ -83,7 +86,9 @@ class Scheduler:
         self.num_dropped_tokens = 0
         # method=draft_model brings its Speculator (with the draft's runner) from the engine builder.
         if speculator is None and engine.speculative.enabled:
-            speculator = Speculator(engine.speculative)
+            # Built alone (no engine timing its steps), its cost model stays unfed: acceptance decides.
+            measured = engine.speculative.cost_model == "measured"
+            speculator = Speculator(engine.speculative, cost_model=StepCostModel() if measured else None)
         self.speculator = speculator
         # n > 1 with prefix caching: siblings held until the first child's prompt pages are in the cache
         # (first child id -> its siblings), so the prompt is computed once, not n times.
@@ -156,8 +161,12 @@ class Scheduler:
         prefill_ids: set[str] = set()
         max_prefills = self.config.max_num_prefill_seqs or self.max_num_seqs
         num_prefills = 0
-        if self.speculator is not None and self.speculator.draft is not None:
-            self._prepare_drafts()
+        if self.speculator is not None:
+            # Drafts are priced against the step the running requests make without them (a decode is 1 token).
+            pending = [r.num_tokens_with_in_flight - r.num_computed_tokens for r in self.running]
+            self.speculator.begin_step(min(sum(max(n, 1) for n in pending), budget), len(self.running))
+            if self.speculator.draft is not None:
+                self._prepare_drafts()
 
         for request in list(self.running):
             if budget <= 0:

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from surge.engine.stats import EngineStats
 from surge.server.auth import ApiKeyStore, ApiKeysSpec
 from surge.server.body_limit import BodyLimit
 from surge.server.chat_completions import create_chat_completion
@@ -67,7 +68,8 @@ class eSurgeApiServer:
         self.model_name = served_model_name or (getattr(inner, "model_name", None) if inner is not None else None) \
             or "surge"
         length = max_model_len or getattr(inner, "max_model_len", None) or 8192
-        self.metrics = ServerMetrics(self.model_name, self._stats, max_model_len=length)
+        self.metrics = ServerMetrics(self.model_name, self._stats, max_model_len=length,
+                                     replica_stats_fn=self._replica_stats)
         for label in self.keys.labels:
             self.metrics.register_key_label(label)
         self.context = ServerContext(self.host, self.keys, self.metrics, self.model_name, aliases=model_aliases,
@@ -106,8 +108,11 @@ class eSurgeApiServer:
                    default_max_tokens=getattr(server, "default_max_tokens", DEFAULT_MAX_TOKENS),
                    metrics_require_api_key=getattr(server, "metrics_require_api_key", True))
 
-    def _stats(self) -> Optional[dict]:
+    def _stats(self) -> Optional[EngineStats]:
         return self.host.engine.stats() if self.host.ready else None
+
+    def _replica_stats(self) -> tuple:
+        return self.host.engine.replica_stats() if self.host.ready else ()
 
     def generate_api_key(self, label: Optional[str] = None) -> str:
         """Register and return a new key; its usage shows in /metrics under `label`."""

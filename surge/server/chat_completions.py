@@ -86,7 +86,7 @@ def _completion(ctx: ServerContext, final, request_id: str, prompt: ChatPrompt, 
         finish = "tool_calls" if calls and finish == FinishReason.STOP else finish
         logprobs = None
         if params.logprobs is not None and completion.logprobs is not None:
-            logprobs = chat_logprobs(completion.token_ids, completion.logprobs, params.logprobs)
+            logprobs = chat_logprobs(completion.logprobs, params.logprobs)
         message = AssistantMessage(content=content, reasoning_content=reasoning, reasoning=reasoning, tool_calls=[
             ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
             for c in calls])
@@ -137,9 +137,9 @@ class _ChoiceStream:
                 delta.extend(self.parser.finish())
         logprobs = None
         if self.num_logprobs is not None:
-            ids, entries = delta_entries(completion)
-            if ids:
-                logprobs = chat_logprobs(ids, entries, self.num_logprobs)
+            entries = delta_entries(completion)
+            if entries:
+                logprobs = chat_logprobs(entries, self.num_logprobs)
         if finish == FinishReason.STOP and self.parser is not None and self.parser.tool_calls:
             finish = "tool_calls"
         self.done = finish is not None

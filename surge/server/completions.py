@@ -131,10 +131,10 @@ class _Scoring:
         return vllm_prompt_logprobs(final.prompt_logprobs)
 
 
-def _logprobs(params, token_ids, entries, offset: int):
+def _logprobs(params, entries, offset: int):
     if params.logprobs is None or entries is None:
         return None
-    return completion_logprobs(token_ids, entries, params.logprobs, start_offset=offset)
+    return completion_logprobs(entries, params.logprobs, start_offset=offset)
 
 
 def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoes: list[str],
@@ -150,7 +150,7 @@ def _completion(ctx: ServerContext, finals: list, request_id: str, params, echoe
             if scoring.no_completion:
                 text, token_ids, entries, finish = "", [], None, FinishReason.LENGTH
             completion_tokens += len(token_ids)
-            logprobs = _logprobs(params, token_ids, entries, len(echoes[p]))
+            logprobs = _logprobs(params, entries, len(echoes[p]))
             if prompt_part is not None:
                 logprobs = join_logprobs(prompt_part, logprobs)
             choices.append(CompletionChoice(
@@ -203,9 +203,9 @@ async def _events(ctx: ServerContext, streams: list[AsyncIterator], request_id: 
                     continue
                 logprobs = None
                 if params.logprobs is not None:
-                    ids, entries = delta_entries(completion)
-                    if ids:
-                        logprobs = completion_logprobs(ids, entries, params.logprobs, start_offset=offsets[index])
+                    entries = delta_entries(completion)
+                    if entries:
+                        logprobs = completion_logprobs(entries, params.logprobs, start_offset=offsets[index])
                 offsets[index] += len(completion.delta_text)
                 yield chunk(index, completion.delta_text, completion.finish_reason, logprobs)
                 if completion.finish_reason is not None:

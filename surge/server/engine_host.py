@@ -156,9 +156,8 @@ class EngineHost:
                               f"most {slots + self.max_queue} at once ({running} running + "
                               f"server.max_queue={self.max_queue} waiting)", param="n", code="too_many_sequences")
         page_size = engine.config.cache.page_size
-        stats = engine.stats()
         # One sequence lives on one data-parallel replica: the pool that must hold it is one replica's.
-        pool = min(replica.get("num_total_pages", 0) for replica in stats.get("replicas") or [stats]) * page_size
+        pool = min(replica.pages.num_total_pages for replica in engine.replica_stats()) * page_size
         need = longest_prompt + max_tokens
         if pool and need > pool:
             raise bad_request(f"one sequence of this request needs {need} tokens of KV cache ({longest_prompt} "

@@ -22,6 +22,8 @@ from typing import Optional
 
 import uvicorn
 
+from surge.engine.stats import EngineStats
+
 logger = logging.getLogger("surge")
 
 # Seconds the in-flight responses get to end after their requests were aborted.
@@ -111,18 +113,18 @@ def _watch_start(api_server, server: uvicorn.Server, url: str, announce, failure
         if host.ready:
             engine = host.engine
             stats = _safe_stats(engine)
+            pages, backend = (stats.pages.num_total_pages, stats.backend) if stats is not None else ("?", "?")
             announce(f"surge-serve ready on {url}: model {api_server.model_name}, max_model_len "
-                     f"{engine.max_model_len}, {stats.get('num_total_pages', '?')} KV pages, backend "
-                     f"{stats.get('backend', '?')}", flush=True)
+                     f"{engine.max_model_len}, {pages} KV pages, backend {backend}", flush=True)
             return
         threading.Event().wait(0.1)
 
 
-def _safe_stats(engine) -> dict:
+def _safe_stats(engine) -> Optional[EngineStats]:
     try:
         return engine.stats()
     except Exception:
-        return {}
+        return None
 
 
 def run_forever(api_server, host: str, port: int, **kwargs) -> Optional[int]:

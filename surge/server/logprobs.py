@@ -1,94 +1,82 @@
-"""Engine log-probabilities to OpenAI's two shapes.
+"""Engine log-probabilities to OpenAI's two shapes, and vLLM's prompt_logprobs.
 
-In: a completion's generated token ids and, per token, the engine's dict
-token id -> `Logprob(logprob, rank, decoded_token)` (the sampled token plus
-the top alternatives), and how many alternatives the request asked for.
-Out: chat's `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}` or
-the legacy completions' `{"tokens", "token_logprobs", "top_logprobs",
-"text_offset"}`.
+In: per token a `TokenLogprobs` (surge.sampling.logprobs: the token, its
+log-prob and rank, the top alternatives most likely first, every text decoded
+by the engine's output side), as `CompletionOutput.logprobs` and
+`RequestOutput.prompt_logprobs` carry them, and how many alternatives the
+request asked for. Out: chat's `{"content": [{"token", "logprob", "bytes",
+"top_logprobs"}]}`, the legacy completions' `{"tokens", "token_logprobs",
+"top_logprobs", "text_offset"}`, or vLLM's `prompt_logprobs` list. This is the
+only place log-probs become JSON.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
+from surge.sampling.logprobs import TokenLogprobs
 from surge.server.protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 
 
-def _token_text(entry, token_id: int) -> str:
-    return entry.decoded_token if entry.decoded_token is not None else f"<token {token_id}>"
+def _text(text: Optional[str], token_id: int) -> str:
+    return text if text is not None else f"<token {token_id}>"
 
 
-def _top(entries: Dict[int, object], num_top: int) -> list[tuple[int, object]]:
-    ranked = [(tid, e) for tid, e in entries.items() if e.rank is not None and e.rank <= num_top]
-    ranked.sort(key=lambda item: item[1].rank)
-    return ranked[:num_top]
+def _top(entry: TokenLogprobs, num_top: int) -> list[tuple[str, float]]:
+    """(text, log-prob) of the top ``num_top`` alternatives, most likely first."""
+    return [(_text(text, token_id), logprob)
+            for (token_id, logprob), text in zip(entry.top[:num_top], entry.top_texts())]
 
 
-def chat_logprobs(token_ids: Sequence[int], entries: Sequence[Dict[int, object]], num_top: int) -> ChoiceLogprobs:
+def chat_logprobs(entries: Sequence[TokenLogprobs], num_top: int) -> ChoiceLogprobs:
     content = []
-    for token_id, per_token in zip(token_ids, entries):
-        sampled = per_token.get(token_id)
-        if sampled is None:
-            continue
-        text = _token_text(sampled, token_id)
-        top = [TopLogprob(token=_token_text(e, tid), logprob=e.logprob, bytes=list(_token_text(e, tid).encode()))
-               for tid, e in _top(per_token, num_top)]
-        content.append(TokenLogprob(token=text, logprob=sampled.logprob, bytes=list(text.encode()),
-                                    top_logprobs=top))
+    for entry in entries:
+        text = _text(entry.text(), entry.token_id)
+        top = [TopLogprob(token=top_text, logprob=logprob, bytes=list(top_text.encode()))
+               for top_text, logprob in _top(entry, num_top)]
+        content.append(TokenLogprob(token=text, logprob=entry.logprob, bytes=list(text.encode()), top_logprobs=top))
     return ChoiceLogprobs(content=content)
 
 
-def completion_logprobs(token_ids: Sequence[int], entries: Sequence[Dict[int, object]], num_top: int,
-                        start_offset: int = 0) -> CompletionLogprobs:
+def completion_logprobs(entries: Sequence[TokenLogprobs], num_top: int, start_offset: int = 0) -> CompletionLogprobs:
     result = CompletionLogprobs()
     offset = start_offset
-    for token_id, per_token in zip(token_ids, entries):
-        sampled = per_token.get(token_id)
-        if sampled is None:
-            continue
-        text = _token_text(sampled, token_id)
+    for entry in entries:
+        text = _text(entry.text(), entry.token_id)
         result.tokens.append(text)
-        result.token_logprobs.append(sampled.logprob)
-        top: Optional[dict] = None
-        if num_top > 0:
-            top = _top_dict(per_token, num_top)
-        result.top_logprobs.append(top)
+        result.token_logprobs.append(entry.logprob)
+        result.top_logprobs.append(_top_dict(entry, num_top) if num_top > 0 else None)
         result.text_offset.append(offset)
         offset += len(text)
     return result
 
 
-def _top_dict(entries: Dict[int, object], num_top: int) -> dict:
+def _top_dict(entry: TokenLogprobs, num_top: int) -> dict:
     """Legacy top_logprobs are keyed by text; tokens that print alike keep the most likely one's value."""
     top: dict = {}
-    for tid, e in _top(entries, num_top):
-        top.setdefault(_token_text(e, tid), e.logprob)
+    for text, logprob in _top(entry, num_top):
+        top.setdefault(text, logprob)
     return top
 
 
-def delta_entries(completion) -> tuple[list[int], list]:
-    """The token ids and logprob entries that arrived with this output's delta."""
+def delta_entries(completion) -> list[TokenLogprobs]:
+    """The log-probs of the tokens that arrived with this output's delta."""
     count = len(completion.delta_token_ids)
     if not count or completion.logprobs is None:
-        return [], []
-    return list(completion.delta_token_ids), list(completion.logprobs[-count:])
+        return []
+    return list(completion.logprobs[-count:])
 
 
-def prompt_completion_logprobs(prompt_token_ids: Sequence[int], entries: Sequence[Optional[Dict[int, object]]],
+def prompt_completion_logprobs(prompt_token_ids: Sequence[int], entries: Sequence[Optional[TokenLogprobs]],
                                num_top: int, decode) -> CompletionLogprobs:
     """The echoed prompt's part of legacy completions logprobs: the first token's (and any missing) is null."""
     result = CompletionLogprobs()
     offset = 0
-    for token_id, per_token in zip(prompt_token_ids, entries):
-        scored = per_token.get(token_id) if per_token is not None else None
-        text = _token_text(scored, token_id) if scored is not None else decode(token_id)
+    for token_id, entry in zip(prompt_token_ids, entries):
+        text = decode(token_id) if entry is None else _text(entry.text(), token_id)
         result.tokens.append(text)
-        result.token_logprobs.append(scored.logprob if scored is not None else None)
-        top = None
-        if scored is not None and num_top > 0:
-            top = _top_dict(per_token, num_top)
-        result.top_logprobs.append(top)
+        result.token_logprobs.append(None if entry is None else entry.logprob)
+        result.top_logprobs.append(_top_dict(entry, num_top) if entry is not None and num_top > 0 else None)
         result.text_offset.append(offset)
         offset += len(text)
     return result
@@ -102,8 +90,8 @@ def join_logprobs(first: CompletionLogprobs, second: Optional[CompletionLogprobs
                               tokens=first.tokens + second.tokens, top_logprobs=first.top_logprobs + second.top_logprobs)
 
 
-def vllm_prompt_logprobs(entries: Sequence[Optional[Dict[int, object]]]) -> list:
+def vllm_prompt_logprobs(entries: Sequence[Optional[TokenLogprobs]]) -> list:
     """vLLM's `prompt_logprobs`: per prompt token None or {token id (str): {logprob, rank, decoded_token}}."""
-    return [None if per_token is None else
-            {str(tid): {"logprob": e.logprob, "rank": e.rank, "decoded_token": e.decoded_token}
-             for tid, e in per_token.items()} for per_token in entries]
+    return [None if entry is None else
+            {str(token_id): {"logprob": e.logprob, "rank": e.rank, "decoded_token": e.decoded_token}
+             for token_id, e in entry.items()} for entry in entries]

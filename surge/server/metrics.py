@@ -1,6 +1,6 @@
 """Prometheus metrics with vLLM's meanings under the `surge:` prefix.
 
-In: `engine.stats()` read at scrape time (a custom collector: requests
+In: `engine.stats()` (an `EngineStats`) read at scrape time (a custom collector: requests
 running / waiting, KV-cache pages, prefix-cache hits, preemptions), and, from
 the server, each request's outputs as they stream (`RequestTimer`), its final
 `RequestOutput` and the API-key label it bills to. Out: a `CollectorRegistry`
@@ -25,6 +25,7 @@ from typing import Callable, Optional
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
 from surge.engine.outputs import FinishReason
+from surge.engine.stats import EngineStats
 from surge.monitoring.engine_stats import EngineStatsCollector
 
 logger = logging.getLogger("surge")
@@ -86,10 +87,12 @@ class RequestTimer:
 class ServerMetrics:
     """The server's registry: engine collector, request histograms, token and per-key counters."""
 
-    def __init__(self, model_name: str, stats_fn: Callable[[], Optional[dict]], max_model_len: int = 8192) -> None:
+    def __init__(self, model_name: str, stats_fn: Callable[[], Optional[EngineStats]],
+                 max_model_len: int = 8192, replica_stats_fn: Optional[Callable[[], tuple]] = None) -> None:
+        """`replica_stats_fn`: each data-parallel replica's EngineStats (a `replica` label when more than one)."""
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EngineStatsCollector(stats_fn, model_name))
+        self.registry.register(EngineStatsCollector(stats_fn, model_name, replica_stats_fn))
         self._lock = threading.Lock()
         self._totals = {"prompt_tokens": 0, "generation_tokens": 0, "requests": 0}
         m = ["model_name"]

@@ -35,6 +35,7 @@ from surge.cache.block_manager import BlockManager
 from surge.cache.kv_cache import KVCachePlan, allocate_kv_cache
 from surge.kernels.metadata import AttentionMetadata
 from surge.models.loader import load_model
+from surge.spec_decode.stats import DraftModelStats
 
 logger = logging.getLogger("surge")
 
@@ -230,11 +231,10 @@ class DraftModelProposer:
         if self._states.pop(request_id, None) is not None:  # (a state exists exactly while pages are held)
             self.block_manager.free(request_id)
 
-    def stats(self) -> dict:
-        return {"spec_decode_draft_num_total_pages": self.block_manager.num_total_pages,
-                "spec_decode_draft_num_free_pages": self.block_manager.num_free_pages,
-                "spec_decode_draft_num_requests": len(self._states),
-                "spec_decode_draft_num_calls": self.num_calls}
+    def stats(self) -> DraftModelStats:
+        return DraftModelStats(num_total_pages=self.block_manager.num_total_pages,
+                               num_free_pages=self.block_manager.num_free_pages, num_requests=len(self._states),
+                               num_calls=self.num_calls)
 
 
 class DraftMismatch(ValueError):

@@ -1,12 +1,16 @@
 """Counters of speculative decoding, with vLLM's meanings (exported under `surge:` by the server).
 
 In: one record per verification (drafts proposed, drafts accepted). Out: totals and the histogram of
-accepted lengths (index a = verifications that accepted a drafts), for stats() and /metrics.
+accepted lengths (index a = verifications that accepted a drafts), as a `SpecDecodeStats` snapshot
+(surge.spec_decode.stats) for Engine.stats() and /metrics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
+
+from surge.spec_decode.stats import DraftModelStats, SpecDecodeStats, SuffixIndexStats
 
 
 @dataclass
@@ -27,19 +31,12 @@ class SpecDecodeMetrics:
         self.num_accepted_tokens += num_accepted
         self.acceptance_lengths[num_accepted] += 1
 
-    def as_dict(self) -> dict:
-        rate = self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-        mean = 1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
-        return {
-            "spec_decode_method": self.method,
-            "spec_decode_num_drafts": self.num_drafts,
-            "spec_decode_num_draft_tokens": self.num_draft_tokens,
-            "spec_decode_num_accepted_tokens": self.num_accepted_tokens,
-            "spec_decode_acceptance_rate": rate,
-            # Tokens emitted per verification (accepted drafts + the target's own token).
-            "spec_decode_mean_acceptance_length": mean,
-            "spec_decode_acceptance_lengths": list(self.acceptance_lengths),
-        }
+    def stats(self, suffix: Optional[SuffixIndexStats] = None,
+              draft: Optional[DraftModelStats] = None) -> SpecDecodeStats:
+        """A snapshot of the counters, with the suffix index's or draft model's part when the method has one."""
+        return SpecDecodeStats(method=self.method, num_drafts=self.num_drafts, num_draft_tokens=self.num_draft_tokens,
+                               num_accepted_tokens=self.num_accepted_tokens,
+                               acceptance_lengths=tuple(self.acceptance_lengths), suffix=suffix, draft=draft)
 
 
 __all__ = ["SpecDecodeMetrics"]

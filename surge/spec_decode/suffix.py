@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from surge.spec_decode.stats import SuffixIndexStats
+
 # Most recent occurrences of the last min_match tokens compared per lookup (the cost bound).
 MAX_CANDIDATES = 64
 
@@ -177,9 +179,8 @@ class SuffixProposer:
         if len(output_token_ids):
             self.index.add(list(prompt_token_ids)[-self.index.max_match:] + list(output_token_ids))
 
-    def stats(self) -> dict:
-        return {"spec_decode_suffix_index_tokens": self.index.num_tokens,
-                "spec_decode_suffix_index_sequences": self.index.num_sequences}
+    def stats(self) -> SuffixIndexStats:
+        return SuffixIndexStats(index_tokens=self.index.num_tokens, index_sequences=self.index.num_sequences)
 
 
 __all__ = ["MAX_CANDIDATES", "SuffixIndex", "SuffixProposer", "follow", "own_candidates"]

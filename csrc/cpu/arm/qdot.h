@@ -70,4 +70,36 @@ void dot_q4_1(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float
   dot_q4<R, true>(w, nb, xq, xd, xs, out);
 }
 
+// 16 s8 x s8 products as 4 int32 lanes (|products| <= 128 * 127, two of them fit int16).
+inline int32x4_t dot16(int8x16_t w, const int8_t* x) {
+  const int8x16_t xv = vld1q_s8(x);
+#if defined(SURGE_ISA_NEON_DOTPROD)
+  return vdotq_s32(vdupq_n_s32(0), w, xv);
+#else
+  int16x8_t a = vmull_s8(vget_low_s8(w), vget_low_s8(xv));
+  a = vmlal_s8(a, vget_high_s8(w), vget_high_s8(xv));
+  return vpaddlq_s16(a);
+#endif
+}
+
+// One unpacked K-quant super-block (contract: cpu/scalar/qdot.h): each half of a block of 32 under its scale.
+template <int R>
+void dot_unpacked(const int8_t* q, const float* scale, const float* offset, const int8_t* const* xq,
+                  const float* const* xd, const float* const* xs, float* acc) {
+  float32x4_t sum[R];
+  float off[R] = {};
+  for (int r = 0; r < R; ++r) sum[r] = vdupq_n_f32(0.0f);
+  for (int b = 0; b < 8; ++b) {
+    const int8x16_t w0 = vld1q_s8(q + 32 * b);
+    const int8x16_t w1 = vld1q_s8(q + 32 * b + 16);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* x = xq[r] + 32 * b;
+      sum[r] = vfmaq_n_f32(sum[r], vcvtq_f32_s32(dot16(w0, x)), scale[2 * b] * xd[r][b]);
+      sum[r] = vfmaq_n_f32(sum[r], vcvtq_f32_s32(dot16(w1, x + 16)), scale[2 * b + 1] * xd[r][b]);
+      off[r] += offset[b] * xs[r][b];
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r] += vaddvq_f32(sum[r]) + off[r];
+}
+
 }  // namespace surge::cpu::SURGE_ISA_NS

@@ -2,7 +2,8 @@
 //
 // dot_<type><R>: one weight row of nb GGUF blocks against R quantized rows of x
 // (xq int8 [nb * 32], xd scales [nb], xs = xd * block sums [nb]); out[r] = that row's dot.
-// Every variant's qdot.h offers these three with the same contract.
+// dot_unpacked<R>: one unpacked K-quant super-block against R rows (below).
+// Every variant's qdot.h offers these four with the same contract.
 #pragma once
 
 namespace surge::cpu::SURGE_ISA_NS {
@@ -64,6 +65,22 @@ void dot_q4_1(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float
     }
   }
   for (int r = 0; r < R; ++r) out[r] = acc[r];
+}
+
+// One unpacked K-quant super-block (kquant_unpack.inc: q [256] int8, scale [16] per 16 weights,
+// offset [8] per 32) against R quantized rows of x (8 blocks each); adds each row's dot to acc[r].
+template <int R>
+void dot_unpacked(const int8_t* q, const float* scale, const float* offset, const int8_t* const* xq,
+                  const float* const* xd, const float* const* xs, float* acc) {
+  for (int b = 0; b < 8; ++b) {
+    for (int r = 0; r < R; ++r) {
+      int32_t low = 0, high = 0;
+      for (int i = 0; i < 16; ++i) low += static_cast<int32_t>(q[32 * b + i]) * xq[r][32 * b + i];
+      for (int i = 16; i < 32; ++i) high += static_cast<int32_t>(q[32 * b + i]) * xq[r][32 * b + i];
+      acc[r] += xd[r][b] * (scale[2 * b] * static_cast<float>(low) + scale[2 * b + 1] * static_cast<float>(high)) +
+                offset[b] * xs[r][b];
+    }
+  }
 }
 
 }  // namespace surge::cpu::SURGE_ISA_NS

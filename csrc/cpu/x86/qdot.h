@@ -89,4 +89,27 @@ void dot_q4_1(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float
   for (int r = 0; r < R; ++r) out[r] = sum8(acc[r]) + offset[r];
 }
 
+// One unpacked K-quant super-block (contract: cpu/scalar/qdot.h). Weights are signed (|q| <= 32), so
+// they go in as |q| with their sign moved onto x; int32 lanes 0-3 hold weights 0-15, lanes 4-7 16-31,
+// each half under its own scale.
+template <int R>
+void dot_unpacked(const int8_t* q, const float* scale, const float* offset, const int8_t* const* xq,
+                  const float* const* xd, const float* const* xs, float* acc) {
+  __m256 sum[R];
+  float off[R] = {};
+  for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_ps();
+  for (int b = 0; b < 8; ++b) {
+    const __m256i w = load32(q + 32 * b);
+    const __m256i magnitude = _mm256_sign_epi8(w, w);
+    const __m256 halves = _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+    for (int r = 0; r < R; ++r) {
+      const __m256i x = _mm256_sign_epi8(load32(xq[r] + 32 * b), w);
+      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(magnitude, x));
+      sum[r] = _mm256_fmadd_ps(p, _mm256_mul_ps(halves, _mm256_set1_ps(xd[r][b])), sum[r]);
+      off[r] += offset[b] * xs[r][b];
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r] += sum8(sum[r]) + off[r];
+}
+
 }  // namespace surge::cpu::SURGE_ISA_NS
