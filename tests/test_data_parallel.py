@@ -194,6 +194,16 @@ result["grid_sharded"] = [r.runner.placed.sharded for r in grid.replicas]
 result["grid_tokens"], result["grid_most_running"] = run(grid)
 del grid
 
+# The cpu backend packs the weights in place when placing them (prepare_model): every replica but the last
+# places a copy of the loaded module, so both replicas hold correctly packed weights.
+CPU = dict(OPTIONS, backend="cpu")
+packed = surge.Engine.from_pretrained(path, **CPU)
+result["cpu_dp1_tokens"], _ = run(packed)
+del packed
+packed = surge.Engine.from_pretrained(path, **CPU, **{"engine.data_parallel_size": 2})
+result["cpu_dp2_tokens"], _ = run(packed)
+del packed
+
 try:
     surge.Engine.from_pretrained(path, **OPTIONS, **{"engine.data_parallel_size": 8})
     result["too_many"] = ""
@@ -265,6 +275,12 @@ def test_two_replicas_of_two_tensor_parallel_devices_give_the_one_device_greedy_
     assert result["grid_sharded"] == [True, True]
     assert result["grid_most_running"] == 8
     assert result["grid_tokens"] == result["dp1_tokens"]
+
+
+def test_replicas_on_the_cpu_backend_each_pack_their_own_weights(data_parallel_run):
+    result = data_parallel_run
+    assert result["cpu_dp2_tokens"] == result["cpu_dp1_tokens"]
+    assert all(len(tokens) == 8 for tokens in result["cpu_dp2_tokens"])
 
 
 def test_more_replicas_than_devices_fail_naming_both_keys(data_parallel_run):
