@@ -97,3 +97,37 @@ def test_an_empty_engine_starts_a_new_busy_period():
     loop.dispatched(FakeStep(clock, 101.0))
     loop.end_step(busy=True)
     assert loop.num_gaps == 0 and loop.idle_seconds == 0.0
+
+
+def test_loop_clock_gives_each_steps_device_seconds():
+    clock = FakeClock()
+    loop = LoopClock(clock)
+    # Serial: dispatch at 2, the step ends at 12.
+    loop.start_step()
+    clock.now = 2.0
+    first = FakeStep(clock, 12.0)
+    loop.dispatched(first)
+    loop.wait(first)
+    assert loop.last_step_seconds == pytest.approx(10.0)
+    clock.now = 13.0
+    loop.end_step(busy=True)
+    assert loop.last_host_seconds == pytest.approx(3.0)
+    # Async: the second is dispatched at 14, the third at 15, queued behind it; the second ends at 20, the
+    # third at 27 (7 s from the second's end, not from its own dispatch).
+    loop.start_step()
+    clock.now = 14.0
+    second = FakeStep(clock, 20.0)
+    loop.dispatched(second)
+    clock.now = 15.0
+    third = FakeStep(clock, 27.0)
+    loop.dispatched(third)
+    loop.wait(second)
+    assert loop.last_step_seconds == pytest.approx(6.0)
+    loop.wait(third)
+    assert loop.last_step_seconds == pytest.approx(7.0)
+    # A step already done when waited on: an upper bound (from the previous end to the wait).
+    fourth = FakeStep(clock, 28.0)
+    loop.dispatched(fourth)
+    clock.now = 30.0
+    loop.wait(fourth)
+    assert loop.last_step_seconds == pytest.approx(3.0)

@@ -8,7 +8,6 @@ import pytest
 import surge
 from surge import SamplingParams
 from surge.config import ConfigError, SpeculativeConfig
-from surge.engine.loop_clock import LoopClock
 from surge.scheduler.request import Request
 from surge.spec_decode import Speculator
 from surge.spec_decode.adaptive import AdaptiveK
@@ -179,60 +178,6 @@ def test_cost_model_config():
         Speculator(SpeculativeConfig(method="ngram"))
     with pytest.raises(ValueError, match="StepCostModel is needed exactly when"):
         Speculator(SpeculativeConfig(method="ngram", cost_model="none"), cost_model=StepCostModel())
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-class _Step:
-    def __init__(self, clock, ends_at):
-        self.clock, self.ends_at = clock, ends_at
-
-    def is_ready(self):
-        return self.clock.now >= self.ends_at
-
-    def result(self):
-        self.clock.now = max(self.clock.now, self.ends_at)
-        return "ids"
-
-
-def test_loop_clock_gives_each_steps_device_seconds():
-    clock = _Clock()
-    loop = LoopClock(clock)
-    # Serial: dispatch at 2, the step ends at 12.
-    loop.start_step()
-    clock.now = 2.0
-    first = _Step(clock, 12.0)
-    loop.dispatched(first)
-    loop.wait(first)
-    assert loop.last_step_seconds == pytest.approx(10.0)
-    clock.now = 13.0
-    loop.end_step(busy=True)
-    assert loop.last_host_seconds == pytest.approx(3.0)
-    # Async: the second is dispatched at 14, the third at 15, queued behind it; the second ends at 20, the
-    # third at 27 (7 s from the second's end, not from its own dispatch).
-    loop.start_step()
-    clock.now = 14.0
-    second = _Step(clock, 20.0)
-    loop.dispatched(second)
-    clock.now = 15.0
-    third = _Step(clock, 27.0)
-    loop.dispatched(third)
-    loop.wait(second)
-    assert loop.last_step_seconds == pytest.approx(6.0)
-    loop.wait(third)
-    assert loop.last_step_seconds == pytest.approx(7.0)
-    # A step already done when waited on: an upper bound (from the previous end to the wait).
-    fourth = _Step(clock, 28.0)
-    loop.dispatched(fourth)
-    clock.now = 30.0
-    loop.wait(fourth)
-    assert loop.last_step_seconds == pytest.approx(3.0)
 
 
 def test_a_step_that_measures_its_own_bucket_pauses_nobody():
