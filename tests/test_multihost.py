@@ -117,3 +117,57 @@ def test_killing_process_1_makes_process_0_exit_naming_it(model_path, tmp_path):
     finally:
         for process in (leader, follower):
             process.stop()
+
+
+# ---- the cluster a config and the JAX variables describe (no processes started) ---------------------
+def _resolve(environ=None, **keys):
+    from surge.config import DistributedConfig
+    from surge.parallel.distributed import resolve
+
+    return resolve(DistributedConfig(**keys), environ or {})
+
+
+def test_cluster_from_keys_and_from_the_jax_environment_variables():
+    assert _resolve() == _cluster_of("", 1, 0)
+    assert _resolve(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1) == \
+        _cluster_of("10.0.0.1:1234", 2, 1)
+    env = {"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert _resolve(env) == _cluster_of("h:99", 4, 3)
+    # A key that is set wins over its variable.
+    assert _resolve(env, process_id=0) == _cluster_of("h:99", 4, 0)
+
+
+def _cluster_of(address, num, pid):
+    from surge.parallel.distributed import Cluster
+
+    return Cluster(address, num, pid)
+
+
+@pytest.mark.parametrize("keys, environ, message", [
+    (dict(num_processes=2, process_id=0), {}, "needs engine.distributed.coordinator_address"),
+    (dict(num_processes=2, coordinator_address="h:1"), {}, "needs engine.distributed.process_id"),
+    (dict(), {"JAX_NUM_PROCESSES": "two"}, "$JAX_NUM_PROCESSES='two' is not an integer"),
+    (dict(num_processes=2, process_id=0), {"JAX_COORDINATOR_ADDRESS": "nohost"}, "'nohost' is not host:port"),
+    (dict(num_processes=2, coordinator_address="h:1"), {"JAX_PROCESS_ID": "5"}, "is 5: it must be in [0, 2)"),
+    (dict(process_id=1), {}, "is 1 but there is one process"),
+])
+def test_a_cluster_that_cannot_work_fails_naming_the_key(keys, environ, message):
+    from surge.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        _resolve(environ, **keys)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("keys, message", [
+    (dict(coordinator_address="localhost"), "'localhost' is not host:port"),
+    (dict(num_processes=-1), "must be >= 1"),
+    (dict(num_processes=2, process_id=2), "must be < engine.distributed.num_processes (2)"),
+    (dict(heartbeat_timeout_s=0), "heartbeat_timeout_s"),
+])
+def test_bad_distributed_keys_fail_at_load(keys, message):
+    from surge.config import ConfigError, DistributedConfig
+
+    with pytest.raises(ConfigError) as error:
+        DistributedConfig(**keys)
+    assert message in str(error.value)
