@@ -40,9 +40,16 @@ class ModelConfig:
     path: str = ""
     # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
     tokenizer: str = ""
-    # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32, bfloat16, or
-    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors stay quantized,
-    # multiplied as such by the cpu backend; other tensors float32).
+    # Parameter dtype: auto, float32, bfloat16 or quantized.
+    # - auto: a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors quantized where the
+    #   kernel backend multiplies quantized weights (the cpu backend: the embedded default model then holds
+    #   ~100 MiB instead of ~500); on the other backends (reference, pallas, triton), whose matmul would
+    #   dequantize the blocks at every use, and for a safetensors checkpoint, auto is the platform's float
+    #   dtype: float32 on CPU, bfloat16 on GPU/TPU. A quantized model's other tensors (norms, biases, F32 / F16
+    #   ones, a fused q/k/v or gate/up whose parts differ in type) are float32.
+    # - float32 / bfloat16: every tensor dequantized to that dtype (the parity tests use float32).
+    # - quantized: a GGUF file's quantized tensors kept on any backend (reference/pallas/triton dequantize
+    #   them at every use: less memory, slower); not for safetensors (see `quantize`).
     dtype: str = "auto"
     # Quantize a safetensors checkpoint's weights as it loads: none, or q8_0 (every projection and the
     # embedding become GGUF Q8_0 blocks of 32 int8 weights and a float16 scale, multiplied in that form
@@ -56,6 +63,9 @@ class ModelConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16", "quantized"), "model.dtype",
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
         _check(self.quantize in ("none", "q8_0"), "model.quantize", f"{self.quantize!r} is not none|q8_0")
+        _check(not (self.quantize != "none" and self.dtype == "quantized"), "model.dtype",
+               f"quantized keeps a GGUF file's own quantization; with model.quantize={self.quantize} give auto, "
+               "float32 or bfloat16 (the dtype of the tensors that stay float)")
 
 
 SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
