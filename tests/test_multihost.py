@@ -1,7 +1,7 @@
 """Multi-host serving on one machine: two real `surge-serve` processes on loopback, 4 CPU devices each.
 
 The two processes join through jax.distributed (engine.distributed.*, gloo collectives) and hold one
-tensor-parallel replica over all 8 devices (tp = 8; the tiny Llama's 4 KV heads replicated twice).
+tensor-parallel replica over all 8 devices (tp = 8, cpu backend: its FFI kernels in shard_map; the tiny Llama's 4 KV heads replicated twice).
 Process 0 serves HTTP; process 1 runs its steps in lockstep. A streamed chat completion to process 0
 must give the greedy text a single-process server gives (tp = 1); SIGTERM to process 0 stops both
 with exit code 0; killing process 1 makes process 0 exit non-zero within 60 s with an error naming
@@ -22,7 +22,7 @@ import pytest
 from surge.server.process import ServerProcess
 
 MODEL_SHAPE = dict(num_attention_heads=8, num_key_value_heads=4)
-ENGINE = ["model.served_name=tiny", "backend=reference", "engine.max_model_len=64", "engine.max_num_seqs=2",
+ENGINE = ["model.served_name=tiny", "backend=cpu", "engine.max_model_len=64", "engine.max_num_seqs=2",
           "engine.max_num_batched_tokens=32", "engine.token_buckets=[32]", "engine.seq_buckets=[2]",
           "cache.page_size=16", "cache.num_pages=16", "engine.compilation_cache=false"]
 PROMPT = [{"role": "user", "content": "Say something about the sea"}]
