@@ -1,7 +1,8 @@
 """Multi-host serving on one machine: two real `surge-serve` processes on loopback, 4 CPU devices each.
 
 The two processes join through jax.distributed (engine.distributed.*, gloo collectives) and hold one
-tensor-parallel replica over all 8 devices (tp = 8, cpu backend: its FFI kernels in shard_map; the tiny Llama's 4 KV heads replicated twice).
+tensor-parallel replica over all 8 devices (tp = 8; cpu backend, its FFI kernels inside shard_map; the
+tiny Llama's 4 KV heads replicated twice).
 Process 0 serves HTTP; process 1 runs its steps in lockstep. A streamed chat completion to process 0
 must give the greedy text a single-process server gives (tp = 1); SIGTERM to process 0 stops both
 with exit code 0; killing process 1 makes process 0 exit non-zero within 60 s with an error naming
