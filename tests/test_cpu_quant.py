@@ -91,13 +91,14 @@ def isa(request):
     cpu.set_isa(before)
 
 
-@pytest.mark.parametrize("m", [1, 5, 33])
+# 1-3 rows take the row path, 4 and up the x86 panel path (x86/qpanel.h): tiles of 4, 3, 2 rows.
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 8, 33, 128])
 def test_quantized_matmul_matches_float64_on_the_files_blocks(isa, file_tensors, m):
     rng = np.random.default_rng(m)
     cases = [_blocks(file_tensors["blk.0.ffn_down.weight"]),      # Q4_1 [576, 1536 / 32]
              _blocks(file_tensors["blk.3.attn_k.weight"]),        # Q4_1 [192, 576 / 32]
              _blocks(file_tensors["token_embd.weight"])[:4000],   # Q8_0 [4000, 576 / 32]
-             _random_q4_0(rng, 72, 320)]                          # Q4_0
+             _random_q4_0(rng, 75, 320)]                          # Q4_0 (a last panel of 3 rows)
     for w in cases:
         x = rng.standard_normal((m, w.shape[1] * 32)).astype(np.float32)
         y = jax.jit(matmul)(jnp.asarray(x), jnp.asarray(w))

@@ -28,7 +28,9 @@ from surge.kernels.registry import get_backend
 from surge.models.catalogue import resolve_model
 from surge.models.loader import load_model
 from surge.models.decoder import num_params
+from surge.parallel import distributed
 from surge.parallel.data_parallel import Replica, replica_meshes
+from surge.parallel.lockstep import StepBroadcast
 from surge.parallel.tensor_parallel import describe_placement, place_model
 from surge.runner import compile_counter
 from surge.runner.buckets import Buckets
@@ -75,6 +77,10 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
     (model.tokenizer or the model's own); the one tokenizer is shared by the input side, the output side
     and the grammar compiler."""
     _configure_logging(cfg.engine.log_level)
+    cluster = distributed.join(cfg.engine.distributed)  # before any device is used
+    if cluster.is_multi_process:
+        logger.info(distributed.describe(cluster))
+        _check_multi_process(cfg)
     compile_counter.install()
     if cfg.engine.compilation_cache:
         enable_compilation_cache()
@@ -182,7 +188,7 @@ def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, model, arch, b
                           first_needed_key=arch.first_needed_key if arch.kv_reach() is not None else None)
     runner = ModelRunner(model=model, arch=arch, backend=backend, kv_caches=kv_caches,
                          page_size=plan.page_size, max_model_len=max_model_len, engine_config=cfg.engine, mesh=mesh,
-                         placed=placed)
+                         placed=placed, broadcast=StepBroadcast(mesh) if jax.process_count() > 1 else None)
     if cfg.engine.compile_at_startup:
         compile_started = time.perf_counter()
         runner.compile_all(progress=progress)
@@ -190,6 +196,22 @@ def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, model, arch, b
                     time.perf_counter() - compile_started)
     return Replica(index=index, mesh=mesh, kv_plan=plan, block_manager=block_manager, scheduler=scheduler,
                    runner=runner, loop_clock=LoopClock())
+
+
+def _check_multi_process(cfg: SurgeConfig) -> None:
+    """What many processes run: one replica over every process's devices, stepped in lockstep by process 0."""
+    engine = cfg.engine
+    if engine.data_parallel_size != 1:
+        raise ValueError(f"engine.data_parallel_size={engine.data_parallel_size} with "
+                         f"{jax.process_count()} processes: multi-process serving runs one replica (dp = 1) "
+                         "whose tensor_parallel_size spans every process's devices")
+    if engine.speculative.method == "draft_model":
+        raise ValueError("engine.speculative.method=draft_model does not run over many processes (its draft "
+                         "runner is not stepped in lockstep); use ngram/suffix or one process")
+    if engine.tensor_parallel_size != jax.device_count():
+        raise ValueError(f"engine.tensor_parallel_size={engine.tensor_parallel_size}: with "
+                         f"{jax.process_count()} processes it must be the {jax.device_count()} devices they hold "
+                         "together")
 
 
 def _configure_logging(level: str) -> None:
