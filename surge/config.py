@@ -40,9 +40,16 @@ class ModelConfig:
     path: str = ""
     # Tokenizer source; empty means the model's own (HF directory or the GGUF's embedded vocab).
     tokenizer: str = ""
-    # Parameter dtype: auto (float32 on CPU, bfloat16 on GPU/TPU), float32, bfloat16, or
-    # quantized (a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors stay quantized,
-    # multiplied as such by the cpu backend; other tensors float32).
+    # Parameter dtype: auto, float32, bfloat16 or quantized.
+    # - auto: a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors quantized where the
+    #   kernel backend multiplies quantized weights (the cpu backend: the embedded default model then holds
+    #   ~100 MiB instead of ~500); on the other backends (reference, pallas, triton), whose matmul would
+    #   dequantize the blocks at every use, and for a safetensors checkpoint, auto is the platform's float
+    #   dtype: float32 on CPU, bfloat16 on GPU/TPU. A quantized model's other tensors (norms, biases, F32 / F16
+    #   ones, a fused q/k/v or gate/up whose parts differ in type) are float32.
+    # - float32 / bfloat16: every tensor dequantized to that dtype (the parity tests use float32).
+    # - quantized: a GGUF file's quantized tensors kept on any backend (reference/pallas/triton dequantize
+    #   them at every use: less memory, slower); not for safetensors (see `quantize`).
     dtype: str = "auto"
     # Quantize a safetensors checkpoint's weights as it loads: none, or q8_0 (every projection and the
     # embedding become GGUF Q8_0 blocks of 32 int8 weights and a float16 scale, multiplied in that form
@@ -56,6 +63,9 @@ class ModelConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16", "quantized"), "model.dtype",
                f"{self.dtype!r} is not auto|float32|bfloat16|quantized")
         _check(self.quantize in ("none", "q8_0"), "model.quantize", f"{self.quantize!r} is not none|q8_0")
+        _check(not (self.quantize != "none" and self.dtype == "quantized"), "model.dtype",
+               f"quantized keeps a GGUF file's own quantization; with model.quantize={self.quantize} give auto, "
+               "float32 or bfloat16 (the dtype of the tensors that stay float)")
 
 
 SPECULATIVE_METHODS = ("none", "ngram", "suffix", "draft_model")
@@ -134,6 +144,40 @@ class SpeculativeConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    # Multi-host serving (surge.parallel.distributed): the processes join through jax.distributed, the mesh
+    # spans every process's devices, process 0 runs the scheduler and the HTTP server and the others step in
+    # lockstep on the inputs it broadcasts (surge.parallel.lockstep). Each key left at its default is read
+    # from the usual JAX variable (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); with none
+    # set the engine is one process.
+    # host:port of the coordinator, which process 0 serves; "" = $JAX_COORDINATOR_ADDRESS or one process.
+    coordinator_address: str = ""
+    # Processes in the cluster; 0 = $JAX_NUM_PROCESSES, or 1.
+    num_processes: int = 0
+    # This process's index in [0, num_processes); -1 = $JAX_PROCESS_ID, or 0.
+    process_id: int = -1
+    # Seconds a process may go without a heartbeat before the others count it lost and exit naming it.
+    heartbeat_timeout_s: int = 20
+    # Seconds every process waits at start-up for all of them to join the coordinator.
+    initialization_timeout_s: int = 300
+
+    def __post_init__(self) -> None:
+        address = self.coordinator_address
+        if address:
+            host, _, port = address.rpartition(":")
+            _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "engine.distributed.coordinator_address",
+                   f"{address!r} is not host:port")
+        _check(self.num_processes >= 0, "engine.distributed.num_processes",
+               f"{self.num_processes} must be >= 1 (or 0: from $JAX_NUM_PROCESSES)")
+        _check(self.process_id >= -1, "engine.distributed.process_id",
+               f"{self.process_id} must be >= 0 (or -1: from $JAX_PROCESS_ID)")
+        _check(self.num_processes == 0 or self.process_id < self.num_processes, "engine.distributed.process_id",
+               f"{self.process_id} must be < engine.distributed.num_processes ({self.num_processes})")
+        _check(self.heartbeat_timeout_s >= 1, "engine.distributed.heartbeat_timeout_s", "must be >= 1")
+        _check(self.initialization_timeout_s >= 1, "engine.distributed.initialization_timeout_s", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     # Longest sequence (prompt + generated tokens) a request may reach; 0 = the model's own limit.
     max_model_len: int = 2048
@@ -182,6 +226,8 @@ class EngineConfig:
     async_scheduling: bool = True
     # Speculative decoding (surge.spec_decode): draft tokens verified in the target's one ragged step.
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    # Many processes (hosts) serving one model: see DistributedConfig.
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         _check(self.structured_output_compile_workers >= 1, "engine.structured_output_compile_workers",
@@ -620,6 +666,6 @@ def replace(cfg: SurgeConfig, **sections: Any) -> SurgeConfig:
 
 __all__ = [
     "BackendConfig", "BenchConfig", "CacheConfig", "ConfigError", "EngineConfig", "MISSING", "ModelConfig",
-    "SamplingConfig", "SchedulerConfig", "ServerConfig", "SpeculativeConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
+    "DistributedConfig", "SamplingConfig", "SchedulerConfig", "ServerConfig", "SpeculativeConfig", "SurgeConfig", "SHORT_NAMES", "config_keys", "make_config",
     "register_configs", "to_config", "unknown_key_message",
 ]

@@ -6,11 +6,15 @@ the dequantized weights and x quantized per block of 32 exactly as the kernel do
 Q4_1 and Q8_0 tensors) and random Q4_0 ones, and random K-quant super-blocks (Q4_K / Q5_K / Q6_K,
 built by hand: gguf's Python side cannot quantize to them). Dequantization equals the `gguf`
 package's, for the file's blocks, the random ones, and a tiny GGUF written with K-quant tensors.
-The engine on model.dtype=quantized holds the model in under 100 MiB, gives a sequence the same
-greedy tokens batched or alone, and answers sensibly.
+The engine on the default model.dtype (auto: the GGUF's quantization kept, the cpu backend
+multiplying it) holds the embedded model in under 100 MiB, says so in its model log line, gives a
+sequence the same greedy tokens batched or alone, and answers sensibly; auto resolves to float
+wherever the backend or the checkpoint cannot keep quantized weights.
 """
 
 from __future__ import annotations
+
+import logging
 
 import gguf
 import jax
@@ -87,13 +91,14 @@ def isa(request):
     cpu.set_isa(before)
 
 
-@pytest.mark.parametrize("m", [1, 5, 33])
+# 1-3 rows take the row path, 4 and up the x86 panel path (x86/qpanel.h): tiles of 4, 3, 2 rows.
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 8, 33, 128])
 def test_quantized_matmul_matches_float64_on_the_files_blocks(isa, file_tensors, m):
     rng = np.random.default_rng(m)
     cases = [_blocks(file_tensors["blk.0.ffn_down.weight"]),      # Q4_1 [576, 1536 / 32]
              _blocks(file_tensors["blk.3.attn_k.weight"]),        # Q4_1 [192, 576 / 32]
              _blocks(file_tensors["token_embd.weight"])[:4000],   # Q8_0 [4000, 576 / 32]
-             _random_q4_0(rng, 72, 320)]                          # Q4_0
+             _random_q4_0(rng, 75, 320)]                          # Q4_0 (a last panel of 3 rows)
     for w in cases:
         x = rng.standard_normal((m, w.shape[1] * 32)).astype(np.float32)
         y = jax.jit(matmul)(jnp.asarray(x), jnp.asarray(w))
@@ -219,7 +224,7 @@ def test_engine_on_quantized_weights(smollm2_gguf):
     held = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(__import__("flax").nnx.state(loaded.model)))
     assert held < 100 * 2**20, held
 
-    engine = surge.Engine.from_pretrained(smollm2_gguf, dtype="quantized", backend="cpu", max_num_seqs=8,
+    engine = surge.Engine.from_pretrained(smollm2_gguf, backend="cpu", max_num_seqs=8,
                                           max_model_len=128, max_num_batched_tokens=128, token_buckets=[8, 128],
                                           num_pages=100, progress=False)
     prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time,", "The quick brown fox"]
@@ -228,3 +233,44 @@ def test_engine_on_quantized_weights(smollm2_gguf):
     alone = [engine.generate([p], params)[0].outputs[0].token_ids for p in prompts]
     assert together == alone
     assert "Paris" in engine.generate(prompts[:1], params)[0].outputs[0].text
+
+
+def test_auto_dtype_keeps_a_gguf_quantized_only_where_the_backend_multiplies_it():
+    from surge.kernels.reference import ReferenceBackend
+    from surge.models.loader import resolve_dtype
+
+    assert CpuBackend.multiplies_quantized and not ReferenceBackend.multiplies_quantized
+    assert resolve_dtype("auto", gguf=True, quantized_matmul=True) == "quantized"
+    assert resolve_dtype("auto", gguf=True, quantized_matmul=False) == "float32"  # jax's cpu platform here
+    assert resolve_dtype("auto", gguf=False, quantized_matmul=True) == "float32"
+    assert resolve_dtype("bfloat16", gguf=True, quantized_matmul=True) == "bfloat16"
+    with pytest.raises(ValueError, match="model dtype 'int4' is not one of auto, float32, bfloat16, quantized"):
+        resolve_dtype("int4", gguf=True)
+
+
+def test_quantize_on_load_with_dtype_quantized_is_refused():
+    from surge.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match="model.dtype.*with model.quantize=q8_0 give auto, float32 or bfloat16"):
+        ModelConfig(dtype="quantized", quantize="q8_0")
+
+
+def test_default_model_on_the_default_dtype_holds_under_200_mb(smollm2_gguf, caplog):
+    import surge
+
+    logger = logging.getLogger("surge")  # it does not propagate (its own handler), so listen on it directly
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="surge"):
+            engine = surge.Engine.from_pretrained(max_num_seqs=2, max_model_len=64, max_num_batched_tokens=64,
+                                                  token_buckets=[64], num_pages=12, compile_at_startup=False,
+                                                  progress=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert engine.dtype == "quantized" and engine.backend_name == "cpu"
+    weights = engine.runner.placed.weights
+    assert quantized.quant_types(weights) == ["Q4_1", "Q8_0"]
+    held = sum(w.size * w.dtype.itemsize for w in weights)
+    assert 60 * 2**20 < held < 200 * 10**6, held
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("model smollm2-135m-instruct:"))
+    assert f"(Q4_1 + Q8_0, rest float32, {held / 2**20:.0f} MiB held)" in line, line

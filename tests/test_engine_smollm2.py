@@ -1,4 +1,4 @@
-"""The engine on the real embedded model (SmolLM2-135M, float32) against transformers, and the CLI."""
+"""The engine on the real embedded model (SmolLM2-135M, model.dtype=float32) against transformers, and the CLI."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def engine(smollm2_gguf):
-    return surge.Engine.from_pretrained(smollm2_gguf, max_num_seqs=16, max_model_len=256,
+    # float32, not the default auto (which keeps the GGUF's quantization on the cpu backend): transformers
+    # dequantizes the file to float32.
+    return surge.Engine.from_pretrained(smollm2_gguf, dtype="float32", max_num_seqs=16, max_model_len=256,
                                         max_num_batched_tokens=256, token_buckets=[16, 256], num_pages=400,
                                         progress=False)
 
@@ -56,7 +58,7 @@ def test_backends_give_identical_greedy_text(smollm2_gguf, engine):
     for name in ("reference", "cpu"):
         if name in texts or available.get(name) is not None:
             continue
-        other = surge.Engine.from_pretrained(smollm2_gguf, backend=name, max_num_seqs=16, max_model_len=256,
+        other = surge.Engine.from_pretrained(smollm2_gguf, backend=name, dtype="float32", max_num_seqs=16, max_model_len=256,
                                             max_num_batched_tokens=256, token_buckets=[16, 256], num_pages=400,
                                             progress=False)
         texts[name] = [o.outputs[0].text for o in other.generate(PROMPTS[:4], params)]

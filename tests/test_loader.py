@@ -3,6 +3,8 @@ embedded SmolLM2), the catalogue download, and the errors a user sees for broken
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 import json
@@ -154,8 +156,10 @@ def test_paths_that_are_neither_directory_nor_gguf(tmp_path):
 # ---------------------------------------------------------------- GGUF written here
 
 
-def _write_gguf(path, hf_model, arch_name: str, quantize=(), raw_types=None):
-    """Write a transformers model as llama.cpp would (q/k rows interleaved per head for llama)."""
+def _write_gguf(path, hf_model, arch_name: str, quantize=(), raw_types=None, quant_types=None):
+    """Write a transformers model as llama.cpp would (q/k rows interleaved per head for llama): the GGUF
+    names in `quantize` as Q8_0, those in `quant_types` (name -> type name) quantized by gguf to that type,
+    those in `raw_types` as zero bytes of that type."""
     cfg = hf_model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = gguf.GGUFWriter(str(path), arch_name)
@@ -198,9 +202,9 @@ def _write_gguf(path, hf_model, arch_name: str, quantize=(), raw_types=None):
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
             raw = np.zeros((array.shape[0], array.shape[1] // block * type_size), np.uint8)
             writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
-        elif name in quantize:
-            writer.add_tensor(name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif name in quantize or name in (quant_types or {}):
+            qtype = gguf.GGMLQuantizationType[(quant_types or {}).get(name, "Q8_0")]
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(name, array)
     writer.write_header_to_file()
@@ -237,6 +241,44 @@ def test_gguf_q8_0_tensors_are_dequantized(tiny_checkpoint, tmp_path):
     want_q = ckpt.hf_model.model.layers[1].self_attn.q_proj.weight.detach().numpy().T
     got_q = np.asarray(loaded.model.layers[1].qkv_proj[...])[:, :want_q.shape[1]]
     np.testing.assert_allclose(got_q, want_q, atol=0.01 * np.abs(want_q).max())
+
+
+def test_gguf_mixed_types_in_a_fused_group_load_and_run(tiny_checkpoint, tmp_path, caplog, paged_model):
+    # As a Q4_K_M file mixes Q4_K q/k with a Q6_K v: a fused group whose parts differ is held in float32
+    # (one array holds one block type), the rest stays quantized, the tied embedding / lm_head included.
+    from surge.kernels import quantized
+
+    ckpt = tiny_checkpoint("llama", rope_parameters=DEFAULT_ROPE)
+    types = {"token_embd.weight": "Q8_0", "blk.0.attn_q.weight": "Q4_0", "blk.0.attn_k.weight": "Q4_0",
+             "blk.0.attn_v.weight": "Q8_0", "blk.0.ffn_gate.weight": "Q4_1", "blk.0.ffn_up.weight": "Q8_0",
+             **{f"blk.1.attn_{n}.weight": "Q4_1" for n in "qkv"}, "blk.1.ffn_gate.weight": "Q4_0",
+             "blk.1.ffn_up.weight": "Q4_0", **{f"blk.{i}.{n}.weight": "Q4_0" for i in (0, 1)
+                                               for n in ("attn_output", "ffn_down")}}
+    path = _write_gguf(tmp_path / "mixed.gguf", ckpt.hf_model, "llama", quant_types=types)
+    logger = logging.getLogger("surge")  # once an engine has set its own handler it does not propagate
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="surge"):
+            kept = load_model(path, dtype="auto", tokenizer=ckpt.path, quantized_matmul=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    dense = load_model(path, dtype="float32", tokenizer=ckpt.path)
+    assert kept.dtype == "quantized" and dense.dtype == "float32"
+    assert "q_proj.weight + model.layers.0.self_attn.k_proj.weight + model.layers.0.self_attn.v_proj.weight are " \
+           "Q4_0 + Q4_0 + Q8_0: fused, they are held in float32" in caplog.text
+    first, second = kept.model.layers
+    assert quantized.quant_type(first.qkv_proj[...]) is None and first.qkv_proj[...].dtype == np.float32
+    assert quantized.quant_type(first.gate_up_proj[...]) is None
+    assert quantized.quant_type(second.qkv_proj[...]) == "Q4_1" and quantized.quant_type(second.gate_up_proj[...]) == "Q4_0"
+    assert quantized.quant_type(first.o_proj[...]) == "Q4_0"
+    assert quantized.quant_type(kept.model.embed_tokens[...]) == "Q8_0" and kept.model.lm_head is None
+    # The float32-held group is the same dequantized weight the float32 load holds.
+    np.testing.assert_array_equal(np.asarray(first.qkv_proj[...]), np.asarray(dense.model.layers[0].qkv_proj[...]))
+    # Both run on the cpu backend and agree (the quantized kernels round the activations to 8 bits per block).
+    prompt = list(range(3, 40, 3))
+    got = paged_model(kept.model, backend="cpu").step([(0, prompt)])[0]
+    want = paged_model(dense.model, backend="cpu").step([(0, prompt)])[0]
+    np.testing.assert_allclose(got, want, atol=0.03 * np.abs(want).max())
 
 
 def test_gguf_quant_type_without_dequantizer_is_named(tiny_checkpoint, tmp_path):

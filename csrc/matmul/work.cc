@@ -25,6 +25,12 @@ float* scratch(int64_t floats) {
   return buffer.data();
 }
 
+float* panel_scratch(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
 void run_blocks(int64_t units, int64_t max_units_per_item, double flops,
                 const std::function<void(int64_t, int64_t)>& block) {
   if (units <= 0) return;

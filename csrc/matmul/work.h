@@ -28,6 +28,9 @@ struct RowTiles {
 
 // A float32 buffer of at least `floats` owned by the calling thread, reused across calls.
 float* scratch(int64_t floats);
+// A second such buffer, for what a work item packs while the caller's scratch() holds its inputs
+// (the caller's thread runs work items too).
+float* panel_scratch(int64_t floats);
 
 // Runs block(begin, end) over [0, units) cut into work items of at most
 // max_units_per_item units, on the pool; `flops` decides whether helpers are worth waking.

@@ -317,7 +317,7 @@ void test_variant(const std::string& isa) {
   test_attention(isa, 0, 0.0f, 3);  // chunks shorter than a page (4)
   test_attention(isa, 5, 2.0f, 8);  // a window inside chunks of two pages, capped
   for (auto type : {cpu::QuantType::kQ8_0, cpu::QuantType::kQ4_0, cpu::QuantType::kQ4_1})
-    for (auto [m, k, n] : {std::array<int64_t, 3>{1, 64, 7}, {3, 576, 40}, {6, 160, 33}})
+    for (auto [m, k, n] : {std::array<int64_t, 3>{1, 64, 7}, {3, 576, 40}, {6, 160, 33}, {33, 96, 21}})
       test_quant(isa, type, m, k, n);
   for (auto type : {cpu::QuantType::kQ4_K, cpu::QuantType::kQ5_K, cpu::QuantType::kQ6_K})
     for (auto [m, k, n] : {std::array<int64_t, 3>{1, 256, 7}, {3, 768, 40}, {6, 512, 33}})

@@ -136,9 +136,12 @@ def run_attention(cfg: SurgeConfig) -> dict:
 
 
 def _dtypes(cfg: SurgeConfig) -> tuple[str, str]:
-    from surge.models.loader import resolve_dtype
+    from surge.models.loader import platform_dtype
 
-    dtype = resolve_dtype(cfg.model.dtype)
+    if cfg.model.dtype == "quantized":
+        raise ValueError("bench=attention times attention on float q/k/v: give model.dtype auto, float32 or bfloat16")
+    # No weights here: auto is the platform's float dtype.
+    dtype = platform_dtype() if cfg.model.dtype == "auto" else cfg.model.dtype
     return dtype, dtype if cfg.cache.dtype == "auto" else cfg.cache.dtype
 
 

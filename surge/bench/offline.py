@@ -24,7 +24,6 @@ from surge.engine.stats import EngineStats
 
 def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     from surge.engine.engine import Engine
-    from surge.models.loader import resolve_dtype
     from surge.sampling.params import SamplingParams
 
     bench = cfg.bench
@@ -49,7 +48,7 @@ def run_offline(cfg: SurgeConfig, engine=None) -> dict:
     result = {
         "mode": "offline",
         "backend": engine.backend_name,
-        "dtype": resolve_dtype(cfg.model.dtype),
+        "dtype": engine.dtype,
         "num_prompts": len(prompts),
         "input_len": bench.input_len,
         "output_len": bench.output_len,

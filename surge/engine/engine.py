@@ -60,6 +60,7 @@ class Engine:
         self.output_processor = parts.output_processor
         self.kv_plan = parts.kv_plan
         self.backend_name = parts.backend_name
+        self.dtype = parts.dtype  # model.dtype resolved: "float32", "bfloat16" or "quantized"
         self.model_name = self.config.model.served_name or self.config.model.name
         self._num_compiles_after_warmup = compile_counter.num_compiles()
         self._inbox_lock = threading.Lock()

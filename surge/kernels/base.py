@@ -73,6 +73,10 @@ class KernelBackend(abc.ABC):
 
     name: ClassVar[str] = ""  # set by registry.register_backend, as is options_type
     options_type: ClassVar[type] = NoOptions
+    # Whether `matmul` multiplies GGUF-quantized weights (surge.kernels.quantized) in their quantized form.
+    # model.dtype=auto keeps a GGUF file's quantization only on such a backend; on the others (whose
+    # `matmul` dequantizes the blocks at every use) auto loads the platform's float dtype instead.
+    multiplies_quantized: ClassVar[bool] = False
 
     def __init__(self, options=None) -> None:
         """`options`: an instance of the backend's options dataclass (default: its defaults)."""

@@ -15,8 +15,9 @@ MLP's SiLU-and-multiply in C++, and keeps activations in float32 (``compute_dtyp
 Every kernel runs in the instruction-set variant surge._C picked at load from the processor
 (scalar, avx2, avx512, avx512_bf16; neon, neon_dotprod on AArch64): ``isa()`` names it,
 ``backend.cpu_isa`` (or the SURGE_CPU_ISA environment variable) forces a lower one, and
-the backend logs which runs when it starts. A GGUF-quantized weight (model.dtype=quantized)
-is multiplied in its quantized form (surge.kernels.cpu_matmul).
+the backend logs which runs when it starts. A GGUF-quantized weight (what model.dtype=auto
+keeps of a GGUF file here, or model.dtype=quantized / model.quantize=q8_0) is multiplied in its
+quantized form (surge.kernels.cpu_matmul; ``multiplies_quantized``).
 
 One FFI call (target ``surge_cpu_paged_attention`` in ``surge._C``) writes then attends, with
 the contract's masks (causal, sliding window, attention chunk) and soft cap in the kernel.
@@ -90,6 +91,8 @@ class CpuOptions:
 
 @register_backend("cpu", options=CpuOptions, platforms=("cpu",))
 class CpuBackend(KernelBackend):
+    multiplies_quantized = True
+
     def __init__(self, options: Optional[CpuOptions] = None) -> None:
         """Given options set the process-wide pool size and ISA; without, both stay as they are."""
         super().__init__(options)

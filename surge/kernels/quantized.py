@@ -10,7 +10,8 @@ so ``x @ W`` and ``x @ table.T`` are both "x against the stored rows".
 
 In: such an array (and token ids for ``take_rows``). Out: ``dequantize`` float32 [N, K]
 (what a backend without a quantized kernel multiplies), ``take_rows`` float32 [T, K] of the
-rows named by ids (the embedding lookup), ``is_quantized`` / ``quant_type`` to tell one apart.
+rows named by ids (the embedding lookup), ``is_quantized`` / ``quant_type`` to tell one apart
+(``quant_types`` lists those of a model's arrays).
 The cpu backend multiplies these arrays in their quantized form (surge.kernels.cpu_matmul).
 """
 
@@ -43,6 +44,11 @@ def quant_type(w) -> Optional[str]:
 
 def is_quantized(w) -> bool:
     return quant_type(w) is not None
+
+
+def quant_types(arrays) -> list:
+    """The quantized types among `arrays`, sorted (empty when none is quantized)."""
+    return sorted({kind for kind in map(quant_type, arrays) if kind is not None})
 
 
 def in_features(w) -> int:

@@ -1,13 +1,21 @@
 """Load a model for serving: weights, architecture, tokenizer, chat template.
 
 In: a local Hugging Face directory (config.json + *.safetensors, sharded or
-not, + tokenizer files) or a ``.gguf`` file (dequantized on load, or with dtype
-"quantized" its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors kept as stored), a dtype ("auto",
-"float32", "bfloat16" or "quantized"), a quantization applied at load ("none", or "q8_0": a
-safetensors checkpoint's matrices become Q8_0 blocks, surge.models.quantize_on_load), and
-optionally a separate tokenizer source. Out: a
-``LoadedModel`` with the CausalLM, its ModelArchConfig and its tokenizer.
-Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
+not, + tokenizer files) or a ``.gguf`` file, a dtype, a quantization applied at load ("none", or
+"q8_0": a safetensors checkpoint's matrices become Q8_0 blocks, surge.models.quantize_on_load),
+whether the kernel backend multiplies quantized weights (``KernelBackend.multiplies_quantized``),
+and optionally a separate tokenizer source. The dtype (model.dtype):
+
+- "auto": a GGUF file keeps its Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K tensors quantized where the
+  backend multiplies quantized weights (the cpu backend), else it is dequantized to the platform's
+  float dtype (float32 on CPU, bfloat16 on accelerators), as a safetensors checkpoint always is;
+- "float32" / "bfloat16": every tensor dequantized to that dtype;
+- "quantized": a GGUF file's quantized tensors kept on any backend (one without quantized kernels
+  dequantizes them at every use); not for safetensors (model.quantize=q8_0 is that).
+
+Out: a ``LoadedModel`` with the CausalLM, its ModelArchConfig, its tokenizer and the dtype the
+weights took ("float32", "bfloat16" or "quantized"; the other tensors of a quantized model are
+float32). Catalogue names are resolved to paths by ``catalogue.resolve_model`` first.
 """
 
 from __future__ import annotations
@@ -29,12 +37,22 @@ from surge.models.tokenizer import load_tokenizer
 from surge.models.weights import build_model
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "quantized": jnp.float32}
+DTYPES = ("auto", *_DTYPES)
 
 
-def resolve_dtype(dtype: str) -> str:
-    """"auto" is float32 on CPU and bfloat16 on accelerators; other names pass through."""
+def platform_dtype() -> str:
+    """The float dtype "auto" means where weights are not kept quantized: float32 on CPU, bfloat16 on
+    accelerators."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def resolve_dtype(dtype: str, *, gguf: bool = False, quantized_matmul: bool = False) -> str:
+    """"auto" -> "quantized" for a GGUF file on a backend that multiplies quantized weights, else
+    ``platform_dtype()``; the other names pass through (checked)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        return "quantized" if gguf and quantized_matmul else platform_dtype()
     return dtype
 
 
@@ -47,22 +65,25 @@ class LoadedModel:
     chat_template: Optional[str]
     # The resolved path the weights were read from.
     source: str
+    # What the weights took: "float32", "bfloat16" or "quantized" (model.dtype with auto resolved).
+    dtype: str = "float32"
 
 
-def load_model(source: str, dtype: str = "float32", tokenizer: Any = None, quantize: str = "none") -> LoadedModel:
+def load_model(source: str, dtype: str = "float32", tokenizer: Any = None, quantize: str = "none",
+               quantized_matmul: bool = False) -> LoadedModel:
     """Load a catalogue name, HF directory or .gguf file. `tokenizer` overrides the model's own: a path (HF
     directory, .gguf, catalogue name) or a tokenizer object with encode/decode, used as given. Exactly one
     tokenizer is loaded (none when an object is given), and it is the one the engine holds everywhere.
     `quantize` "q8_0" (model.quantize) turns a safetensors checkpoint's matrices into Q8_0 blocks at load;
-    the other tensors take `dtype`."""
+    the other tensors take `dtype`. `quantized_matmul`: whether the backend that will run the model
+    multiplies quantized weights (what "auto" keeps a GGUF's quantization for)."""
     given_path = tokenizer is None or isinstance(tokenizer, str)
     if not given_path and not (callable(getattr(tokenizer, "encode", None)) and
                                callable(getattr(tokenizer, "decode", None))):
         raise ValueError(f"tokenizer must be a path/name or a tokenizer object with encode/decode "
                          f"(got {type(tokenizer).__name__})")
-    dtype = resolve_dtype(dtype)
-    if dtype not in _DTYPES:
-        raise ValueError(f"model dtype {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
+    if dtype not in DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if quantize not in QUANTIZE_TYPES:
         raise ValueError(f"model.quantize {quantize!r} is not one of {', '.join(QUANTIZE_TYPES)}")
     path = resolve_model(source)
@@ -74,15 +95,16 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Any = None, quant
         checkpoint = SafetensorsCheckpoint(path)
     else:
         raise CheckpointError(f"{path}: neither a Hugging Face model directory nor a .gguf file")
+    dtype = resolve_dtype(dtype, gguf=isinstance(checkpoint, GGUFCheckpoint), quantized_matmul=quantized_matmul)
     if dtype == "quantized" and not isinstance(checkpoint, GGUFCheckpoint):
         raise ValueError(f"model dtype 'quantized' keeps a GGUF file's quantized tensors; {path} is a safetensors "
-                         "checkpoint (use float32 or bfloat16)")
+                         "checkpoint (use auto, float32 or bfloat16; model.quantize=q8_0 quantizes it at load)")
     if quantize == "q8_0":
         if isinstance(checkpoint, GGUFCheckpoint):
             raise ValueError(f"model.quantize=q8_0 quantizes a safetensors checkpoint at load; {path} is a GGUF "
-                             "file (model.dtype=quantized keeps its own quantized tensors)")
+                             "file (model.dtype=auto or quantized keeps its own quantized tensors)")
         if dtype == "quantized":
-            raise ValueError("model.quantize=q8_0 sets the matrices' form; give model.dtype float32 or bfloat16 "
+            raise ValueError("model.quantize=q8_0 sets the matrices' form; give model.dtype auto, float32 or bfloat16 "
                              "for the other tensors, not quantized")
         checkpoint = Q8_0Checkpoint(checkpoint)
     model = build_model(arch, checkpoint, _DTYPES[dtype], path,
@@ -91,7 +113,7 @@ def load_model(source: str, dtype: str = "float32", tokenizer: Any = None, quant
     template = getattr(tok, "chat_template", None)
     if template is None and isinstance(checkpoint, GGUFCheckpoint):
         template = checkpoint.chat_template()
-    return LoadedModel(model=model, arch=arch, tokenizer=tok, chat_template=template, source=path)
+    return LoadedModel(model=model, arch=arch, tokenizer=tok, chat_template=template, source=path, dtype=dtype)
 
 
 def _arch(config: dict, where: str) -> ModelArchConfig:

@@ -11,8 +11,10 @@ mixture-of-experts layer has a router and per-expert MLPs (surge.models.moe_conf
 names them) that are stacked into [E, in, out].
 With ``keep_quantized`` (a GGUF checkpoint, or a float one quantized at load by
 surge.models.quantize_on_load), every projection and the embedding whose tensors the checkpoint
-hands out quantized (``get_quantized``: Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K, one type per fused
-group) keep those blocks instead, rows = outputs (surge.kernels.quantized); the rest is dtype.
+hands out quantized (``get_quantized``: Q8_0 / Q4_0 / Q4_1 / Q4_K / Q5_K / Q6_K) keep those blocks
+instead, rows = outputs (surge.kernels.quantized); the rest is dtype. A fused group (q/k/v, gate/up)
+stays quantized only when its parts share one type: a Q4_K_M file's Q4_K q/k with a Q6_K v is
+dequantized to dtype as a whole (logged), since one array holds one block type.
 
 Every expected tensor is checked for presence and shape before anything is
 converted; an error names the tensor, the file and the expected and actual shape.
@@ -20,16 +22,20 @@ converted; an error names the tensor, the file and the expected and actual shape
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Protocol, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from surge.kernels import quantized
 from surge.models.arch import ModelArchConfig
 from surge.models.decoder import CausalLM
 from surge.models.hf_checkpoint import CheckpointError
 from surge.models.moe_config import moe_hf_shapes, moe_names
+
+logger = logging.getLogger("surge")
 
 
 class Checkpoint(Protocol):
@@ -112,6 +118,10 @@ def build_model(arch: ModelArchConfig, checkpoint: Checkpoint, dtype, source: st
             if all(b is not None for b in blocks) and len({b.shape[2] for b in blocks}) == 1:
                 param.set_value(jnp.asarray(np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]))
                 return
+            if any(b is not None for b in blocks):
+                forms = [quantized.quant_type(b) if b is not None else "not quantized" for b in blocks]
+                logger.info("%s: %s are %s: fused, they are held in %s", source, " + ".join(names),
+                            " + ".join(forms), dtype.name)
         put(param, *(read(name).T for name in names), axis=1)
 
     embedding = checkpoint.get_quantized("model.embed_tokens.weight") if keep_quantized else None

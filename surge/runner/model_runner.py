@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from surge.runner.batch import StepInput, build_attention_inputs, build_prompt_targets
 from surge.runner.buckets import Buckets
 from surge.runner import step_logprobs, transfer
+from surge.parallel.lockstep import StepBroadcast
 from surge.parallel.tensor_parallel import PlacedModel, place_model
 from surge.runner.mesh import shard_state
 from surge.sampling.logprobs import TokenLogprobs
@@ -53,9 +54,12 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, *, model, arch, backend, kv_caches, page_size: int, max_model_len: int, engine_config,
-                 mesh: jax.sharding.Mesh, placed: Optional[PlacedModel] = None) -> None:
+                 mesh: jax.sharding.Mesh, placed: Optional[PlacedModel] = None,
+                 broadcast: Optional[StepBroadcast] = None) -> None:
         """`placed`: the model already prepared by the backend and placed on the mesh (split over `tp`,
-        surge.parallel.tensor_parallel); default: placed here from `model`."""
+        surge.parallel.tensor_parallel); default: placed here from `model`. `broadcast`: many processes
+        (surge.parallel.lockstep): each step's inputs go to every process before the program runs, and
+        `run_followed` runs what process 0 sent."""
         self.arch = arch
         self.backend = backend
         self.page_size = page_size
@@ -86,6 +90,7 @@ class ModelRunner:
         self.num_device_fed_tokens = 0  # scheduled tokens whose ids came from the previous step on the device
         self._jitted = jax.jit(self._step, donate_argnums=(1,), static_argnums=(4,))
         self._compiled: dict[tuple[int, int], object] = {}
+        self.broadcast = broadcast
 
     @property
     def state(self):
@@ -141,6 +146,8 @@ class ModelRunner:
         key = (num_tokens, num_seqs)
         if key not in self._compiled:
             layout, buffers = transfer.pack(self._dummy_batch(num_tokens, num_seqs))
+            if self.broadcast is not None:  # the inputs every process passes: global, replicated
+                buffers = self.broadcast.input_specs(buffers)
             program = self._jitted.lower(self._weights, self.kv_caches, buffers, self._last_sampled, layout).compile()
             self._compiled[key] = (layout, program)
         return self._compiled[key]
@@ -153,6 +160,26 @@ class ModelRunner:
     @property
     def num_compiled_buckets(self) -> int:
         return len(self._compiled)
+
+    def _launch(self, program, buffers):
+        # numpy buffers go straight in: the call copies them to the device in its C++ path,
+        # where a separate jax.device_put costs the host several times as long.
+        self.kv_caches, outputs, self._last_sampled = program(self._weights, self.kv_caches, buffers,
+                                                              self._last_sampled)
+        if self.broadcast is not None:
+            self.broadcast.launched(self._last_sampled)
+        return outputs
+
+    def buffer_shapes(self, key: tuple[int, int]) -> list:
+        """(shape, dtype) of each input buffer of bucket `key` (compiled), as a follower receives them."""
+        return transfer.buffer_shapes(self.compile(*key)[0])
+
+    def run_followed(self, key: tuple[int, int], buffers) -> None:
+        """A follower process runs the step process 0 broadcast (surge.parallel.lockstep); its outputs stay
+        unread here, its KV cache and sampled ids advance as process 0's do."""
+        if key not in self._compiled:
+            raise RuntimeError(f"process 0 sent a step of bucket {key}, which this process has not compiled")
+        self._launch(self._compiled[key][1], buffers)
 
     # ---- one step ------------------------------------------------------------------------
     def execute(self, out: SchedulerOutput) -> "PendingStep":
@@ -184,10 +211,9 @@ class ModelRunner:
         except ValueError as error:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
                                f"compiled layout: {error}") from None
-        # numpy buffers go straight in: the call copies them to the device in its C++ path,
-        # where a separate jax.device_put costs the host several times as long.
-        self.kv_caches, (result, prompt), self._last_sampled = program(self._weights, self.kv_caches, buffers,
-                                                                       self._last_sampled)
+        if self.broadcast is not None:
+            buffers = self.broadcast.send_step((num_tokens, num_seqs_padded), buffers)
+        result, prompt = self._launch(program, buffers)
         self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
         pending = PendingStep(out, num_seqs + num_drafts, result if wants_logprobs else result.token_ids,

@@ -65,6 +65,14 @@ def pack_as(layout: Layout, tree) -> Tuple[np.ndarray, ...]:
     return tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in parts)
 
 
+def buffer_shapes(layout: Layout) -> list:
+    """(shape, dtype) of each buffer ``pack`` gives for a tree of ``layout``."""
+    sizes = [0] * len(layout.dtypes)
+    for b, offset, shape in layout.slots:
+        sizes[b] = max(sizes[b], offset + int(np.prod(shape, dtype=np.int64)))
+    return [((size,), np.dtype(dtype)) for size, dtype in zip(sizes, layout.dtypes)]
+
+
 def unpack(layout: Layout, buffers):
     leaves = []
     for b, offset, shape in layout.slots:

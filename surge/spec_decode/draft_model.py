@@ -275,7 +275,7 @@ def build_draft_proposer(cfg, *, target_arch, target_tokenizer, backend, mesh, m
                          place_weights: Optional[Callable] = None) -> DraftModelProposer:
     """Load engine.speculative.draft_model, check it against the target, give it its KV pool and programs."""
     spec, engine = cfg.engine.speculative, cfg.engine
-    loaded = load_model(spec.draft_model, dtype=dtype)
+    loaded = load_model(spec.draft_model, dtype=dtype, quantized_matmul=backend.multiplies_quantized)
     check_same_vocabulary(spec.draft_model, cfg.model.name, loaded.arch, target_arch, loaded.tokenizer,
                           target_tokenizer)
     backend.prepare_model(loaded.model)

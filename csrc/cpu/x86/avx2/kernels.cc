@@ -4,5 +4,6 @@
 #include "cpu/simd/begin.h"
 #include "cpu/x86/avx2/vec.h"
 #include "cpu/x86/qdot.h"
+#include "cpu/x86/qpanel.h"
 #include "cpu/kernels/variant.inc"
 #include "cpu/simd/end.h"
