@@ -4,7 +4,8 @@ test compares: the logits of a prefill, greedy tokens, the weight bytes each dev
 shardings) and the start-up placement log line.
 
 Usage: python tests/tensor_parallel_worker.py MODEL_PATH BACKEND DTYPE MAX_TOKENS TP [TP ...] -- PROMPT_JSON
-(PROMPT_JSON: a list of token-id lists, or of strings).
+(BACKEND: a backend name, optionally with its options, e.g. ``pallas:interpret=true``; PROMPT_JSON: a list of
+token-id lists, or of strings).
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def prefill_logits(engine, prompt) -> np.ndarray:
     return np.asarray(logits)[:n]
 
 
+def backend_overrides(spec: str) -> dict:
+    """``name[:key=value,...]`` as engine overrides: backend=name and backend.key=value (true/false as bools)."""
+    name, _, options = spec.partition(":")
+    overrides = {"backend": name}
+    for pair in filter(None, options.split(",")):
+        key, value = pair.split("=")
+        overrides[f"backend.{key}"] = {"true": True, "false": False}.get(value, value)
+    return overrides
+
+
 def main() -> None:
     split = sys.argv.index("--")
     path, backend, dtype, max_tokens, *sizes = sys.argv[1:split]
@@ -73,9 +84,9 @@ def main() -> None:
     for tp in map(int, sizes):
         lines.lines.clear()
         engine = surge.Engine.from_pretrained(
-            path, backend=backend, dtype=dtype, max_num_seqs=_NUM_SEQS, max_model_len=64,
+            path, dtype=dtype, max_num_seqs=_NUM_SEQS, max_model_len=64,
             max_num_batched_tokens=_NUM_TOKENS, token_buckets=[_NUM_TOKENS], seq_buckets=[_NUM_SEQS], num_pages=80,
-            page_size=_PAGE_SIZE, progress=False, **{"engine.tensor_parallel_size": tp})
+            page_size=_PAGE_SIZE, progress=False, **backend_overrides(backend), **{"engine.tensor_parallel_size": tp})
         params = surge.SamplingParams(max_tokens=int(max_tokens), temperature=0.0, ignore_eos=True, logprobs=2)
         if isinstance(prompts[0], str):
             outs = engine.generate(prompts, params)

@@ -7,7 +7,8 @@ default one: matmul in its three weight layouts (float32 and bfloat16), paged at
 variant the processor lacks is skipped, naming the features it needs, so the same suite runs
 wherever it has them. The C++ unit tests of the kernels (csrc/tests/cpu_kernel_tests.cc) run
 natively and, cross-compiled for AArch64, under qemu-aarch64: that is where NEON is tested
-on an x86 machine (skipped, saying why, where the toolchain or qemu is absent).
+on an x86 machine, and under qemu-x86_64 -cpu Haswell, an x86 CPU without AVX-512, where the build
+must still start and run avx2 (skipped, saying why, where the toolchain or qemu is absent).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def test_silu_and_mul_matches_jax(isa):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=1e-6)
 
 
-# ---- the C++ kernel tests, native and under qemu-aarch64 ----
+# ---- the C++ kernel tests: native, under qemu-aarch64, and under qemu-x86_64 as a CPU without AVX-512 ----
 
 KERNEL_SOURCES = ["csrc/tests/cpu_kernel_tests.cc", "csrc/cpu/isa.cc", "csrc/attention/kernel.cc",
                   "csrc/matmul/work.cc", "csrc/common/pool.cc", "csrc/cpu/scalar/kernels.cc"]
@@ -209,3 +210,24 @@ def test_cpp_kernel_tests_neon_under_qemu():
     for name in ("neon", "neon_dotprod"):
         assert f"PASS {name} " in proc.stdout
     assert "3 variant(s) tested, 0 failure(s)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cpp_kernel_tests_on_an_x86_cpu_without_avx512_under_qemu():
+    """The x86 build (with its AVX-512 variants inside) starts and picks avx2 on a Haswell (AVX2 + FMA, no
+    AVX-512): a load-time initializer compiled inside a variant's target region would run there and die
+    of an illegal instruction, as the avx512 variants' tile table once did at import."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("builds the x86-64 kernel test binary: needs an x86-64 host")
+    compiler = shutil.which("c++") or shutil.which("g++")
+    qemu = shutil.which("qemu-x86_64")
+    if compiler is None or qemu is None:
+        pytest.skip("needs a C++ compiler and qemu-x86_64 (Debian: apt-get install qemu-user)")
+    binary = _build_kernel_tests(compiler, "x86_64")
+    env = {k: v for k, v in os.environ.items() if k != "SURGE_CPU_ISA"}  # start-up's own choice
+    proc = subprocess.run([qemu, "-cpu", "Haswell", str(binary), "scalar", "avx2"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "DEFAULT avx2\n" in proc.stdout  # the best variant Haswell has
+    assert "PASS avx2 " in proc.stdout and "PASS scalar " in proc.stdout
+    assert "2 variant(s) tested, 0 failure(s)" in proc.stdout

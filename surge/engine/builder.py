@@ -107,9 +107,6 @@ def build_engine_parts(cfg: SurgeConfig, progress: bool = True, tokenizer: Any =
                                       else _model_copy(loaded.model)))
                 for index, replica_mesh in enumerate(replica_mesh_rows)]
     plan = replicas[0].kv_plan
-    if len(replicas) > 1:
-        logger.info("data parallel: %d replicas x %d devices, %d pages each", len(replicas),
-                    cfg.engine.tensor_parallel_size, plan.num_usable_pages)
     eos = set(arch.eos_token_ids or ())
     if getattr(loaded.tokenizer, "eos_token_id", None) is not None:
         eos.add(int(loaded.tokenizer.eos_token_id))
@@ -167,7 +164,8 @@ def _build_replica(cfg: SurgeConfig, index: int, mesh, *, loaded, model, arch, b
     kv_caches = allocate_kv_cache(plan, num_layers=arch.num_layers, backend=backend,
                                   num_kv_heads=placed.cache_kv_heads, head_dim=arch.head_dim, dtype=kv_dtype,
                                   mesh=mesh, spec=placed.kv_spec)
-    logger.info("%s%s", where, describe_placement(placed, kv_caches))
+    logger.info("%s%s", where, describe_placement(
+        placed, kv_caches, data_parallel_size=cfg.engine.data_parallel_size, num_pages=plan.num_usable_pages))
 
     block_manager = BlockManager(plan.num_pages, plan.page_size, cfg.cache.enable_prefix_caching,
                                  prefix_cache_capacity=cfg.cache.prefix_cache_capacity)

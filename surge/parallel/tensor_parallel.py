@@ -275,13 +275,14 @@ def _slice_leaf(names: tuple, w: jax.Array, plan: ShardPlan, shard: int) -> jax.
     return w[:, rows.start // width:rows.stop // width]
 
 
-def describe_placement(placed: PlacedModel, kv_caches) -> str:
-    """The start-up line: the mesh, and the bytes of weights and KV cache each device holds (from the shardings)."""
-    mesh = placed.mesh
+def describe_placement(placed: PlacedModel, kv_caches, *, data_parallel_size: int, num_pages: int) -> str:
+    """The start-up line of one replica: the engine's mesh (processes, devices per process, dp x tp), the bytes
+    of weights and KV cache each device holds (read from the arrays' shardings) and the replica's pages."""
     weights = placed.weight_bytes_per_device()
     cache = bytes_per_device(jax.tree_util.tree_leaves(kv_caches))
     how = "split over tp in shard_map" if placed.sharded else "whole model" if placed.tp == 1 else \
         "mixture-of-experts: expert stacks split over tp by the partitioner"
-    return (f"mesh dp x tp = {mesh.shape['dp']} x {mesh.shape[AXIS]} ({how}); {jax.process_count()} process(es), "
-            f"{jax.local_device_count()} {mesh.devices.flat[0].platform} device(s) per process; per device: weights "
-            f"{max(weights.values()) / 2**20:.2f} MiB, KV cache {max(cache.values(), default=0) / 2**20:.2f} MiB")
+    return (f"mesh dp x tp = {data_parallel_size} x {placed.tp} ({how}); {jax.process_count()} process(es), "
+            f"{jax.local_device_count()} {placed.mesh.devices.flat[0].platform} device(s) per process; per device: "
+            f"weights {max(weights.values()) / 2**20:.2f} MiB, KV cache {max(cache.values(), default=0) / 2**20:.2f} "
+            f"MiB; {num_pages} pages per replica")

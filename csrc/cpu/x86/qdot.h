@@ -36,17 +36,20 @@ inline float sum8(__m256 a) {
 template <int R>
 void dot_q8_0(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float* const* xd, float* out) {
   __m256 acc[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = w + b * 34;
     const float d = half(block);
     const __m256i q = load32(block + 2);
     const __m256i magnitude = _mm256_sign_epi8(q, q);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256i x = _mm256_sign_epi8(load32(xq[r] + b * 32), q);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(magnitude, x)), _mm256_set1_ps(d * xd[r][b]), acc[r]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) out[r] = sum8(acc[r]);
 }
 
@@ -55,17 +58,20 @@ void dot_q4_0(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float
               const float* const* xs, float* out) {
   __m256 acc[R];
   float offset[R] = {};
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = w + b * 18;
     const float d = half(block);
     const __m256i q = unpack_nibbles(block + 2);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256i p = dot_u8s8(q, load32(xq[r] + b * 32));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[r][b]), acc[r]);
       offset[r] += d * xs[r][b];
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) out[r] = sum8(acc[r]) - 8.0f * offset[r];
 }
 
@@ -74,18 +80,21 @@ void dot_q4_1(const uint8_t* w, int64_t nb, const int8_t* const* xq, const float
               const float* const* xs, float* out) {
   __m256 acc[R];
   float offset[R] = {};
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* block = w + b * 20;
     const float d = half(block);
     const float m = half(block + 2);
     const __m256i q = unpack_nibbles(block + 4);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256i p = dot_u8s8(q, load32(xq[r] + b * 32));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xd[r][b]), acc[r]);
       offset[r] += m * xs[r][b];
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) out[r] = sum8(acc[r]) + offset[r];
 }
 
@@ -97,11 +106,14 @@ void dot_unpacked(const int8_t* q, const float* scale, const float* offset, cons
                   const float* const* xd, const float* const* xs, float* acc) {
   __m256 sum[R];
   float off[R] = {};
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_ps();
+  #pragma GCC unroll 8
   for (int b = 0; b < 8; ++b) {
     const __m256i w = load32(q + 32 * b);
     const __m256i magnitude = _mm256_sign_epi8(w, w);
     const __m256 halves = _mm256_set_m128(_mm_set1_ps(scale[2 * b + 1]), _mm_set1_ps(scale[2 * b]));
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256i x = _mm256_sign_epi8(load32(xq[r] + 32 * b), w);
       const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(magnitude, x));
@@ -109,6 +121,7 @@ void dot_unpacked(const int8_t* q, const float* scale, const float* offset, cons
       off[r] += offset[b] * xs[r][b];
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] += sum8(sum[r]) + off[r];
 }
 

@@ -92,15 +92,19 @@ template <int R, bool kSignedWeights>
 void tile(const uint8_t* panel, int64_t nb, const int8_t* const* xq, const float* const* xd,
           const float* const* xs, float* const* out) {
   __m256 acc[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* pb = panel + b * kBlockBytes;
     __m256i dot[R];
     if constexpr (kSignedWeights) {
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) dot[r] = _mm256_setzero_si256();
+      #pragma GCC unroll 8
       for (int s = 0; s < 8; ++s) {
         const __m256i w = load32(pb + 32 * s);
         const __m256i magnitude = _mm256_sign_epi8(w, w);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const __m256i x = _mm256_sign_epi8(broadcast4(xq[r] + 32 * b + 4 * s), w);
 #if defined(SURGE_ISA_AVX512_BF16)
@@ -112,29 +116,35 @@ void tile(const uint8_t* panel, int64_t nb, const int8_t* const* xq, const float
       }
     } else {
 #if defined(SURGE_ISA_AVX512_BF16)
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) dot[r] = _mm256_setzero_si256();
+      #pragma GCC unroll 8
       for (int s = 0; s < 8; ++s) {
         const __m256i w = load32(pb + 32 * s);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) dot[r] = _mm256_dpbusd_epi32(dot[r], w, broadcast4(xq[r] + 32 * b + 4 * s));
       }
 #else
-      __m256i pairs[R];
-      for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
-      for (int s = 0; s < 8; ++s) {
-        const __m256i w = load32(pb + 32 * s);
-        for (int r = 0; r < R; ++r)
-          pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(w, broadcast4(xq[r] + 32 * b + 4 * s)));
+      // Row by row: the int16 sums then live in one register (an array of them across rows gets spilled).
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256i pairs = _mm256_maddubs_epi16(load32(pb), broadcast4(xq[r] + 32 * b));
+#pragma GCC unroll 8
+        for (int s = 1; s < 8; ++s)
+          pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(load32(pb + 32 * s), broadcast4(xq[r] + 32 * b + 4 * s)));
+        dot[r] = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
       }
-      for (int r = 0; r < R; ++r) dot[r] = _mm256_madd_epi16(pairs[r], _mm256_set1_epi16(1));
 #endif
     }
     const __m256 d = _mm256_loadu_ps(reinterpret_cast<const float*>(pb + 256));
     const __m256 m = _mm256_loadu_ps(reinterpret_cast<const float*>(pb + 288));
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_mul_ps(d, _mm256_set1_ps(xd[r][b])), acc[r]);
       if constexpr (!kSignedWeights) acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xs[r][b]), acc[r]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out[r], acc[r]);
 }
 
