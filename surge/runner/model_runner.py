@@ -14,6 +14,7 @@ starts at once. Every bucket is compiled at start-up; `execute` never compiles.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -211,9 +212,10 @@ class ModelRunner:
         except ValueError as error:
             raise RuntimeError(f"step inputs for bucket ({num_tokens}, {num_seqs_padded}) do not match the "
                                f"compiled layout: {error}") from None
-        if self.broadcast is not None:
-            buffers = self.broadcast.send_step((num_tokens, num_seqs_padded), buffers)
-        result, prompt = self._launch(program, buffers)
+        with self.broadcast.ordered() if self.broadcast is not None else contextlib.nullcontext():
+            if self.broadcast is not None:
+                buffers = self.broadcast.send_step((num_tokens, num_seqs_padded), buffers)
+            result, prompt = self._launch(program, buffers)
         self._last_rows = {item.request.request_id: i for i, item in enumerate(out.scheduled) if item.samples}
         wants_logprobs = any(item.request.sampling_params.logprobs is not None for item in out.scheduled)
         pending = PendingStep(out, num_seqs + num_drafts, result if wants_logprobs else result.token_ids,
