@@ -600,7 +600,9 @@ class TestChatApplication:
             return processor, results
 
         processor, results = asyncio.run(main())
-        assert len(results) == 3 and all(isinstance(r, str) and r for r in results)
+        # A raw prompt may end at once: on "How does photosynthesis work?" SmolLM2's most likely first token
+        # is <|im_end|> (transformers agrees), so an empty completion is a valid result, not a lost one.
+        assert len(results) == 3 and all(isinstance(r, str) for r in results) and results[0] and results[1]
         assert processor.pending_requests == {}
         assert len(streamed) == 2
         for outputs in streamed.values():
