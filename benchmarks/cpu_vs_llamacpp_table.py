@@ -43,7 +43,7 @@ def collect(run: Path) -> tuple[dict, list[int]]:
                 table[(m["w"], "llama.cpp")][int(m["r"])][n] = rate
                 seqs.add(n)
         elif (m := SURGE_DIR.match(entry.name)) and (entry / "result.json").is_file():
-            result = json.loads((entry / "result.json").read_text())
+            result = json.loads((entry / "result.json").read_text())["result"]  # surge-bench's record
             label = "surge" if m["isa"] == "auto" else f"surge {m['isa']}"
             table[(m["w"], label)][int(m["r"])][int(m["n"])] = result["output_tokens_per_s"]
             seqs.add(int(m["n"]))

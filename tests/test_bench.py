@@ -12,6 +12,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,6 +26,8 @@ from surge.bench.summary import collect, write_summary
 from surge.bench.sweep_progress import count_jobs
 from surge.config import make_config, to_config
 from surge.server.process import config_yaml as server_yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_ENGINE = dict(backend="reference", max_model_len=256, token_buckets=[16, 64], num_pages=128)
 
@@ -167,6 +170,25 @@ def test_summary_lists_failed_jobs_and_plots_the_rest(tmp_path):
     assert len(table) == 2 + 3 and "| failed |" in table[-1]
     assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+
+def test_cpu_vs_llamacpp_table_reads_surge_bench_records(tmp_path):
+    """benchmarks/cpu_vs_llamacpp_table.py on a run folder: llama.cpp's JSONL rates beside surge-bench's records."""
+    (tmp_path / "cpu.txt").write_text("Model name: Test CPU\nCPU(s): 2\nThread(s) per core: 1\nFlags: avx2 fma\n")
+    for r, (t1, t32, ours1, ours32) in enumerate([(2.0, 20.0, 80.0, 300.0), (4.0, 40.0, 60.0, 250.0)], start=1):
+        rows = [{"n_kv_max": 5120, "pp": 32, "tg": 128, "pl": n, "t": t} for n, t in ((1, t1), (32, t32))]
+        (tmp_path / f"llama-q4_1-r{r}.log").write_text("load ...\n" + "\n".join(json.dumps(x) for x in rows) + "\n")
+        for n, tps in ((1, ours1), (32, ours32)):
+            job = tmp_path / f"surge-q4_1-auto-{n}-r{r}"
+            job.mkdir()
+            (job / "result.json").write_text(json.dumps({"result": {"output_tokens_per_s": tps}, "overrides": []}))
+    script = REPO / "benchmarks" / "cpu_vs_llamacpp_table.py"
+    table = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "| q4_1 | llama.cpp | 1 | 64.0 | 204.8 |" in table  # 1 x 128 / 2 s and 32 x 128 / 20 s
+    assert "| q4_1 | surge | 2 | 60.0 | 250.0 |" in table
+    # medians over the two rounds: surge 70 / 275, llama.cpp 48 / 153.6
+    assert "| q4_1 | surge | 1.46x | 1.79x |" in table
+    assert "CPU: Test CPU, 2 CPUs (1 thread(s) per core)" in table
 
 # ---- end to end on the tiny model ----------------------------------------------------------------
 
